@@ -1,0 +1,45 @@
+"""Engine configuration: every duration and bound, with the defaults CMDOP documents."""
+
+from __future__ import annotations
+
+import msgspec
+
+from ._errors import InvalidParameter
+
+
+class EngineConfig(msgspec.Struct, kw_only=True, frozen=True):
+    """Durations are seconds of the trio clock; bounds are counts.
+
+    ``heartbeat_interval`` is what agents are told to use; ``heartbeat_timeout`` is how long a
+    CONNECTED session may stay silent before it enters GRACE_PERIOD.
+    """
+
+    heartbeat_interval: float = 30.0
+    heartbeat_timeout: float = 60.0
+    background_timeout: float = 3600.0
+    grace_period: float = 30.0
+    pending_timeout: float = 300.0
+    #: How long a final (DISCONNECTED / ERROR) session stays queryable before it is purged.
+    retention: float = 24 * 3600.0
+    #: Per-session command history cap; the oldest entries are dropped first.
+    history_cap: int = 10_000
+    #: The retained event log: at most this many events, none older than ``event_retention``.
+    event_log_max: int = 1_000_000
+    event_retention: float = 24 * 3600.0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "heartbeat_interval",
+            "heartbeat_timeout",
+            "background_timeout",
+            "grace_period",
+            "pending_timeout",
+        ):
+            if not getattr(self, name) > 0:
+                raise InvalidParameter(name, "must be a positive number of seconds")
+        for name in ("retention", "event_retention"):
+            if not getattr(self, name) >= 0:
+                raise InvalidParameter(name, "must be zero or a positive number of seconds")
+        for name in ("history_cap", "event_log_max"):
+            if getattr(self, name) < 1:
+                raise InvalidParameter(name, "must be at least 1")

@@ -1,0 +1,208 @@
+"""The event log and its subscribers.
+
+Every event goes into one retained log (bounded by count and age). A subscriber is a cursor
+into that log, not a copy of it: publishing costs the same whatever the number of subscribers,
+and an actor never waits for one. The log is the subscribers' shared bounded buffer; a
+subscriber that falls so far behind that events it has not read leave the log gets
+:class:`EventsMissed`, which says how many it missed and where it resumes (the oldest retained
+event), so it can resynchronise from the current state and carry on. Nothing is skipped
+silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import trio
+
+from ._errors import EventsGone, InvalidParameter
+from ._ids import event_id, parse_event_id
+from ._models import Event, EventData
+
+if TYPE_CHECKING:
+    from ._clock import WallClock
+
+
+class EventsMissed(Exception):
+    """A subscriber fell behind the retained log and ``missed`` events are gone for it.
+
+    The subscription continues from ``resume_from`` (the oldest event still retained); the
+    subscriber should re-read the state it keeps (e.g. the sessions it tracks) before it goes on.
+    """
+
+    def __init__(self, missed: int, resume_from: str | None) -> None:
+        super().__init__(f"{missed} events were missed; resuming from {resume_from}")
+        self.missed = missed
+        self.resume_from = resume_from
+
+
+class EventLog:
+    """An append-only log of events with absolute offsets, trimmed from the front."""
+
+    def __init__(self, clock: WallClock, run_id: int, max_events: int, retention: float) -> None:
+        self._clock = clock
+        self._run_id = run_id
+        self._max = max_events
+        self._retention = retention
+        self._events: list[Event] = []
+        self._times: list[float] = []
+        self._start = 0  # index in _events of the oldest retained event
+        self._first_offset = 0  # absolute offset of _events[_start]
+        self._lot = trio.lowlevel.ParkingLot()
+        self._closed = False
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def append(
+        self,
+        type: str,
+        at: float,
+        workspace_id: str,
+        session_id: str,
+        sequence: int,
+        data: EventData,
+    ) -> Event:
+        event = Event(
+            id=event_id(self._run_id, self.next_offset),
+            type=type,
+            timestamp=self._clock.rfc3339(at),
+            workspace_id=workspace_id,
+            session_id=session_id,
+            sequence=sequence,
+            data=data,
+        )
+        self._events.append(event)
+        self._times.append(at)
+        self._trim(at)
+        if self._lot:
+            self._lot.unpark_all()
+        return event
+
+    def close(self) -> None:
+        """No more events: subscribers finish once they have read what is retained."""
+        self._closed = True
+        self._lot.unpark_all()
+
+    def _trim(self, now: float) -> None:
+        retained = len(self._events) - self._start
+        horizon = now - self._retention
+        drop = 0
+        while retained - drop > self._max or (
+            retained - drop > 0 and self._times[self._start + drop] < horizon
+        ):
+            drop += 1
+        if drop:
+            self._start += drop
+            self._first_offset += drop
+        if self._start > 4096 and self._start * 2 > len(self._events):
+            del self._events[: self._start]
+            del self._times[: self._start]
+            self._start = 0
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def first_offset(self) -> int:
+        return self._first_offset
+
+    @property
+    def next_offset(self) -> int:
+        return self._first_offset + len(self._events) - self._start
+
+    def at(self, offset: int) -> Event:
+        return self._events[self._start + offset - self._first_offset]
+
+    def oldest_id(self) -> str | None:
+        return None if self.next_offset == self._first_offset else self.at(self._first_offset).id
+
+    def offset_after(self, after: str | None, now: float) -> int:
+        """The offset of the first event after the event ``after`` (from the oldest if ``None``).
+
+        Raises :class:`EventsGone` when events right after ``after`` are no longer retained (or
+        ``after`` is from another run of the engine), and :class:`InvalidParameter` when
+        ``after`` is not an event id at all.
+        """
+        self._trim(now)
+        if after is None:
+            return self._first_offset
+        parsed = parse_event_id(after)
+        if parsed is None:
+            raise InvalidParameter("after", "not an event id")
+        run_id, offset = parsed
+        if run_id != self._run_id or offset + 1 < self._first_offset:
+            raise EventsGone(after, self.oldest_id())
+        if offset >= self.next_offset:
+            raise InvalidParameter("after", "no such event")
+        return offset + 1
+
+    def read(self, workspace_id: str | None, start: int, limit: int) -> tuple[list[Event], int]:
+        """Up to ``limit`` events of ``workspace_id`` (all if ``None``) from offset ``start``.
+
+        Returns the events and the offset to read from next.
+        """
+        found: list[Event] = []
+        offset = max(start, self._first_offset)
+        end = self.next_offset
+        while offset < end and len(found) < limit:
+            event = self.at(offset)
+            offset += 1
+            if workspace_id is None or event.workspace_id == workspace_id:
+                found.append(event)
+        return found, offset
+
+    def subscribe(self, workspace_id: str | None = None, after: str | None = None,
+                  now: float | None = None) -> Subscription:
+        """A live stream of events; from now, or from the event after ``after``."""
+        if after is None:
+            start = self.next_offset
+        else:
+            start = self.offset_after(after, trio.current_time() if now is None else now)
+        return Subscription(self, workspace_id, start)
+
+    async def wait_for_more(self, offset: int) -> bool:
+        """Wait until an event at ``offset`` exists; ``False`` if the log closed first."""
+        while offset >= self.next_offset:
+            if self._closed:
+                return False
+            await self._lot.park()
+        return True
+
+
+class Subscription:
+    """An async iterator over the events of one workspace (or all), in log order."""
+
+    def __init__(self, log: EventLog, workspace_id: str | None, start: int) -> None:
+        self._log = log
+        self._workspace_id = workspace_id
+        self._next = start
+        self._batch: list[Event] = []
+        self._batch_pos = 0
+
+    @property
+    def lag(self) -> int:
+        """Events published but not yet read by this subscriber (all workspaces)."""
+        return self._log.next_offset - self._next + len(self._batch) - self._batch_pos
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self
+
+    async def __anext__(self) -> Event:
+        while True:
+            if self._batch_pos < len(self._batch):
+                event = self._batch[self._batch_pos]
+                self._batch_pos += 1
+                return event
+            log = self._log
+            if self._next < log.first_offset:
+                missed = log.first_offset - self._next
+                self._next = log.first_offset
+                raise EventsMissed(missed, log.oldest_id())
+            if self._next >= log.next_offset:
+                if not await log.wait_for_more(self._next):
+                    raise StopAsyncIteration
+                continue
+            self._batch, self._next = log.read(self._workspace_id, self._next, 256)
+            self._batch_pos = 0
+            await trio.lowlevel.checkpoint()
+

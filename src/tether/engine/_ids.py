@@ -1,0 +1,64 @@
+"""Identifiers: prefixed, URL-safe, and for sessions ordered by creation.
+
+Session ids are 120 bits in base32hex (an alphabet in ascending ASCII order): 48 bits of
+wall-clock milliseconds, then 72 bits that start random each millisecond and count up within
+it. So ids made later sort later, and the read index's order (created_at, session_id) is
+the order sessions were made in, whatever the clock's resolution.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+
+_RANDOM_BITS = 72
+_RANDOM_MASK = (1 << _RANDOM_BITS) - 1
+
+
+def _b32(value: int) -> str:
+    return base64.b32hexencode(value.to_bytes(15, "big")).decode("ascii").lower()
+
+
+def _unb32(text: str) -> int:
+    return int.from_bytes(base64.b32hexdecode(text.upper()), "big")
+
+
+class MonotonicIds:
+    """Makes ids that sort in the order they were made (a monotonic ULID, in base32hex)."""
+
+    __slots__ = ("_last_ms", "_random", "prefix")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self._last_ms = -1
+        self._random = 0
+
+    def next(self, wall_ms: int) -> str:
+        if wall_ms > self._last_ms:
+            self._last_ms = wall_ms
+            # Leave headroom so counting up within one millisecond cannot overflow.
+            self._random = secrets.randbits(_RANDOM_BITS - 8)
+        else:
+            self._random += 1
+        return self.prefix + _b32((self._last_ms << _RANDOM_BITS) | (self._random & _RANDOM_MASK))
+
+
+def random_id(prefix: str, nbytes: int = 10) -> str:
+    """An unguessable id such as ``cli_...`` or ``cmd_...`` (80 random bits by default)."""
+    return prefix + secrets.token_hex(nbytes)
+
+
+def event_id(run_id: int, offset: int) -> str:
+    """The id of the event at ``offset`` in the log of the engine run ``run_id``."""
+    return "evt_" + _b32((run_id << _RANDOM_BITS) | offset)
+
+
+def parse_event_id(text: str) -> tuple[int, int] | None:
+    """``(run_id, offset)`` of an event id, or ``None`` if it is not one of ours."""
+    if not text.startswith("evt_") or len(text) != 28:
+        return None
+    try:
+        value = _unb32(text[4:])
+    except (ValueError, base64.binascii.Error):
+        return None
+    return value >> _RANDOM_BITS, value & _RANDOM_MASK

@@ -1,0 +1,132 @@
+"""An agent's connection to its session, as the transport holding the agent sees it.
+
+``Engine.agent_hello`` returns an :class:`AgentLink`; the transport (the WebSocket handler, an
+in-process simulated agent) reports what its agent says through it. A link speaks for its
+session only while it is the session's current transport: once the session resumed on another
+link, entered GRACE_PERIOD or ended, every call raises :class:`AgentLinkClosed` and the
+transport is told to close through :meth:`AgentTransport.close`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+import trio
+
+from ._errors import AgentLinkClosed
+from ._lifecycle import Input
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+    from ._models import RunCommand, Telemetry, Welcome
+    from ._record import SessionRecord
+
+
+class AgentTransport(Protocol):
+    """What the engine needs from whatever carries an agent's messages. Neither call blocks."""
+
+    def send_run_command(self, command: RunCommand) -> None:
+        """Deliver a ``run_command`` to the agent."""
+
+    def close(self, reason: str) -> None:
+        """The session no longer uses this transport (``reason`` says why): close it."""
+
+
+class AgentLink:
+    """The handle through which one transport reports its agent's messages."""
+
+    __slots__ = ("_engine", "_record", "transport", "welcome")
+
+    def __init__(self, engine: Engine, record: SessionRecord, transport: AgentTransport) -> None:
+        self._engine = engine
+        self._record = record
+        self.transport = transport
+        self.welcome: Welcome | None = None
+
+    @property
+    def session_id(self) -> str:
+        return self._record.session_id
+
+    @property
+    def workspace_id(self) -> str:
+        return self._record.workspace_id
+
+    @property
+    def active(self) -> bool:
+        """Whether this link still carries its session."""
+        return self._record.link is self
+
+    def _check(self) -> SessionRecord:
+        rec = self._record
+        if rec.link is not self:
+            raise AgentLinkClosed(rec.session_id, rec.status.value)
+        return rec
+
+    # -- the hot path: in place, no actor wake-up ------------------------------------------
+
+    def heartbeat(self, telemetry: Telemetry | None = None) -> None:
+        """The agent is alive (and maybe sent telemetry with it)."""
+        rec = self._record
+        if rec.link is not self:
+            raise AgentLinkClosed(rec.session_id, rec.status.value)
+        now = trio.current_time()
+        rec.last_heartbeat = now
+        rec.version += 1
+        if telemetry is not None:
+            rec.telemetry = telemetry
+            rec.telemetry_at = now
+
+    def telemetry(self, telemetry: Telemetry) -> None:
+        """A telemetry sample; it also proves the agent alive."""
+        self.heartbeat(telemetry)
+
+    # -- lifecycle, through the actor ------------------------------------------------------
+
+    async def _call(self, handler: Any, *args: Any) -> Any:
+        rec = self._check()
+        return await rec.actor.call(handler, self, *args)
+
+    async def background(self) -> None:
+        await self._call(self._engine.link_input, Input.BACKGROUND)
+
+    async def foreground(self) -> None:
+        await self._call(self._engine.link_input, Input.FOREGROUND)
+
+    async def goodbye(self, reason: str | None = None) -> None:
+        await self._call(self._engine.link_input, Input.GOODBYE)
+
+    async def fatal_error(self, code: str, message: str) -> None:
+        """The agent reports a fatal error: the session ends in ERROR."""
+        await self._call(self._engine.link_input, Input.AGENT_ERROR)
+
+    async def protocol_violation(self, message: str) -> None:
+        """The transport gave up on the agent's messages: the session ends in ERROR."""
+        await self._call(self._engine.link_input, Input.PROTOCOL_ERROR)
+
+    async def report_command(
+        self,
+        command: str,
+        exit_code: int,
+        *,
+        command_id: str | None = None,
+        executed_at: float | None = None,
+        user_email: str | None = None,
+    ) -> str:
+        """A command the agent ran; returns its command id (made up if not given)."""
+        result: str = await self._call(
+            self._engine.link_command, command_id, command, exit_code, executed_at, user_email
+        )
+        return result
+
+    async def command_result(self, command_id: str, exit_code: int) -> None:
+        """The outcome of a ``run_command`` this agent was sent."""
+        await self._call(self._engine.link_command_result, command_id, exit_code)
+
+    def transport_lost(self) -> None:
+        """The transport is gone. Never blocks, so it is safe in a ``finally`` while cancelled.
+
+        The session enters GRACE_PERIOD unless it already moved on (resumed elsewhere, ended).
+        """
+        rec = self._record
+        if rec.link is self and rec.actor is not None:
+            rec.actor.post(self._engine.link_input, self, Input.TRANSPORT_CLOSED)

@@ -1,0 +1,247 @@
+"""The engine's public value types: statuses, views and events, as msgspec Structs.
+
+Views are frozen snapshots made at query time; their field names are the API contract's
+(``seed/sessions-api.txt``), so the HTTP layer encodes them as they are.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Literal
+
+import msgspec
+
+
+class Status(enum.StrEnum):
+    PENDING = "PENDING"
+    CONNECTED = "CONNECTED"
+    BACKGROUND = "BACKGROUND"
+    GRACE_PERIOD = "GRACE_PERIOD"
+    DISCONNECTED = "DISCONNECTED"
+    ERROR = "ERROR"
+
+    @property
+    def final(self) -> bool:
+        return self is Status.DISCONNECTED or self is Status.ERROR
+
+
+FINAL_STATUSES = frozenset({Status.DISCONNECTED, Status.ERROR})
+
+ClientMode = Literal["operator", "observer"]
+CLIENT_MODES: tuple[str, ...] = ("operator", "observer")
+
+CommandState = Literal["pending", "completed", "failed", "lost"]
+
+
+class Telemetry(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """One telemetry sample as an agent reports it; every metric is optional."""
+
+    cpu_percent: float | None = None
+    memory_percent: float | None = None
+    disk_percent: float | None = None
+    network_rx_bytes: int | None = None
+    network_tx_bytes: int | None = None
+    uptime_seconds: int | None = None
+
+
+class TelemetrySummary(msgspec.Struct, kw_only=True, frozen=True):
+    """The telemetry shown in a session's detail view."""
+
+    cpu_percent: float | None
+    memory_percent: float | None
+    disk_percent: float | None
+
+
+class AttachedClient(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    client_id: str
+    user_email: str
+    mode: ClientMode
+    attached_at: str
+
+
+class SessionSummary(msgspec.Struct, kw_only=True, frozen=True):
+    """A session as ``GET /v1/sessions`` lists it."""
+
+    session_id: str
+    status: Status
+    machine_id: str
+    machine_hostname: str
+    workspace_id: str
+    created_at: str
+    connected_at: str | None
+    last_heartbeat_at: str | None
+    attached_clients: int
+
+
+class SessionDetail(msgspec.Struct, kw_only=True, frozen=True):
+    """A session as ``GET /v1/sessions/{session_id}`` shows it.
+
+    Beyond the contract's fields: ``ended_at`` and ``reason`` (why the session last changed
+    status) and ``version``, which grows with every change to the session.
+    """
+
+    session_id: str
+    status: Status
+    machine_id: str
+    machine_hostname: str
+    workspace_id: str
+    created_at: str
+    connected_at: str | None
+    last_heartbeat_at: str | None
+    attached_clients: list[AttachedClient]
+    telemetry: TelemetrySummary | None
+    ended_at: str | None
+    reason: str | None
+    version: int
+
+
+class MachineSession(msgspec.Struct, kw_only=True, frozen=True):
+    """A machine's active session as ``GET /v1/machines/{machine_id}/session`` shows it."""
+
+    session_id: str
+    status: Status
+    machine_hostname: str
+    connected_at: str | None
+
+
+class CommandEntry(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """One executed command in a session's history."""
+
+    command_id: str
+    command: str
+    exit_code: int
+    executed_at: str
+    user_email: str | None
+
+
+class HistoryMeta(msgspec.Struct, kw_only=True, frozen=True):
+    """Paging of a history page: ``next_before`` is the cursor for the next older page."""
+
+    limit: int
+    has_more: bool
+    next_before: str | None
+    history_cap: int
+
+
+class HistoryPage(msgspec.Struct, kw_only=True, frozen=True):
+    data: list[CommandEntry]
+    meta: HistoryMeta
+
+
+class CommandView(msgspec.Struct, kw_only=True, frozen=True):
+    """A command an operator asked the agent to run, and how it ended."""
+
+    command_id: str
+    session_id: str
+    command: str
+    client_id: str
+    user_email: str
+    state: CommandState
+    requested_at: str
+    exit_code: int | None
+    completed_at: str | None
+
+
+class Metrics(msgspec.Struct, kw_only=True, frozen=True):
+    """The latest telemetry sample of a CONNECTED session."""
+
+    session_id: str
+    timestamp: str | None
+    cpu_percent: float | None
+    memory_percent: float | None
+    disk_percent: float | None
+    network_rx_bytes: int | None
+    network_tx_bytes: int | None
+    uptime_seconds: int | None
+
+
+class PageMeta(msgspec.Struct, kw_only=True, frozen=True):
+    total: int
+    limit: int
+    offset: int
+    has_more: bool
+
+
+class SessionPage(msgspec.Struct, kw_only=True, frozen=True):
+    data: list[SessionSummary]
+    meta: PageMeta
+
+
+class Welcome(msgspec.Struct, kw_only=True, frozen=True):
+    """What an agent learns on hello: its session, a fresh resume token, and the timings."""
+
+    session_id: str
+    resume_token: str
+    heartbeat_interval: float
+    heartbeat_timeout: float
+    grace_period: float
+    resumed: bool
+
+
+class EventClient(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    client_id: str
+    user_email: str
+    mode: ClientMode
+
+
+class EventCommand(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    command_id: str
+    command: str
+    exit_code: int
+    user_email: str | None
+
+
+class EventData(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """A session event's payload: the session's summary at the event, and the change."""
+
+    session_id: str
+    status: Status
+    machine_id: str
+    machine_hostname: str
+    workspace_id: str
+    created_at: str
+    connected_at: str | None
+    last_heartbeat_at: str | None
+    attached_clients: int
+    previous_status: Status | None
+    reason: str | None
+    sequence: int
+    client: EventClient | None = None
+    command: EventCommand | None = None
+
+
+class Event(msgspec.Struct, kw_only=True, frozen=True):
+    """One lifecycle event, as subscribers, the event feed and webhooks see it.
+
+    ``sequence`` counts the session's events from 1 with no gaps.
+    """
+
+    id: str
+    type: str
+    timestamp: str
+    workspace_id: str
+    session_id: str
+    sequence: int
+    data: EventData
+
+
+EVENT_TYPES: tuple[str, ...] = (
+    "session.created",
+    "session.connected",
+    "session.background",
+    "session.grace_period",
+    "session.disconnected",
+    "session.error",
+    "session.client_attached",
+    "session.client_detached",
+    "command.completed",
+    "command.failed",
+)
+
+
+class RunCommand(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """A command an attached operator asked the session's agent to run."""
+
+    command_id: str
+    command: str
+    user_email: str

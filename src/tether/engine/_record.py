@@ -1,0 +1,265 @@
+"""A session's mutable record and how it renders into the public views.
+
+The record is owned by the session's actor for lifecycle changes; heartbeats and telemetry
+write their two fields in place (trio is single-threaded, so that is safe) and never wake the
+actor. Views are rendered from the record at query time, so the read index keeps references
+to records, not copies.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from ._errors import CommandNotFound, InvalidParameter
+from ._models import (
+    AttachedClient,
+    CommandEntry,
+    CommandState,
+    CommandView,
+    EventData,
+    HistoryMeta,
+    HistoryPage,
+    MachineSession,
+    Metrics,
+    SessionDetail,
+    SessionSummary,
+    Status,
+    Telemetry,
+    TelemetrySummary,
+)
+
+if TYPE_CHECKING:
+    from ._clock import WallClock
+
+
+class OperatorCommand:
+    """A command an operator asked the agent to run, until and after its result comes back."""
+
+    __slots__ = (
+        "client_id",
+        "command",
+        "command_id",
+        "completed_at",
+        "exit_code",
+        "requested_at",
+        "state",
+        "user_email",
+    )
+
+    def __init__(
+        self, command_id: str, command: str, client_id: str, user_email: str, requested_at: float
+    ) -> None:
+        self.command_id = command_id
+        self.command = command
+        self.client_id = client_id
+        self.user_email = user_email
+        self.requested_at = requested_at
+        self.state: CommandState = "pending"
+        self.exit_code: int | None = None
+        self.completed_at: float | None = None
+
+
+class SessionRecord:
+    """Everything the engine knows about one session."""
+
+    __slots__ = (
+        "actor",
+        "agent_version",
+        "clients",
+        "commands",
+        "connected_at",
+        "created_at",
+        "ended_at",
+        "history",
+        "history_first",
+        "history_index",
+        "last_heartbeat",
+        "link",
+        "machine_hostname",
+        "machine_id",
+        "reason",
+        "resume_secret",
+        "sequence",
+        "session_id",
+        "status",
+        "status_since",
+        "telemetry",
+        "telemetry_at",
+        "version",
+        "workspace_id",
+    )
+
+    def __init__(
+        self,
+        session_id: str,
+        workspace_id: str,
+        machine_id: str,
+        machine_hostname: str,
+        created_at: float,
+    ) -> None:
+        self.session_id = session_id
+        self.workspace_id = workspace_id
+        self.machine_id = machine_id
+        self.machine_hostname = machine_hostname
+        self.created_at = created_at
+        self.status = Status.PENDING
+        self.status_since = created_at
+        self.reason: str | None = None
+        self.connected_at: float | None = None
+        self.last_heartbeat: float | None = None
+        self.ended_at: float | None = None
+        self.version = 0
+        self.sequence = 0
+        self.resume_secret: str | None = None
+        self.agent_version: str | None = None
+        self.telemetry: Telemetry | None = None
+        self.telemetry_at: float | None = None
+        # Created on first use: most sessions never have clients, history or commands.
+        self.clients: dict[str, AttachedClient] | None = None
+        self.commands: dict[str, OperatorCommand] | None = None
+        self.history: deque[CommandEntry] | None = None
+        self.history_index: dict[str, int] | None = None
+        self.history_first = 0
+        self.link: Any = None  # the AgentLink that currently carries the session
+        self.actor: Any = None  # the SessionActor, while the session is live
+
+    # -- command history -------------------------------------------------------------------
+
+    def record_command(self, entry: CommandEntry, cap: int) -> None:
+        """Append to the history, dropping the oldest entry past ``cap``."""
+        history = self.history
+        index = self.history_index
+        if history is None or index is None:
+            history = self.history = deque(maxlen=cap)
+            index = self.history_index = {}
+        if len(history) == cap:
+            dropped = history[0]
+            index.pop(dropped.command_id, None)
+            self.history_first += 1
+        index[entry.command_id] = self.history_first + len(history)
+        history.append(entry)
+
+    def has_command_id(self, command_id: str) -> bool:
+        return (self.history_index is not None and command_id in self.history_index) or (
+            self.commands is not None and command_id in self.commands
+        )
+
+    def history_page(self, limit: int, before: str | None, cap: int) -> HistoryPage:
+        """The ``limit`` latest commands older than ``before``, oldest first."""
+        history = self.history or ()
+        end = len(history)
+        if before is not None:
+            position = None if self.history_index is None else self.history_index.get(before)
+            if position is None:
+                raise InvalidParameter("before", "not a command id in this session's history")
+            end = position - self.history_first
+        start = max(0, end - limit)
+        items = [history[i] for i in range(start, end)]
+        return HistoryPage(
+            data=items,
+            meta=HistoryMeta(
+                limit=limit,
+                has_more=start > 0,
+                next_before=items[0].command_id if start > 0 and items else None,
+                history_cap=cap,
+            ),
+        )
+
+    def command_view(self, command_id: str, clock: WallClock) -> CommandView:
+        command = None if self.commands is None else self.commands.get(command_id)
+        if command is None:
+            raise CommandNotFound(command_id)
+        return CommandView(
+            command_id=command.command_id,
+            session_id=self.session_id,
+            command=command.command,
+            client_id=command.client_id,
+            user_email=command.user_email,
+            state=command.state,
+            requested_at=clock.rfc3339(command.requested_at),
+            exit_code=command.exit_code,
+            completed_at=clock.maybe(command.completed_at),
+        )
+
+    # -- views -----------------------------------------------------------------------------
+
+    def summary(self, clock: WallClock) -> SessionSummary:
+        return SessionSummary(
+            session_id=self.session_id,
+            status=self.status,
+            machine_id=self.machine_id,
+            machine_hostname=self.machine_hostname,
+            workspace_id=self.workspace_id,
+            created_at=clock.rfc3339(self.created_at),
+            connected_at=clock.maybe(self.connected_at),
+            last_heartbeat_at=clock.maybe(self.last_heartbeat),
+            attached_clients=len(self.clients) if self.clients else 0,
+        )
+
+    def detail(self, clock: WallClock) -> SessionDetail:
+        telemetry = self.telemetry
+        return SessionDetail(
+            session_id=self.session_id,
+            status=self.status,
+            machine_id=self.machine_id,
+            machine_hostname=self.machine_hostname,
+            workspace_id=self.workspace_id,
+            created_at=clock.rfc3339(self.created_at),
+            connected_at=clock.maybe(self.connected_at),
+            last_heartbeat_at=clock.maybe(self.last_heartbeat),
+            attached_clients=list(self.clients.values()) if self.clients else [],
+            telemetry=None
+            if telemetry is None
+            else TelemetrySummary(
+                cpu_percent=telemetry.cpu_percent,
+                memory_percent=telemetry.memory_percent,
+                disk_percent=telemetry.disk_percent,
+            ),
+            ended_at=clock.maybe(self.ended_at),
+            reason=self.reason,
+            version=self.version,
+        )
+
+    def machine_view(self, clock: WallClock) -> MachineSession:
+        return MachineSession(
+            session_id=self.session_id,
+            status=self.status,
+            machine_hostname=self.machine_hostname,
+            connected_at=clock.maybe(self.connected_at),
+        )
+
+    def metrics(self, clock: WallClock) -> Metrics:
+        t = self.telemetry or _NO_TELEMETRY
+        return Metrics(
+            session_id=self.session_id,
+            timestamp=clock.maybe(self.telemetry_at),
+            cpu_percent=t.cpu_percent,
+            memory_percent=t.memory_percent,
+            disk_percent=t.disk_percent,
+            network_rx_bytes=t.network_rx_bytes,
+            network_tx_bytes=t.network_tx_bytes,
+            uptime_seconds=t.uptime_seconds,
+        )
+
+    def event_data(
+        self, clock: WallClock, previous_status: Status | None, reason: str | None, **extra: Any
+    ) -> EventData:
+        return EventData(
+            session_id=self.session_id,
+            status=self.status,
+            machine_id=self.machine_id,
+            machine_hostname=self.machine_hostname,
+            workspace_id=self.workspace_id,
+            created_at=clock.rfc3339(self.created_at),
+            connected_at=clock.maybe(self.connected_at),
+            last_heartbeat_at=clock.maybe(self.last_heartbeat),
+            attached_clients=len(self.clients) if self.clients else 0,
+            previous_status=previous_status,
+            reason=reason,
+            sequence=self.sequence,
+            **extra,
+        )
+
+
+_NO_TELEMETRY = Telemetry()
