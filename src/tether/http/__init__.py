@@ -1,0 +1,24 @@
+"""Tether over HTTP: the Sessions REST API and the agent WebSocket, on Quart-Trio + Hypercorn.
+
+    async with Engine(config) as engine:
+        app = create_app(engine, keys, HttpSettings())
+        await serve(app, server_config("127.0.0.1", 8080), shutdown_trigger=...)
+
+Always imported by its full name, ``tether.http``; it never shadows the standard ``http``.
+"""
+
+from ._app import create_app, serve, server_config
+from ._auth import DEFAULT_WORKSPACE, KeyStore, create_key, new_key, read_keys_file
+from ._settings import HttpSettings
+
+__all__ = [
+    "DEFAULT_WORKSPACE",
+    "HttpSettings",
+    "KeyStore",
+    "create_app",
+    "create_key",
+    "new_key",
+    "read_keys_file",
+    "serve",
+    "server_config",
+]

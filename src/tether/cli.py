@@ -1,0 +1,209 @@
+"""The ``tether`` command: ``tether serve`` and ``tether keys create``.
+
+Each subcommand is one ``_add_<name>(subparsers)`` function that declares its flags and sets
+``run`` to the function that carries it out; a new subcommand (``tether sim``) is one more such
+function added to :func:`build_parser`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+import trio
+
+from tether.engine import Engine, EngineConfig, TetherError
+from tether.http import (
+    DEFAULT_WORKSPACE,
+    HttpSettings,
+    KeyStore,
+    create_app,
+    create_key,
+    serve,
+    server_config,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+log = logging.getLogger("tether")
+
+
+def default_keys_file() -> Path:
+    """``$TETHER_KEYS_FILE``, else ``$XDG_CONFIG_HOME/tether/keys.json`` (``~/.config``)."""
+    explicit = os.environ.get("TETHER_KEYS_FILE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "tether" / "keys.json"
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be a positive number")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+# -- tether serve --------------------------------------------------------------------------------
+
+
+def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    d = EngineConfig()
+    h = HttpSettings()
+    p = subparsers.add_parser(
+        "serve", help="serve the Sessions REST API and the agent socket",
+        description="Serve the Sessions REST API and the agent WebSocket (/v1/agent).",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (8080)")
+    p.add_argument("--keys", type=Path, default=None, metavar="FILE",
+                   help="keys file (default $TETHER_KEYS_FILE or ~/.config/tether/keys.json)")
+    timing = p.add_argument_group("session timings (seconds)")
+    timing.add_argument("--heartbeat-interval", type=_positive, default=d.heartbeat_interval)
+    timing.add_argument("--heartbeat-timeout", type=_positive, default=d.heartbeat_timeout)
+    timing.add_argument("--grace-period", type=_positive, default=d.grace_period)
+    timing.add_argument("--pending-timeout", type=_positive, default=d.pending_timeout)
+    timing.add_argument("--background-timeout", type=_positive, default=d.background_timeout)
+    timing.add_argument("--retention", type=_positive, default=d.retention,
+                        help="how long ended sessions stay queryable")
+    limits = p.add_argument_group("limits")
+    limits.add_argument("--max-body-bytes", type=_count, default=h.max_body_bytes)
+    limits.add_argument("--max-frame-bytes", type=_count, default=h.max_frame_bytes)
+    limits.add_argument("--max-violations", type=_count, default=h.max_violations,
+                        help="agent protocol violations before its socket is closed")
+    p.add_argument("--log-level", default="INFO",
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
+    p.add_argument("--access-log", action="store_true", help="log every request to stdout")
+    p.set_defaults(run=_run_serve)
+
+
+def load_keys(path: Path, out: TextIO | None = None) -> KeyStore:
+    """Keys from the environment and ``path``; on a first run with none, make ``ws_default``'s."""
+    keys = KeyStore()
+    keys.load_env()
+    if path.exists():
+        keys.load_file(path)
+    if len(keys) == 0:
+        api_key = create_key(path, "api", DEFAULT_WORKSPACE)
+        agent_token = create_key(path, "agent", DEFAULT_WORKSPACE)
+        keys.load_file(path)
+        print(
+            f"First run: created {path} for workspace {DEFAULT_WORKSPACE}.\n"
+            f"  API key (REST API):        {api_key}\n"
+            f"  Agent token (/v1/agent):   {agent_token}\n"
+            "They are shown once; the file stores only their hashes.",
+            file=out or sys.stdout,
+            flush=True,
+        )
+    return keys
+
+
+async def _serve(
+    engine_config: EngineConfig, keys: KeyStore, settings: HttpSettings, args: argparse.Namespace,
+) -> None:
+    config = server_config(args.host, args.port, settings, access_log=args.access_log)
+    stop = trio.Event()
+    async with Engine(engine_config) as engine:
+        app = create_app(engine, keys, settings)
+        async with trio.open_nursery() as nursery:
+
+            async def on_signal() -> None:
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        log.info("%s: shutting down", signal.Signals(signum).name)
+                        engine.shutdown()  # sessions end; their agents' sockets close cleanly
+                        stop.set()
+                        return
+
+            nursery.start_soon(on_signal)
+            binds = await nursery.start(partial(serve, app, config, shutdown_trigger=stop.wait))
+            log.info("serving on %s", ", ".join(binds))
+            await stop.wait()
+            nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout + 1
+    log.info("stopped")
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    try:
+        engine_config = EngineConfig(
+            heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
+            grace_period=args.grace_period, pending_timeout=args.pending_timeout,
+            background_timeout=args.background_timeout, retention=args.retention,
+        )
+        settings = HttpSettings(
+            max_body_bytes=args.max_body_bytes, max_frame_bytes=args.max_frame_bytes,
+            max_violations=args.max_violations,
+        )
+        keys = load_keys(args.keys or default_keys_file())
+    except (TetherError, ValueError, OSError) as error:
+        print(f"tether serve: {error}", file=sys.stderr)
+        return 2
+    trio.run(_serve, engine_config, keys, settings, args)
+    return 0
+
+
+# -- tether keys ---------------------------------------------------------------------------------
+
+
+def _add_keys(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser("keys", help="manage API keys and agent tokens")
+    actions = p.add_subparsers(dest="action", required=True)
+    create = actions.add_parser(
+        "create", help="make an API key (or with --agent, an agent token) and print it once"
+    )
+    create.add_argument("--workspace", required=True, help="the workspace it belongs to")
+    create.add_argument("--agent", action="store_true", help="an agent token (agt_...)")
+    create.add_argument("--keys", type=Path, default=None, metavar="FILE",
+                        help="keys file (default $TETHER_KEYS_FILE or ~/.config/tether/keys.json)")
+    create.set_defaults(run=_run_keys_create)
+
+
+def _run_keys_create(args: argparse.Namespace) -> int:
+    path = args.keys or default_keys_file()
+    try:
+        key = create_key(path, "agent" if args.agent else "api", args.workspace)
+    except (ValueError, OSError) as error:
+        print(f"tether keys create: {error}", file=sys.stderr)
+        return 2
+    print(key)
+    print(f"(stored its hash in {path}; this is the only time it is shown)", file=sys.stderr)
+    return 0
+
+
+# -- entry point ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tether", description="Tether session engine")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_serve(subparsers)
+    _add_keys(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(args, "log_level", "WARNING"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    result: int = args.run(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""The agent socket, ``/v1/agent``: the protocol of design.md over one WebSocket per agent.
+
+The first frame must be ``hello`` (answered ``welcome``, or ``error`` and a close). Then two
+tasks: this one decodes the agent's frames and reports them through the session's
+:class:`~tether.engine.AgentLink`, and a sender drains the outgoing queue (``run_command``,
+``error`` frames, the close) so the socket has a single writer. Heartbeats and telemetry are the
+hot path: decode, ``link.heartbeat``, nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+from typing import TYPE_CHECKING
+
+import msgspec
+import trio
+from quart import websocket
+
+from tether import wire
+from tether.engine import AgentLinkClosed, RunCommand, Telemetry, TetherError
+
+from ._errors import Unauthorized, error_response
+
+if TYPE_CHECKING:
+    from quart import Response
+
+    from tether.engine import AgentLink, Engine
+
+    from ._auth import KeyStore
+    from ._settings import HttpSettings
+
+log = logging.getLogger("tether.http.agent")
+
+_CLOSE_NORMAL = 1000
+_CLOSE_POLICY = 1008
+_CLOSE_TOO_BIG = 1009
+_CLOSE_GOING_AWAY = 1001
+
+_Heartbeat = wire.Heartbeat
+_TelemetryFrame = wire.TelemetryFrame
+
+
+def _telemetry(t: wire.Telemetry | wire.TelemetryFrame) -> Telemetry:
+    return Telemetry(
+        cpu_percent=t.cpu_percent, memory_percent=t.memory_percent, disk_percent=t.disk_percent,
+        network_rx_bytes=t.network_rx_bytes, network_tx_bytes=t.network_tx_bytes,
+        uptime_seconds=t.uptime_seconds,
+    )
+
+
+def _error_frame(code: str, message: str) -> str:
+    return wire.encode(wire.Error(code=code, message=message)).decode()
+
+
+class _Close:
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason[:120]
+
+
+class SocketTransport:
+    """The engine's :class:`~tether.engine.AgentTransport` for one socket: never blocks.
+
+    Frames go into a bounded queue drained by the sender task; an agent that lets
+    ``agent_send_queue`` frames pile up is cut off.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._send, self.outbox = trio.open_memory_channel[str | _Close](capacity)
+        self.cancel_scope = trio.CancelScope()
+        self.closing = False
+
+    def push(self, frame: str) -> None:
+        if self.closing:
+            return
+        try:
+            self._send.send_nowait(frame)
+        except trio.WouldBlock:
+            log.warning("agent not reading its socket; closing it")
+            self.closing = True
+            self.cancel_scope.cancel()
+
+    def send_run_command(self, command: RunCommand) -> None:
+        self.push(wire.encode(wire.RunCommand(
+            command_id=command.command_id, command=command.command,
+            user_email=command.user_email,
+        )).decode())
+
+    def close(self, reason: str, code: int = _CLOSE_NORMAL) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        try:
+            self._send.send_nowait(_Close(code, reason))
+        except trio.WouldBlock:
+            self.cancel_scope.cancel()
+
+
+class AgentSocket:
+    """The ``/v1/agent`` endpoint over one engine."""
+
+    def __init__(self, engine: Engine, keys: KeyStore, settings: HttpSettings) -> None:
+        self.engine = engine
+        self.keys = keys
+        self.settings = settings
+
+    async def __call__(self) -> Response | None:
+        workspace_id = self.keys.workspace("agent", websocket.headers.get("Authorization"))
+        if workspace_id is None:
+            return error_response(Unauthorized())  # an HTTP 401 instead of the upgrade
+        await websocket.accept()
+        transport = SocketTransport(self.settings.agent_send_queue)
+        link: AgentLink | None = None
+        try:
+            with transport.cancel_scope:
+                link = await self._hello(workspace_id, transport)
+                if link is None:
+                    return None
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._send_loop, transport, nursery.cancel_scope)
+                    await self._receive_loop(link, transport)
+        finally:
+            if link is not None:
+                link.transport_lost()
+        return None
+
+    # -- hello -------------------------------------------------------------------------------
+
+    async def _hello(self, workspace_id: str, transport: SocketTransport) -> AgentLink | None:
+        with trio.move_on_after(self.settings.hello_timeout):
+            data = await websocket.receive()
+            try:
+                if len(data) > self.settings.max_frame_bytes:
+                    raise ValueError("frame too large")
+                frame = wire.decode_agent_frame(data)
+            except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as error:
+                await self._refuse("invalid_frame", f"Invalid hello: {error}")
+                return None
+            if not isinstance(frame, wire.Hello):
+                await self._refuse("hello_required", "The first frame must be hello")
+                return None
+            try:
+                link = await self.engine.agent_hello(
+                    workspace_id, transport, machine_id=frame.machine_id,
+                    machine_hostname=frame.machine_hostname, resume_token=frame.resume_token,
+                    agent_version=frame.agent_version,
+                )
+            except TetherError as error:
+                await self._refuse(error.code, error.message)
+                return None
+            welcome = link.welcome
+            assert welcome is not None
+            await websocket.send(wire.encode(wire.Welcome(
+                session_id=welcome.session_id, resume_token=welcome.resume_token,
+                heartbeat_interval=welcome.heartbeat_interval,
+                heartbeat_timeout=welcome.heartbeat_timeout, grace_period=welcome.grace_period,
+                resumed=welcome.resumed,
+            )).decode())
+            return link
+        await self._refuse("hello_timeout", "No hello in time")
+        return None
+
+    async def _refuse(self, code: str, message: str) -> None:
+        with trio.move_on_after(5):
+            await websocket.send(_error_frame(code, message))
+            await websocket.close(_CLOSE_POLICY, code)
+
+    # -- after welcome -----------------------------------------------------------------------
+
+    async def _send_loop(self, transport: SocketTransport, scope: trio.CancelScope) -> None:
+        async for item in transport.outbox:
+            if isinstance(item, _Close):
+                with trio.move_on_after(5):
+                    await websocket.close(item.code, item.reason)
+                scope.cancel()
+                return
+            await websocket.send(item)
+
+    async def _receive_loop(self, link: AgentLink, transport: SocketTransport) -> None:
+        max_frame = self.settings.max_frame_bytes
+        decode = wire.decode_agent_frame
+        violations = 0
+        while not transport.closing:
+            data = await websocket.receive()
+            if len(data) > max_frame:
+                problem: tuple[str, str] | None = (
+                    "frame_too_large", f"Frames are limited to {max_frame} bytes"
+                )
+            else:
+                try:
+                    frame = decode(data)
+                except (msgspec.ValidationError, msgspec.DecodeError) as error:
+                    problem = ("invalid_frame", f"Invalid frame: {error}")
+                else:
+                    kind = type(frame)
+                    try:
+                        if kind is _Heartbeat:  # the hot path
+                            t = frame.telemetry
+                            link.heartbeat(None if t is None else _telemetry(t))
+                            continue
+                        if kind is _TelemetryFrame:
+                            link.telemetry(_telemetry(frame))
+                            continue
+                        problem = await self._frame(link, transport, frame)
+                    except AgentLinkClosed as error:
+                        transport.close(error.code)
+                        return
+                    except TetherError as error:
+                        problem = (error.code, error.message)
+            if problem is not None:
+                violations += 1
+                transport.push(_error_frame(*problem))
+                if violations >= self.settings.max_violations:
+                    await self._give_up(link, transport, problem[1])
+                    return
+
+    async def _frame(
+        self, link: AgentLink, transport: SocketTransport, frame: wire.AgentFrame
+    ) -> tuple[str, str] | None:
+        """Report one (non-heartbeat) frame; a problem to tell the agent, or ``None``."""
+        if isinstance(frame, wire.CommandResult):
+            await link.command_result(frame.command_id, frame.exit_code)
+        elif isinstance(frame, wire.Command):
+            await link.report_command(
+                frame.command, frame.exit_code, command_id=frame.command_id,
+                executed_at=self._trio_time(frame.executed_at), user_email=frame.user_email,
+            )
+        elif isinstance(frame, wire.Background):
+            await link.background()
+        elif isinstance(frame, wire.Foreground):
+            await link.foreground()
+        elif isinstance(frame, wire.Goodbye):
+            await link.goodbye(frame.reason)
+            transport.close("agent_goodbye")
+        elif isinstance(frame, wire.Error):
+            if frame.fatal:
+                await link.fatal_error(frame.code, frame.message)
+                transport.close("agent_error")
+            else:
+                log.info("agent %s reports %s: %s", link.session_id, frame.code, frame.message)
+        elif isinstance(frame, wire.Hello):
+            return ("unexpected_frame", "hello is only valid as the first frame")
+        return None
+
+    def _trio_time(self, executed_at: datetime.datetime | None) -> float | None:
+        if executed_at is None:
+            return None
+        if executed_at.tzinfo is None:
+            executed_at = executed_at.replace(tzinfo=datetime.UTC)
+        clock = self.engine.clock
+        return clock.trio_zero + (executed_at.timestamp() - clock.epoch)
+
+    async def _give_up(self, link: AgentLink, transport: SocketTransport, message: str) -> None:
+        """Too many violations: the socket closes (1008) and the session ends in ERROR."""
+        transport.close("protocol_violation", _CLOSE_POLICY)  # before the engine's own close
+        with contextlib.suppress(TetherError):  # the session may already have moved on
+            await link.protocol_violation(message)

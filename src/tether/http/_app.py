@@ -1,0 +1,92 @@
+"""The Quart-Trio application over one engine, and the Hypercorn server that serves it."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+from quart import request
+from quart_trio import QuartTrio
+
+from . import _errors
+from ._agent import AgentSocket
+from ._openapi import openapi_document
+from ._routes import OPERATIONS
+from ._settings import HttpSettings
+from ._views import SessionsApi
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from tether.engine import Engine
+
+    from ._auth import KeyStore
+
+log = logging.getLogger("tether.http")
+
+
+async def _drain_body() -> None:
+    """Read a request's body before anything answers it.
+
+    Seen on hypercorn 0.18 + quart 0.22: an answer sent before the body was read (an early
+    401/404/409 on a POST) leaves the keep-alive connection hung. Reading it first (bounded by
+    the body limit, which answers 413 and closes the connection) keeps every connection usable.
+    """
+    headers = request.headers
+    if "Content-Length" in headers or "Transfer-Encoding" in headers:
+        await request.get_data()
+
+
+def create_app(
+    engine: Engine, keys: KeyStore, settings: HttpSettings | None = None
+) -> QuartTrio:
+    """The Sessions REST API, ``/openapi.json``, ``/healthz`` and the agent socket."""
+    settings = settings or HttpSettings()
+    app = QuartTrio("tether")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    app.before_request(_drain_body)
+    _errors.install(app)
+    api = SessionsApi(engine, keys, openapi_document())
+    for op in OPERATIONS:
+        app.add_url_rule(op.rule, op.view, getattr(api, op.view), methods=[op.method])
+    app.add_websocket("/v1/agent", "agent", AgentSocket(engine, keys, settings))
+    return app
+
+
+def server_config(
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    settings: HttpSettings | None = None,
+    *,
+    access_log: bool = False,
+) -> Config:
+    """Hypercorn's configuration for our app: our limits instead of its 16 MiB defaults."""
+    settings = settings or HttpSettings()
+    config = Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.websocket_max_message_size = 2 * settings.max_frame_bytes
+    config.h11_max_incomplete_size = 64 * 1024
+    config.accesslog = "-" if access_log else None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = 5.0
+    return config
+
+
+async def serve(
+    app: QuartTrio,
+    config: Config,
+    *,
+    shutdown_trigger: Callable[..., Awaitable[Any]] | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` until ``shutdown_trigger`` returns; ``task_status`` gets the bound URLs."""
+    await hypercorn_serve(
+        app,
+        config,
+        shutdown_trigger=shutdown_trigger,
+        task_status=task_status,
+    )

@@ -1,0 +1,31 @@
+"""What the HTTP layer can be told: body and frame limits, the agent socket's patience."""
+
+from __future__ import annotations
+
+import msgspec
+
+MIB = 1024 * 1024
+
+
+class HttpSettings(msgspec.Struct, kw_only=True, frozen=True):
+    """Limits of the HTTP layer (the engine's timings are in ``EngineConfig``)."""
+
+    #: Largest request body; a bigger one is answered 413.
+    max_body_bytes: int = MIB
+    #: Largest agent frame; a bigger one is refused with an ``error`` frame (and counts as a
+    #: violation). Frames over twice this are cut off by the server with close code 1009.
+    max_frame_bytes: int = 64 * 1024
+    #: Protocol violations (malformed, unknown or refused frames) an agent may make before its
+    #: socket is closed and its session ends in ERROR.
+    max_violations: int = 3
+    #: Seconds an agent has to send ``hello`` after connecting.
+    hello_timeout: float = 10.0
+    #: ``run_command`` frames queued for an agent that does not read; past it, the socket closes.
+    agent_send_queue: int = 1024
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_frame_bytes", "max_violations", "agent_send_queue"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if not self.hello_timeout > 0:
+            raise ValueError("hello_timeout must be positive")

@@ -1,0 +1,172 @@
+"""The agent wire protocol of ``/v1/agent``: one JSON text message per frame, tagged by ``type``.
+
+This protocol is public: third-party agents, the simulator and the server all speak exactly
+these frames. The module imports only msgspec so that anything can reuse it.
+
+    frame = decode_agent_frame(data)      # raises msgspec.ValidationError / DecodeError
+    payload = encode(Welcome(session_id=..., ...))
+
+Decoding with the right union is the validation: an unknown ``type`` or a field of the wrong
+type fails in the decoder with a precise message.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+import msgspec
+
+__all__ = [
+    "AgentFrame",
+    "Background",
+    "Command",
+    "CommandResult",
+    "Error",
+    "Foreground",
+    "Goodbye",
+    "Heartbeat",
+    "Hello",
+    "RunCommand",
+    "ServerFrame",
+    "Telemetry",
+    "TelemetryFrame",
+    "Welcome",
+    "decode_agent_frame",
+    "decode_server_frame",
+    "encode",
+]
+
+
+class Telemetry(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True, gc=False):
+    """A telemetry sample; every metric is optional. Also the ``telemetry`` of a heartbeat."""
+
+    cpu_percent: float | None = None
+    memory_percent: float | None = None
+    disk_percent: float | None = None
+    network_rx_bytes: int | None = None
+    network_tx_bytes: int | None = None
+    uptime_seconds: int | None = None
+
+
+class _Frame(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True, tag_field="type"):
+    """Base of every frame: a JSON object whose ``type`` names the frame."""
+
+
+# -- agent -> server ---------------------------------------------------------------------------
+
+
+class Hello(_Frame, kw_only=True, frozen=True, omit_defaults=True, tag="hello"):
+    """The first frame of every connection; ``resume_token`` resumes a session in grace."""
+
+    machine_id: str
+    machine_hostname: str
+    resume_token: str | None = None
+    agent_version: str | None = None
+
+
+class Heartbeat(_Frame, kw_only=True, frozen=True, omit_defaults=True, tag="heartbeat", gc=False):
+    """The agent is alive, optionally with a telemetry sample."""
+
+    telemetry: Telemetry | None = None
+
+
+class TelemetryFrame(
+    _Frame, kw_only=True, frozen=True, omit_defaults=True, tag="telemetry", gc=False
+):
+    """A telemetry sample on its own (it also counts as a heartbeat)."""
+
+    cpu_percent: float | None = None
+    memory_percent: float | None = None
+    disk_percent: float | None = None
+    network_rx_bytes: int | None = None
+    network_tx_bytes: int | None = None
+    uptime_seconds: int | None = None
+
+
+class Command(_Frame, kw_only=True, frozen=True, omit_defaults=True, tag="command"):
+    """A command the agent ran. ``executed_at`` is RFC 3339 (UTC if no offset is given)."""
+
+    command: str
+    exit_code: int
+    command_id: str | None = None
+    executed_at: datetime.datetime | None = None
+    user_email: str | None = None
+
+
+class CommandResult(_Frame, kw_only=True, frozen=True, omit_defaults=True, tag="command_result"):
+    """The outcome of a ``run_command`` the agent was sent."""
+
+    command_id: str
+    exit_code: int
+
+
+class Background(_Frame, kw_only=True, frozen=True, omit_defaults=True, tag="background"):
+    """The agent's app went to the background."""
+
+
+class Foreground(_Frame, kw_only=True, frozen=True, omit_defaults=True, tag="foreground"):
+    """The agent's app came back to the foreground."""
+
+
+class Goodbye(_Frame, kw_only=True, frozen=True, omit_defaults=True, tag="goodbye"):
+    """The agent leaves for good: its session ends (DISCONNECTED)."""
+
+    reason: str | None = None
+
+
+# -- both directions ---------------------------------------------------------------------------
+
+
+class Error(_Frame, kw_only=True, frozen=True, tag="error"):
+    """An error. From the agent, ``fatal`` ends its session in ERROR; the server sends it false."""
+
+    code: str
+    message: str
+    fatal: bool = False
+
+
+# -- server -> agent ---------------------------------------------------------------------------
+
+
+class Welcome(_Frame, kw_only=True, frozen=True, tag="welcome"):
+    """The answer to hello: the session, a fresh resume token and the timings (seconds)."""
+
+    session_id: str
+    resume_token: str
+    heartbeat_interval: float
+    heartbeat_timeout: float
+    grace_period: float
+    resumed: bool = False
+
+
+class RunCommand(_Frame, kw_only=True, frozen=True, tag="run_command"):
+    """Run this command for an attached operator; answer with ``command_result``."""
+
+    command_id: str
+    command: str
+    user_email: str
+
+
+AgentFrame = (
+    Hello
+    | Heartbeat
+    | TelemetryFrame
+    | Command
+    | CommandResult
+    | Background
+    | Foreground
+    | Goodbye
+    | Error
+)
+ServerFrame = Welcome | RunCommand | Error
+
+_encoder = msgspec.json.Encoder()
+_agent_decoder = msgspec.json.Decoder(AgentFrame)
+_server_decoder = msgspec.json.Decoder(ServerFrame)
+
+#: Encode any frame to JSON bytes (send it as a text message).
+encode = _encoder.encode
+#: Decode a frame an agent sent (``str`` or ``bytes``).
+decode_agent_frame = _agent_decoder.decode
+#: Decode a frame the server sent (``str`` or ``bytes``).
+decode_server_frame = _server_decoder.decode
