@@ -1,0 +1,280 @@
+"""The webhooks service: endpoints per workspace, fed by the engine's events.
+
+    async with Engine() as engine, trio.open_nursery() as nursery:
+        hooks = Webhooks(engine, WebhookConfig(retry_base=5.0))
+        await nursery.start(hooks.run)
+        view = await hooks.create("ws_acme", "https://example.com/hook", ["*"])
+
+Every call is scoped to a workspace: another workspace's endpoint is "not found".
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import TYPE_CHECKING
+
+import msgspec
+import trio
+
+from tether.engine import EventsMissed, InvalidParameter
+
+from ._config import WebhookConfig
+from ._dispatcher import Dispatcher
+from ._errors import (
+    DeliveryNotFound,
+    DeliveryPending,
+    TooManyWebhooks,
+    WebhookDisabled,
+    WebhookNotFound,
+    WebhookQueueFull,
+)
+from ._models import (
+    TEST_EVENT_TYPE,
+    WEBHOOK_EVENT_TYPES,
+    DeliveryMeta,
+    DeliveryPage,
+    DeliveryView,
+    Endpoint,
+    Payload,
+    TestData,
+    TestResult,
+    WebhookView,
+)
+from ._signing import generate_secret, secret_key
+from ._urls import check_url
+
+if TYPE_CHECKING:
+    from tether.engine import Engine, Event, Subscription
+
+log = logging.getLogger("tether.webhooks")
+
+DEFAULT_DELIVERIES = 20
+MAX_DELIVERIES = 100
+MAX_EVENT_TYPES = 32
+
+UNSET = msgspec.UNSET
+Unset = msgspec.UnsetType
+
+
+def check_events(events: object) -> frozenset[str]:
+    """The event types an endpoint subscribes to; ``*`` is all of them."""
+    if not isinstance(events, list | tuple) or not events:
+        raise InvalidParameter("events", "must be a non-empty list of event types")
+    if len(events) > MAX_EVENT_TYPES:
+        raise InvalidParameter("events", f"must list at most {MAX_EVENT_TYPES} event types")
+    for name in events:
+        if not isinstance(name, str) or (name != "*" and name not in WEBHOOK_EVENT_TYPES):
+            raise InvalidParameter("events", f"unknown event type {name!r}")
+    return frozenset(events)
+
+
+class Webhooks:
+    """Webhook endpoints of every workspace, and the delivery of the engine's events to them."""
+
+    def __init__(self, engine: Engine, config: WebhookConfig | None = None) -> None:
+        self.engine = engine
+        self.config = config or WebhookConfig()
+        self._endpoints: dict[str, Endpoint] = {}
+        self._by_workspace: dict[str, dict[str, Endpoint]] = {}
+        self._dispatcher: Dispatcher | None = None
+        #: Events the dispatcher could not read because it fell behind the engine's log.
+        self.events_missed = 0
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Deliver the engine's events until cancelled. Start it with ``nursery.start``."""
+        dispatcher = Dispatcher(self.config, self.engine.clock)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(dispatcher.run)
+            self._dispatcher = dispatcher
+            try:
+                for ep in self._endpoints.values():
+                    if ep.enabled:
+                        dispatcher.start(ep)
+                subscription = self.engine.subscribe()
+                task_status.started()
+                await self._consume(subscription)
+                # The engine closed its log: what is queued still goes out until cancelled.
+                await trio.sleep_forever()
+            finally:
+                self._dispatcher = None
+                for ep in self._endpoints.values():
+                    ep.scope = None
+
+    async def _consume(self, subscription: Subscription) -> None:
+        while True:
+            try:
+                async for event in subscription:
+                    self._on_event(event)
+                return
+            except EventsMissed as exc:
+                self.events_missed += exc.missed
+                log.warning("webhook dispatcher missed %d events; resuming from %s",
+                            exc.missed, exc.resume_from)
+
+    def _on_event(self, event: Event) -> None:
+        endpoints = self._by_workspace.get(event.workspace_id)
+        if not endpoints:
+            return
+        dispatcher = self._running()
+        for ep in endpoints.values():
+            if ep.enabled and ep.wants(event.type):
+                dispatcher.enqueue(ep, event, event.session_id)
+
+    def _running(self) -> Dispatcher:
+        if self._dispatcher is None:
+            raise RuntimeError("Webhooks.run is not running")
+        return self._dispatcher
+
+    # -- endpoints ---------------------------------------------------------------------------
+
+    def _endpoint(self, workspace_id: str, webhook_id: str) -> Endpoint:
+        ep = self._by_workspace.get(workspace_id, {}).get(webhook_id)
+        if ep is None:
+            raise WebhookNotFound(webhook_id)
+        return ep
+
+    async def create(
+        self, workspace_id: str, url: str, events: list[str], secret: str | None = None,
+        enabled: bool = True,
+    ) -> WebhookView:
+        """A new endpoint; the view carries its secret (generated if not given), this once."""
+        types = check_events(events)
+        if secret is None:
+            secret = generate_secret()
+        key = secret_key(secret)
+        url = await check_url(url, self.config.allow_private)
+        endpoints = self._by_workspace.setdefault(workspace_id, {})
+        if len(endpoints) >= self.config.max_endpoints_per_workspace:
+            raise TooManyWebhooks(self.config.max_endpoints_per_workspace)
+        ep = Endpoint("hook_" + secrets.token_hex(10), workspace_id, url, types, secret, key,
+                      bool(enabled), trio.current_time())
+        endpoints[ep.id] = ep
+        self._endpoints[ep.id] = ep
+        if ep.enabled and self._dispatcher is not None:
+            self._dispatcher.start(ep)
+        return ep.view(self.engine.clock, secret=secret)
+
+    def list(self, workspace_id: str) -> list[WebhookView]:
+        """The workspace's endpoints, oldest first."""
+        clock = self.engine.clock
+        return [ep.view(clock) for ep in self._by_workspace.get(workspace_id, {}).values()]
+
+    def get(self, workspace_id: str, webhook_id: str) -> WebhookView:
+        return self._endpoint(workspace_id, webhook_id).view(self.engine.clock)
+
+    async def update(
+        self, workspace_id: str, webhook_id: str, *, url: str | Unset = UNSET,
+        events: list[str] | Unset = UNSET, secret: str | Unset | None = UNSET,
+        enabled: bool | Unset = UNSET,
+    ) -> WebhookView:
+        """Change an endpoint. ``secret=None`` generates a new one (shown in the view, once).
+
+        Enabling a disabled endpoint clears its disabled reason and failure count.
+        """
+        self._endpoint(workspace_id, webhook_id)
+        types = None if events is UNSET else check_events(events)
+        new_secret = generate_secret() if secret is None else secret
+        key = None if new_secret is UNSET else secret_key(new_secret)
+        if url is not UNSET:
+            url = await check_url(url, self.config.allow_private)
+        ep = self._endpoint(workspace_id, webhook_id)  # it may have gone while we resolved
+        if url is not UNSET:
+            ep.url = url
+        if types is not None:
+            ep.events = types
+        if key is not None and isinstance(new_secret, str):
+            ep.secret, ep.key = new_secret, key
+        if enabled is not UNSET and bool(enabled) != ep.enabled:
+            if enabled:
+                ep.enabled = True
+                ep.disabled_reason = None
+                ep.consecutive_failures = 0
+                if self._dispatcher is not None:
+                    self._dispatcher.start(ep)
+            else:
+                self._disable(ep, None)
+        ep.updated_at = trio.current_time()
+        return ep.view(self.engine.clock, secret=new_secret if secret is None else None)
+
+    def _disable(self, ep: Endpoint, reason: str | None) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.disable(ep, reason)
+        else:
+            ep.enabled, ep.disabled_reason = False, reason
+
+    def delete(self, workspace_id: str, webhook_id: str) -> None:
+        ep = self._endpoint(workspace_id, webhook_id)
+        if self._dispatcher is not None:
+            self._dispatcher.stop(ep)
+        del self._by_workspace[workspace_id][webhook_id]
+        del self._endpoints[webhook_id]
+
+    # -- deliveries --------------------------------------------------------------------------
+
+    async def send_test(self, workspace_id: str, webhook_id: str) -> TestResult:
+        """Send a signed ``webhook.test`` event once, now, and report how it went.
+
+        It goes out even to a disabled endpoint (to check it before re-enabling) and is
+        recorded in the deliveries log; it does not count toward disabling.
+        """
+        ep = self._endpoint(workspace_id, webhook_id)
+        dispatcher = self._running()
+        now = trio.current_time()
+        event = Payload(
+            id="evt_test_" + secrets.token_hex(10), type=TEST_EVENT_TYPE,
+            timestamp=self.engine.clock.rfc3339(now), workspace_id=workspace_id,
+            data=TestData(webhook_id=ep.id, message="This is a test event from Tether."),
+        )
+        d = dispatcher.new_delivery(event, "")
+        await dispatcher.send_once(ep, d)
+        return TestResult(
+            success=d.state == "succeeded", delivery_id=d.id, event_id=event.id,
+            status_code=d.last_status, error=d.last_error,
+            duration_ms=round((trio.current_time() - now) * 1000, 3),
+        )
+
+    def deliveries(
+        self, workspace_id: str, webhook_id: str, limit: int = DEFAULT_DELIVERIES,
+        before: str | None = None,
+    ) -> DeliveryPage:
+        """The endpoint's deliveries, newest first; ``before`` is the previous page's cursor."""
+        if not isinstance(limit, int) or not 1 <= limit <= MAX_DELIVERIES:
+            raise InvalidParameter("limit", f"must be an integer from 1 to {MAX_DELIVERIES}")
+        ep = self._endpoint(workspace_id, webhook_id)
+        keys = ep.log.irange(maximum=before, inclusive=(True, False), reverse=True)
+        clock = self.engine.clock
+        page: list[DeliveryView] = []
+        has_more = False
+        for key in keys:
+            if len(page) == limit:
+                has_more = True
+                break
+            page.append(ep.log[key].view(clock))
+        return DeliveryPage(
+            data=page,
+            meta=DeliveryMeta(limit=limit, has_more=has_more,
+                              next_before=page[-1].id if has_more else None),
+        )
+
+    def redeliver(self, workspace_id: str, webhook_id: str, delivery_id: str) -> DeliveryView:
+        """Queue a finished delivery again (behind its session's queued events)."""
+        ep = self._endpoint(workspace_id, webhook_id)
+        d = ep.log.get(delivery_id)
+        if d is None:
+            raise DeliveryNotFound(delivery_id)
+        if d.state == "pending":
+            raise DeliveryPending(delivery_id)
+        if not ep.enabled:
+            raise WebhookDisabled(ep.id, ep.disabled_reason)
+        if ep.pending >= self.config.queue_max:
+            raise WebhookQueueFull(ep.id, ep.pending)
+        self._running().requeue(ep, d)
+        return d.view(self.engine.clock)
+
+    def endpoint_stats(self, workspace_id: str, webhook_id: str) -> dict[str, int]:
+        """Counters of an endpoint (succeeded, failed, overflowed, evicted, pending)."""
+        ep = self._endpoint(workspace_id, webhook_id)
+        return {**ep.counts, "pending": ep.pending, "logged": len(ep.log)}
