@@ -108,7 +108,7 @@ class AgentSocket:
         self.keys = keys
         self.settings = settings
 
-    async def __call__(self) -> Response | None:
+    async def serve(self) -> Response | None:
         workspace_id = self.keys.workspace("agent", websocket.headers.get("Authorization"))
         if workspace_id is None:
             return error_response(Unauthorized())  # an HTTP 401 instead of the upgrade

@@ -53,7 +53,9 @@ def create_app(
     api = SessionsApi(engine, keys, openapi_document())
     for op in OPERATIONS:
         app.add_url_rule(op.rule, op.view, getattr(api, op.view), methods=[op.method])
-    app.add_websocket("/v1/agent", "agent", AgentSocket(engine, keys, settings))
+    # A bound method, not a callable object: Quart runs what is not a coroutine function on a
+    # worker thread.
+    app.add_websocket("/v1/agent", "agent", AgentSocket(engine, keys, settings).serve)
     return app
 
 

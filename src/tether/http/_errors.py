@@ -11,7 +11,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from quart import Response, request
+from quart import Response, has_request_context, request
 from werkzeug.exceptions import HTTPException
 
 from tether.engine import InvalidParameter, TetherError
@@ -161,5 +161,6 @@ def install(app: QuartTrio) -> None:
 
     @app.errorhandler(Exception)
     async def _bug(error: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.path, exc_info=error)
+        where = f"{request.method} {request.path}" if has_request_context() else "websocket"
+        log.error("unhandled error on %s", where, exc_info=error)
         return error_response(InternalError())
