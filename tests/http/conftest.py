@@ -7,11 +7,10 @@ engine and ``@pytest.mark.http(max_violations=2, ...)`` its HTTP settings. Lifec
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -21,6 +20,9 @@ import trio_websocket
 from tether import wire
 from tether.engine import Engine, EngineConfig
 from tether.http import HttpSettings, KeyStore, create_app, serve, server_config
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 ACME_KEY = "cmd_acme_test_key_0123456789"
 OTHER_KEY = "cmd_other_test_key_0123456789"
