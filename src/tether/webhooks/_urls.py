@@ -43,7 +43,7 @@ def internal_reason(address: IPAddress) -> str | None:
     """Why ``address`` is not a public unicast address, or ``None`` if it is one."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    for reason in ("loopback", "private", "link_local", "multicast", "reserved", "unspecified"):
+    for reason in ("loopback", "link_local", "multicast", "unspecified", "reserved", "private"):
         if getattr(address, "is_" + reason):
             return reason.replace("_", "-")
     if not address.is_global:

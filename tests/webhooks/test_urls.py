@@ -1,0 +1,75 @@
+"""Target URLs: http(s) only, and no internal addresses unless private targets are allowed."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from tether.engine import InvalidParameter
+from tether.webhooks import check_url
+from tether.webhooks._urls import AddressGuard
+
+from .conftest import WS
+
+
+@pytest.mark.parametrize("url, reason", [
+    ("http://127.0.0.1/hook", "loopback"),
+    ("http://127.8.9.10:8080/hook", "loopback"),
+    ("http://localhost:9000/hook", "loopback"),
+    ("http://[::1]/hook", "loopback"),
+    ("http://10.1.2.3/hook", "private"),
+    ("http://172.16.0.1/hook", "private"),
+    ("https://192.168.1.1/hook", "private"),
+    ("http://169.254.169.254/latest/meta-data", "link-local"),
+    ("http://[fe80::1]/hook", "link-local"),
+    ("http://[fd00::1]/hook", "private"),
+    ("http://224.0.0.1/hook", "multicast"),
+    ("http://0.0.0.0/hook", "unspecified"),
+    ("http://100.64.0.1/hook", "internal"),
+    ("http://240.0.0.1/hook", "reserved"),
+    ("http://[::ffff:127.0.0.1]/hook", "loopback"),
+    ("http://[::ffff:10.0.0.1]/hook", "private"),
+])
+async def test_internal_addresses_are_refused(url, reason):
+    with pytest.raises(InvalidParameter) as caught:
+        await check_url(url, allow_private=False)
+    assert caught.value.parameter == "url"
+    assert reason in caught.value.reason
+    assert caught.value.http_status == 400
+    assert await check_url(url, allow_private=True) == url
+
+
+@pytest.mark.parametrize("url", [
+    "ftp://example.com/hook", "file:///etc/passwd", "gopher://x", "//example.com", "",
+    "http://", "http://exa mple.com/", "http://example.com:99999/", 42, None, "x" * 3000,
+])
+async def test_malformed_urls_are_refused(url):
+    with pytest.raises(InvalidParameter):
+        await check_url(url, allow_private=True)
+
+
+async def test_public_addresses_are_accepted():
+    for url in ("http://93.184.215.14/hook", "https://[2606:4700::1111]:8443/hook"):
+        assert await check_url(url, allow_private=False) == url
+
+
+async def test_the_service_refuses_internal_targets(clock, engine, hooks_factory):
+    hooks = await hooks_factory(allow_private=False)
+    with pytest.raises(InvalidParameter):
+        await hooks.create(WS, "http://127.0.0.1:8080/hook", ["*"])
+    hook = await hooks.create(WS, "https://93.184.215.14/hook", ["*"])
+    with pytest.raises(InvalidParameter):
+        await hooks.update(WS, hook.id, url="http://169.254.169.254/")
+    assert hooks.get(WS, hook.id).url == "https://93.184.215.14/hook"
+    with pytest.raises(InvalidParameter) as caught:
+        await hooks.create(WS, "https://93.184.215.14/hook", ["session.exploded"])
+    assert caught.value.parameter == "events"
+
+
+async def test_hosts_are_checked_again_before_sending(clock):
+    guard = AddressGuard(allow_private=False, ttl=60.0)
+    assert "loopback" in await guard.refusal("http://127.0.0.1:1/hook")
+    assert await guard.refusal("http://93.184.215.14/hook") is None
+    assert await AddressGuard(True, 60.0).refusal("http://127.0.0.1:1/") is None
+    await trio.sleep(61)
+    assert "loopback" in await guard.refusal("http://127.0.0.1:1/hook")
