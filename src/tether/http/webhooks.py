@@ -1,7 +1,7 @@
 """The webhooks API: ``/v1/webhooks`` and its deliveries, as a Quart blueprint.
 
-    app.extensions["tether.webhooks"] = webhooks  # a running tether.webhooks.Webhooks
-    app.register_blueprint(webhooks_blueprint())
+    workspace = api_key_workspace(keys)
+    app.register_blueprint(webhooks_blueprint(lambda: webhooks, workspace))
 
 Handlers are thin: they read the body first (an early answer on an unread body leaves a
 keep-alive connection hung on hypercorn), decode it into a typed request, call
@@ -18,10 +18,14 @@ from quart import Blueprint, Response, current_app, g, request
 
 from tether.engine import InvalidParameter, TetherError
 
+from ._errors import Unauthorized
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from tether.webhooks import Webhooks
+
+    from ._auth import KeyStore
 
 MAX_BODY = 64 * 1024
 T = TypeVar("T")
@@ -34,6 +38,18 @@ def request_workspace() -> str:
     if not workspace_id:
         raise RuntimeError("no authenticated workspace on this request (g.workspace_id)")
     return str(workspace_id)
+
+
+def api_key_workspace(keys: KeyStore) -> Callable[[], str]:
+    """The caller's workspace from its ``Authorization: Bearer <api key>`` (401 if none)."""
+
+    def workspace() -> str:
+        workspace_id = keys.workspace("api", request.headers.get("Authorization"))
+        if workspace_id is None:
+            raise Unauthorized()
+        return workspace_id
+
+    return workspace
 
 
 def app_webhooks() -> Webhooks:
@@ -80,9 +96,12 @@ def decode(body: bytes, type: type[T]) -> T:
         return msgspec.json.decode(body, type=type)
     except msgspec.ValidationError as exc:
         text = str(exc)
-        parameter = text.rsplit("at `$.", 1)[1].rstrip("`") if "at `$." in text else "body"
-        if "Object contains unknown field" in text:
-            parameter = text.split("`")[1]
+        if "at `$." in text:  # "Expected `str`, got `int` - at `$.url`"
+            parameter = text.rsplit("at `$.", 1)[1].rstrip("`")
+        elif "field `" in text:  # "Object missing required field `url`", "... unknown field"
+            parameter = text.split("field `", 1)[1].split("`", 1)[0]
+        else:
+            parameter = "body"
         raise InvalidParameter(parameter, text) from None
     except msgspec.DecodeError as exc:
         raise InvalidParameter("body", f"is not valid JSON ({exc})") from None
