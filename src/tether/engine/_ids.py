@@ -9,14 +9,24 @@ the order sessions were made in, whatever the clock's resolution.
 from __future__ import annotations
 
 import base64
+import binascii
 import secrets
 
 _RANDOM_BITS = 72
 _RANDOM_MASK = (1 << _RANDOM_BITS) - 1
 
 
+_ALPHABET = "0123456789abcdefghijklmnopqrstuv"  # base32hex, lower case
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]  # every 10-bit value as 2 digits
+_SHIFTS = range(110, -1, -10)
+
+
 def _b32(value: int) -> str:
-    return base64.b32hexencode(value.to_bytes(15, "big")).decode("ascii").lower()
+    # 120 bits as 24 base32hex digits, 10 bits at a time: the same text as
+    # base64.b32hexencode(value.to_bytes(15, "big")).lower(), about 2x faster (ids are made
+    # for every session and every event).
+    pairs = _PAIRS
+    return "".join([pairs[(value >> shift) & 1023] for shift in _SHIFTS])
 
 
 def _unb32(text: str) -> int:
@@ -59,6 +69,6 @@ def parse_event_id(text: str) -> tuple[int, int] | None:
         return None
     try:
         value = _unb32(text[4:])
-    except (ValueError, base64.binascii.Error):
+    except (ValueError, binascii.Error):
         return None
     return value >> _RANDOM_BITS, value & _RANDOM_MASK

@@ -167,7 +167,7 @@ class SessionPage(msgspec.Struct, kw_only=True, frozen=True):
     meta: PageMeta
 
 
-class Welcome(msgspec.Struct, kw_only=True, frozen=True):
+class Welcome(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     """What an agent learns on hello: its session, a fresh resume token, and the timings."""
 
     session_id: str
@@ -191,7 +191,7 @@ class EventCommand(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     user_email: str | None
 
 
-class EventData(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+class EventData(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True, gc=False):
     """A session event's payload: the session's summary at the event, and the change."""
 
     session_id: str
@@ -210,7 +210,7 @@ class EventData(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     command: EventCommand | None = None
 
 
-class Event(msgspec.Struct, kw_only=True, frozen=True):
+class Event(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     """One lifecycle event, as subscribers, the event feed and webhooks see it.
 
     ``sequence`` counts the session's events from 1 with no gaps.
