@@ -133,11 +133,11 @@ class SessionRecord:
         if history is None or index is None:
             history = self.history = deque(maxlen=cap)
             index = self.history_index = {}
-        if len(history) == cap:
-            dropped = history[0]
-            index.pop(dropped.command_id, None)
-            self.history_first += 1
+        # Entries are numbered from 0 in arrival order; history[0] is number history_first.
         index[entry.command_id] = self.history_first + len(history)
+        if len(history) == cap:
+            index.pop(history[0].command_id, None)
+            self.history_first += 1
         history.append(entry)
 
     def has_command_id(self, command_id: str) -> bool:
