@@ -14,7 +14,7 @@ from quart import Response, request
 
 from ._errors import Unauthorized
 from ._models import AttachClientBody, CreateSessionBody, Data, Health, RunCommandBody
-from ._params import decode_body, history_query, list_query
+from ._params import ListQuery, decode_body, history_query, list_query
 
 if TYPE_CHECKING:
     from tether.engine import Engine
@@ -39,6 +39,7 @@ class SessionsApi:
         self.engine = engine
         self.keys = keys
         self._openapi = openapi
+        self._list_queries: dict[bytes, ListQuery] = {}
 
     def _workspace(self) -> str:
         workspace_id = self.keys.workspace("api", request.headers.get("Authorization"))
@@ -50,7 +51,14 @@ class SessionsApi:
 
     async def list_sessions(self) -> Response:
         workspace_id = self._workspace()
-        q = list_query(request.args)
+        # Parsing is a pure function of the query string: remember the few that clients repeat.
+        raw = request.query_string
+        q = self._list_queries.get(raw)
+        if q is None:
+            q = list_query(request.args)
+            if len(self._list_queries) >= 1024:
+                self._list_queries.clear()
+            self._list_queries[raw] = q
         page = self.engine.list_sessions(
             workspace_id, status=q.status, machine_id=q.machine_id,
             machine_hostname=q.machine_hostname, limit=q.limit, offset=q.offset,
