@@ -297,3 +297,14 @@ async def test_shutdown_ends_every_live_session(autojump_clock: MockClock) -> No
     assert reasons == ["server_shutdown"] * 3
     seen = [event.type async for event in subscription]
     assert seen == ["session.disconnected"] * 3
+
+
+async def test_the_agents_own_words_are_kept(engine: Engine, autojump_clock: MockClock) -> None:
+    bye, _ = await hello(engine, machine="m1")
+    await bye.goodbye("host rebooting")
+    broken, _ = await hello(engine, machine="m2")
+    await broken.fatal_error("disk_full", "no space left on /var")
+    assert engine.get_session("ws_acme", bye.session_id).reason_detail == "host rebooting"
+    assert engine.get_session("ws_acme", broken.session_id).reason_detail == (
+        "disk_full: no space left on /var")
+    assert engine.clock.trio_time(engine.clock.wall(12.5)) == 12.5

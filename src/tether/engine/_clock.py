@@ -46,6 +46,10 @@ class WallClock:
         """:meth:`rfc3339`, passing ``None`` through."""
         return None if trio_time is None else self.rfc3339(trio_time)
 
+    def trio_time(self, wall: float) -> float:
+        """The trio-clock instant of a wall time (Unix seconds): the inverse of :meth:`wall`."""
+        return self.trio_zero + (wall - self.epoch)
+
     def wall_ms(self, trio_time: float) -> int:
         """Unix milliseconds of a trio-clock instant."""
         return int(self.wall(trio_time) * 1000)

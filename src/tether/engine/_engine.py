@@ -154,8 +154,11 @@ class Engine:
 
     # -- lifecycle effects (called from actors, or before an actor exists) -----------------
 
-    def transition(self, rec: SessionRecord, inp: Input) -> Transition:
-        """Apply ``inp`` to ``rec``: status, reason, version, indexes, links, events."""
+    def transition(self, rec: SessionRecord, inp: Input, detail: str | None = None) -> Transition:
+        """Apply ``inp`` to ``rec``: status, reason, version, indexes, links, events.
+
+        ``detail`` is the agent's own words for the change (kept as ``reason_detail``).
+        """
         t = step(rec.status, inp)
         now = trio.current_time()
         previous = rec.status
@@ -163,6 +166,7 @@ class Engine:
             self._detach_all(rec)
         rec.status = t.status
         rec.reason = t.reason
+        rec.reason_detail = None if detail is None else detail[:1024]
         rec.status_since = now
         rec.version += 1
         if t.status is Status.CONNECTED and rec.connected_at is None:
@@ -174,7 +178,10 @@ class Engine:
         if t.status.final:
             rec.ended_at = now
             self._finish(rec)
-        self._emit(rec, t.event, previous, t.reason, now)
+        if rec.reason_detail is None:
+            self._emit(rec, t.event, previous, t.reason, now)
+        else:
+            self._emit(rec, t.event, previous, t.reason, now, reason_detail=rec.reason_detail)
         return t
 
     def _emit(
@@ -243,13 +250,13 @@ class Engine:
         if not rec.status.final:
             self.transition(rec, inp)
 
-    def link_input(self, link: AgentLink, inp: Input) -> None:
+    def link_input(self, link: AgentLink, inp: Input, detail: str | None = None) -> None:
         rec = link._record
         if rec.link is not link:
             if inp is Input.TRANSPORT_CLOSED:
                 return  # the session already moved on; nothing to do
             raise AgentLinkClosed(rec.session_id, rec.status.value)
-        self.transition(rec, inp)
+        self.transition(rec, inp, detail)
 
     def link_command(
         self, link: AgentLink, command_id: str | None, command: str, exit_code: int,
@@ -322,6 +329,8 @@ class Engine:
         Raises :class:`SessionAlreadyActive` if the machine has a live session.
         """
         await trio.lowlevel.checkpoint()
+        _check_text("machine_id", machine_id)
+        _check_text("machine_hostname", machine_hostname)
         existing = self._active.get((workspace_id, machine_id))
         if existing is not None:
             raise SessionAlreadyActive(machine_id, existing.session_id, existing.status.value)

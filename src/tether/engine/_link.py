@@ -93,15 +93,16 @@ class AgentLink:
         await self._call(self._engine.link_input, Input.FOREGROUND)
 
     async def goodbye(self, reason: str | None = None) -> None:
-        await self._call(self._engine.link_input, Input.GOODBYE)
+        """The agent leaves: the session ends, keeping ``reason`` as its ``reason_detail``."""
+        await self._call(self._engine.link_input, Input.GOODBYE, reason)
 
     async def fatal_error(self, code: str, message: str) -> None:
         """The agent reports a fatal error: the session ends in ERROR."""
-        await self._call(self._engine.link_input, Input.AGENT_ERROR)
+        await self._call(self._engine.link_input, Input.AGENT_ERROR, f"{code}: {message}")
 
     async def protocol_violation(self, message: str) -> None:
         """The transport gave up on the agent's messages: the session ends in ERROR."""
-        await self._call(self._engine.link_input, Input.PROTOCOL_ERROR)
+        await self._call(self._engine.link_input, Input.PROTOCOL_ERROR, message)
 
     async def report_command(
         self,

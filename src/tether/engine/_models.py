@@ -76,8 +76,10 @@ class SessionSummary(msgspec.Struct, kw_only=True, frozen=True):
 class SessionDetail(msgspec.Struct, kw_only=True, frozen=True):
     """A session as ``GET /v1/sessions/{session_id}`` shows it.
 
-    Beyond the contract's fields: ``ended_at`` and ``reason`` (why the session last changed
-    status) and ``version``, which grows with every change to the session.
+    Beyond the contract's fields: ``ended_at``; ``reason``, why the session last changed status
+    (``heartbeat_timeout``, ``agent_goodbye``, ...); ``reason_detail``, the agent's own words
+    for it (its goodbye reason, or its error's code and message); and ``version``, which grows
+    with every change to the session.
     """
 
     session_id: str
@@ -92,6 +94,7 @@ class SessionDetail(msgspec.Struct, kw_only=True, frozen=True):
     telemetry: TelemetrySummary | None
     ended_at: str | None
     reason: str | None
+    reason_detail: str | None
     version: int
 
 
@@ -206,6 +209,7 @@ class EventData(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True, g
     previous_status: Status | None
     reason: str | None
     sequence: int
+    reason_detail: str | None = None
     client: EventClient | None = None
     command: EventCommand | None = None
 

@@ -79,6 +79,7 @@ class SessionRecord:
         "machine_hostname",
         "machine_id",
         "reason",
+        "reason_detail",
         "resume_secret",
         "sequence",
         "session_id",
@@ -106,6 +107,7 @@ class SessionRecord:
         self.status = Status.PENDING
         self.status_since = created_at
         self.reason: str | None = None
+        self.reason_detail: str | None = None  # the agent's own words: goodbye reason, error
         self.connected_at: float | None = None
         self.last_heartbeat: float | None = None
         self.ended_at: float | None = None
@@ -218,6 +220,7 @@ class SessionRecord:
             ),
             ended_at=clock.maybe(self.ended_at),
             reason=self.reason,
+            reason_detail=self.reason_detail,
             version=self.version,
         )
 

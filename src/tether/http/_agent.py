@@ -252,7 +252,7 @@ class AgentSocket:
         if executed_at.tzinfo is None:
             executed_at = executed_at.replace(tzinfo=datetime.UTC)
         clock = self.engine.clock
-        return clock.trio_zero + (executed_at.timestamp() - clock.epoch)
+        return clock.trio_time(executed_at.timestamp())
 
     async def _give_up(self, link: AgentLink, transport: SocketTransport, message: str) -> None:
         """Too many violations: the socket closes (1008) and the session ends in ERROR."""
