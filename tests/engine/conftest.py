@@ -42,16 +42,24 @@ def config() -> EngineConfig:
 
 
 @pytest.fixture
-async def engine(autojump_clock: trio.testing.MockClock, config: EngineConfig) -> AsyncIterator[Engine]:
+async def engine(
+    autojump_clock: trio.testing.MockClock, config: EngineConfig
+) -> AsyncIterator[Engine]:
     async with Engine(config, clock=WallClock(epoch=EPOCH, trio_zero=trio.current_time())) as e:
         yield e
 
 
-async def hello(engine: Engine, machine: str = "mach_1", host: str = "prod-server",
-                workspace: str = "ws_acme", token: str | None = None):
+async def hello(
+    engine: Engine,
+    machine: str = "mach_1",
+    host: str = "prod-server",
+    workspace: str = "ws_acme",
+    token: str | None = None,
+):
     transport = RecordingTransport()
-    link = await engine.agent_hello(workspace, transport, machine_id=machine,
-                                    machine_hostname=host, resume_token=token)
+    link = await engine.agent_hello(
+        workspace, transport, machine_id=machine, machine_hostname=host, resume_token=token
+    )
     return link, transport
 
 

@@ -36,12 +36,16 @@ async def test_attach_and_detach_clients(engine: Engine, autojump_clock: MockClo
     ]
     assert engine.list_sessions("ws_acme").data[0].attached_clients == 2
     await engine.detach_client("ws_acme", link.session_id, operator.client_id)
-    assert [c.client_id for c in engine.get_session("ws_acme", link.session_id)
-            .attached_clients] == [observer.client_id]
+    assert [
+        c.client_id for c in engine.get_session("ws_acme", link.session_id).attached_clients
+    ] == [observer.client_id]
     with pytest.raises(ClientNotFound):
         await engine.detach_client("ws_acme", link.session_id, operator.client_id)
     assert [e[0] for e in event_log(engine)][2:] == [
-        "session.client_attached", "session.client_attached", "session.client_detached"]
+        "session.client_attached",
+        "session.client_attached",
+        "session.client_detached",
+    ]
 
 
 async def test_only_a_connected_session_takes_clients(
@@ -50,9 +54,13 @@ async def test_only_a_connected_session_takes_clients(
     pending = await engine.create_session("ws_acme", "mach_p", "h")
     with pytest.raises(SessionNotActive) as raised:
         await engine.attach_client("ws_acme", pending.session_id, "a@b.io", "operator")
-    assert raised.value.envelope() == {"error": {
-        "code": "session_not_active", "message": "Session is not in CONNECTED state",
-        "details": {"current_status": "PENDING"}}}
+    assert raised.value.envelope() == {
+        "error": {
+            "code": "session_not_active",
+            "message": "Session is not in CONNECTED state",
+            "details": {"current_status": "PENDING"},
+        }
+    }
     link, _ = await hello(engine)
     await link.background()
     with pytest.raises(SessionNotActive):
@@ -91,14 +99,16 @@ async def test_an_operators_command_reaches_the_agent_and_its_result_the_history
     view = await engine.run_command("ws_acme", link.session_id, client.client_id, "ls -la")
     assert view.state == "pending"
     assert [(c.command_id, c.command, c.user_email) for c in transport.commands] == [
-        (view.command_id, "ls -la", "ops@acme.io")]
+        (view.command_id, "ls -la", "ops@acme.io")
+    ]
     await trio.sleep(2)
     await link.command_result(view.command_id, 0)
     done = engine.get_command("ws_acme", link.session_id, view.command_id)
     assert (done.state, done.exit_code, done.completed_at) == ("completed", 0, stamp(2))
     history = engine.history("ws_acme", link.session_id)
-    assert [(h.command_id, h.command, h.exit_code, h.executed_at, h.user_email)
-            for h in history.data] == [(view.command_id, "ls -la", 0, stamp(2), "ops@acme.io")]
+    assert [
+        (h.command_id, h.command, h.exit_code, h.executed_at, h.user_email) for h in history.data
+    ] == [(view.command_id, "ls -la", 0, stamp(2), "ops@acme.io")]
     failing = await engine.run_command("ws_acme", link.session_id, client.client_id, "false")
     await link.command_result(failing.command_id, 1)
     assert engine.get_command("ws_acme", link.session_id, failing.command_id).state == "failed"
@@ -146,11 +156,9 @@ async def test_agent_reported_commands_and_the_history_cursor(
         # The cap dropped the three oldest; pages are the latest N, oldest first.
         assert [h.command for h in page.data] == ["echo 6", "echo 7"]
         assert page.meta.history_cap == 5 and page.meta.has_more
-        older = engine.history("ws_acme", link.session_id, limit=2,
-                               before=page.meta.next_before)
+        older = engine.history("ws_acme", link.session_id, limit=2, before=page.meta.next_before)
         assert [h.command for h in older.data] == ["echo 4", "echo 5"]
-        oldest = engine.history("ws_acme", link.session_id, limit=10,
-                                before=older.meta.next_before)
+        oldest = engine.history("ws_acme", link.session_id, limit=10, before=older.meta.next_before)
         assert [h.command for h in oldest.data] == ["echo 3"]
         assert not oldest.meta.has_more and oldest.meta.next_before is None
         with pytest.raises(InvalidParameter):

@@ -19,7 +19,9 @@ from tether.engine import (
 from .conftest import event_log, hello, stamp
 
 
-async def test_api_created_session_is_pending_until_its_agent_says_hello(engine: Engine, autojump_clock: MockClock) -> None:
+async def test_api_created_session_is_pending_until_its_agent_says_hello(
+    engine: Engine, autojump_clock: MockClock
+) -> None:
     created = await engine.create_session("ws_acme", "mach_1", "prod-server")
     assert created.status is Status.PENDING
     assert created.created_at == stamp(0) == "2026-02-14T10:00:00Z"
@@ -36,7 +38,9 @@ async def test_api_created_session_is_pending_until_its_agent_says_hello(engine:
     ]
 
 
-async def test_pending_session_with_no_agent_ends_at_the_pending_timeout(engine: Engine, autojump_clock: MockClock) -> None:
+async def test_pending_session_with_no_agent_ends_at_the_pending_timeout(
+    engine: Engine, autojump_clock: MockClock
+) -> None:
     created = await engine.create_session("ws_acme", "mach_1", "prod-server")
     await trio.sleep(299.5)
     assert engine.get_session("ws_acme", created.session_id).status is Status.PENDING
@@ -48,14 +52,19 @@ async def test_pending_session_with_no_agent_ends_at_the_pending_timeout(engine:
     assert event_log(engine)[-1] == ("session.disconnected", 2, "pending_timeout")
 
 
-async def test_hello_without_a_waiting_session_creates_and_connects_one(engine: Engine, autojump_clock: MockClock) -> None:
+async def test_hello_without_a_waiting_session_creates_and_connects_one(
+    engine: Engine, autojump_clock: MockClock
+) -> None:
     link, _ = await hello(engine)
     welcome = link.welcome
     assert welcome is not None
     assert welcome.session_id == link.session_id
     assert welcome.resume_token.startswith("rt_")
     assert (welcome.heartbeat_interval, welcome.heartbeat_timeout, welcome.grace_period) == (
-        30.0, 60.0, 30.0)
+        30.0,
+        60.0,
+        30.0,
+    )
     assert engine.get_session("ws_acme", link.session_id).status is Status.CONNECTED
     assert event_log(engine) == [
         ("session.created", 1, "created"),
@@ -74,7 +83,9 @@ async def test_background_and_foreground(engine: Engine, autojump_clock: MockClo
         await link.foreground()
 
 
-async def test_heartbeats_keep_a_session_connected_and_silence_enters_grace(engine: Engine, autojump_clock: MockClock) -> None:
+async def test_heartbeats_keep_a_session_connected_and_silence_enters_grace(
+    engine: Engine, autojump_clock: MockClock
+) -> None:
     link, transport = await hello(engine)
     for _ in range(10):
         await trio.sleep(30)
@@ -93,7 +104,9 @@ async def test_heartbeats_keep_a_session_connected_and_silence_enters_grace(engi
     assert events[-1].timestamp == stamp(360)
 
 
-async def test_transport_loss_enters_grace_and_grace_expiry_disconnects(engine: Engine, autojump_clock: MockClock) -> None:
+async def test_transport_loss_enters_grace_and_grace_expiry_disconnects(
+    engine: Engine, autojump_clock: MockClock
+) -> None:
     link, _ = await hello(engine)
     await trio.sleep(10)
     link.transport_lost()
@@ -115,7 +128,9 @@ async def test_transport_loss_enters_grace_and_grace_expiry_disconnects(engine: 
     assert engine.events_after("ws_acme")[-1].timestamp == stamp(40.001)
 
 
-async def test_resume_within_grace_reconnects_with_a_fresh_token(engine: Engine, autojump_clock: MockClock) -> None:
+async def test_resume_within_grace_reconnects_with_a_fresh_token(
+    engine: Engine, autojump_clock: MockClock
+) -> None:
     link, _ = await hello(engine)
     assert link.welcome is not None
     token = link.welcome.resume_token
@@ -137,7 +152,9 @@ async def test_resume_within_grace_reconnects_with_a_fresh_token(engine: Engine,
     assert engine.get_session("ws_acme", link.session_id).status is Status.CONNECTED
 
 
-async def test_resume_on_a_half_dead_socket_moves_the_session(engine: Engine, autojump_clock: MockClock) -> None:
+async def test_resume_on_a_half_dead_socket_moves_the_session(
+    engine: Engine, autojump_clock: MockClock
+) -> None:
     link, old_transport = await hello(engine)
     assert link.welcome is not None
     resumed, _ = await hello(engine, token=link.welcome.resume_token)
@@ -147,7 +164,9 @@ async def test_resume_on_a_half_dead_socket_moves_the_session(engine: Engine, au
     assert engine.get_session("ws_acme", link.session_id).status is Status.CONNECTED
 
 
-async def test_resume_after_grace_expiry_is_rejected(engine: Engine, autojump_clock: MockClock) -> None:
+async def test_resume_after_grace_expiry_is_rejected(
+    engine: Engine, autojump_clock: MockClock
+) -> None:
     link, _ = await hello(engine)
     assert link.welcome is not None
     link.transport_lost()
@@ -160,7 +179,9 @@ async def test_resume_after_grace_expiry_is_rejected(engine: Engine, autojump_cl
     "token",
     ["", "rt_", "rt_sess_nope.secret", "garbage", "rt_{sid}.wrong", "rt_{sid}"],
 )
-async def test_forged_resume_tokens_are_rejected(engine: Engine, token: str, autojump_clock: MockClock) -> None:
+async def test_forged_resume_tokens_are_rejected(
+    engine: Engine, token: str, autojump_clock: MockClock
+) -> None:
     link, _ = await hello(engine)
     link.transport_lost()
     await trio.sleep(1)
@@ -169,7 +190,9 @@ async def test_forged_resume_tokens_are_rejected(engine: Engine, token: str, aut
     assert engine.get_session("ws_acme", link.session_id).status is Status.GRACE_PERIOD
 
 
-async def test_a_token_is_only_good_for_its_own_machine_and_workspace(engine: Engine, autojump_clock: MockClock) -> None:
+async def test_a_token_is_only_good_for_its_own_machine_and_workspace(
+    engine: Engine, autojump_clock: MockClock
+) -> None:
     link, _ = await hello(engine)
     assert link.welcome is not None
     link.transport_lost()
@@ -197,8 +220,12 @@ async def test_terminate_from_every_live_status(engine: Engine, autojump_clock: 
     grace, _ = await hello(engine, machine="mach_g")
     grace.transport_lost()
     await trio.sleep(1)
-    for session_id in (pending.session_id, connected.session_id, background.session_id,
-                       grace.session_id):
+    for session_id in (
+        pending.session_id,
+        connected.session_id,
+        background.session_id,
+        grace.session_id,
+    ):
         detail = await engine.terminate("ws_acme", session_id)
         assert (detail.status, detail.reason) == (Status.DISCONNECTED, "terminated")
 
@@ -219,7 +246,9 @@ async def test_protocol_violation_ends_in_error(engine: Engine, autojump_clock: 
     assert (detail.status, detail.reason) == (Status.ERROR, "protocol_violation")
 
 
-async def test_a_new_hello_without_token_replaces_the_machines_session(engine: Engine, autojump_clock: MockClock) -> None:
+async def test_a_new_hello_without_token_replaces_the_machines_session(
+    engine: Engine, autojump_clock: MockClock
+) -> None:
     old, old_transport = await hello(engine)
     await trio.sleep(3)
     new, _ = await hello(engine)
@@ -236,7 +265,9 @@ async def test_a_new_hello_without_token_replaces_the_machines_session(engine: E
     ]
 
 
-async def test_racing_hellos_for_one_machine_leave_one_active_session(engine: Engine, autojump_clock: MockClock) -> None:
+async def test_racing_hellos_for_one_machine_leave_one_active_session(
+    engine: Engine, autojump_clock: MockClock
+) -> None:
     await hello(engine)
     links = []
 
@@ -246,13 +277,18 @@ async def test_racing_hellos_for_one_machine_leave_one_active_session(engine: En
     async with trio.open_nursery() as nursery:
         for _ in range(5):
             nursery.start_soon(one)
-    active = [l for l in links if engine.get_session("ws_acme", l.session_id).status
-              is Status.CONNECTED]
+    active = [
+        link
+        for link in links
+        if engine.get_session("ws_acme", link.session_id).status is Status.CONNECTED
+    ]
     assert len(active) == 1
     assert engine.live_sessions == 1
 
 
-async def test_background_ends_after_the_background_timeout(engine: Engine, autojump_clock: MockClock) -> None:
+async def test_background_ends_after_the_background_timeout(
+    engine: Engine, autojump_clock: MockClock
+) -> None:
     link, _ = await hello(engine)
     await link.background()
     await trio.sleep(1800)
@@ -293,7 +329,7 @@ async def test_shutdown_ends_every_live_session(autojump_clock: MockClock) -> No
     async with Engine() as engine:
         links = [(await hello(engine, machine=f"m{i}"))[0] for i in range(3)]
         subscription = engine.subscribe("ws_acme")
-    reasons = [engine.get_session("ws_acme", l.session_id).reason for l in links]
+    reasons = [engine.get_session("ws_acme", link.session_id).reason for link in links]
     assert reasons == ["server_shutdown"] * 3
     seen = [event.type async for event in subscription]
     assert seen == ["session.disconnected"] * 3
@@ -306,5 +342,6 @@ async def test_the_agents_own_words_are_kept(engine: Engine, autojump_clock: Moc
     await broken.fatal_error("disk_full", "no space left on /var")
     assert engine.get_session("ws_acme", bye.session_id).reason_detail == "host rebooting"
     assert engine.get_session("ws_acme", broken.session_id).reason_detail == (
-        "disk_full: no space left on /var")
+        "disk_full: no space left on /var"
+    )
     assert engine.clock.trio_time(engine.clock.wall(12.5)) == 12.5

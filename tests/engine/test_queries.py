@@ -41,20 +41,27 @@ async def test_list_is_newest_first_with_exact_totals_and_filters(
     page = engine.list_sessions("ws_acme", limit=10)
     assert [s.session_id for s in page.data] == ids[::-1][:10]
     assert (page.meta.total, page.meta.limit, page.meta.offset, page.meta.has_more) == (
-        30, 10, 0, True)
+        30,
+        10,
+        0,
+        True,
+    )
     last = engine.list_sessions("ws_acme", limit=10, offset=25)
     assert [s.session_id for s in last.data] == ids[::-1][25:]
     assert not last.meta.has_more
     connected = engine.list_sessions("ws_acme", status="CONNECTED", limit=100)
     assert connected.meta.total == 20
     assert [s.session_id for s in connected.data] == [
-        sid for i, sid in enumerate(ids) if i % 3 != 0][::-1]
+        sid for i, sid in enumerate(ids) if i % 3 != 0
+    ][::-1]
     host = engine.list_sessions("ws_acme", machine_hostname="host-1", limit=3, offset=2)
     assert host.meta.total == 10
-    assert [s.session_id for s in host.data] == [
-        sid for i, sid in enumerate(ids) if i % 3 == 1][::-1][2:5]
-    both = engine.list_sessions("ws_acme", status=Status.DISCONNECTED,
-                                machine_hostname="host-0", limit=100)
+    assert [s.session_id for s in host.data] == [sid for i, sid in enumerate(ids) if i % 3 == 1][
+        ::-1
+    ][2:5]
+    both = engine.list_sessions(
+        "ws_acme", status=Status.DISCONNECTED, machine_hostname="host-0", limit=100
+    )
     assert both.meta.total == 10
     machine = engine.list_sessions("ws_acme", machine_id="mach_4", status="CONNECTED")
     assert [s.session_id for s in machine.data] == [ids[4]]
@@ -70,10 +77,21 @@ async def test_list_summary_fields_match_the_contract(
     link.heartbeat()
     summary = engine.list_sessions("ws_acme").data[0]
     assert summary.__struct_fields__ == (
-        "session_id", "status", "machine_id", "machine_hostname", "workspace_id", "created_at",
-        "connected_at", "last_heartbeat_at", "attached_clients")
+        "session_id",
+        "status",
+        "machine_id",
+        "machine_hostname",
+        "workspace_id",
+        "created_at",
+        "connected_at",
+        "last_heartbeat_at",
+        "attached_clients",
+    )
     assert (summary.created_at, summary.connected_at, summary.last_heartbeat_at) == (
-        stamp(0), stamp(0), stamp(5))
+        stamp(0),
+        stamp(0),
+        stamp(5),
+    )
 
 
 @pytest.mark.parametrize(
@@ -100,17 +118,30 @@ async def test_machine_session_and_metrics(engine: Engine, autojump_clock: MockC
     with pytest.raises(NoActiveSession) as raised:
         engine.machine_session("ws_acme", "mach_1")
     assert raised.value.envelope()["error"] == {
-        "code": "session_not_found", "message": "No active session for this machine",
-        "details": {"machine_id": "mach_1"}}
+        "code": "session_not_found",
+        "message": "No active session for this machine",
+        "details": {"machine_id": "mach_1"},
+    }
     link, _ = await hello(engine)
     assert engine.machine_session("ws_acme", "mach_1").session_id == link.session_id
     await trio.sleep(7)
-    link.heartbeat(Telemetry(cpu_percent=45.2, memory_percent=62.1, disk_percent=78.5,
-                             network_rx_bytes=1234567, network_tx_bytes=987654,
-                             uptime_seconds=123456))
+    link.heartbeat(
+        Telemetry(
+            cpu_percent=45.2,
+            memory_percent=62.1,
+            disk_percent=78.5,
+            network_rx_bytes=1234567,
+            network_tx_bytes=987654,
+            uptime_seconds=123456,
+        )
+    )
     metrics = engine.metrics("ws_acme", link.session_id)
-    assert (metrics.timestamp, metrics.cpu_percent, metrics.network_tx_bytes,
-            metrics.uptime_seconds) == (stamp(7), 45.2, 987654, 123456)
+    assert (
+        metrics.timestamp,
+        metrics.cpu_percent,
+        metrics.network_tx_bytes,
+        metrics.uptime_seconds,
+    ) == (stamp(7), 45.2, 987654, 123456)
     detail = engine.get_session("ws_acme", link.session_id)
     assert detail.telemetry is not None and detail.telemetry.disk_percent == 78.5
     await link.background()
@@ -150,8 +181,7 @@ async def test_subscribers_get_every_event_in_order(
         await hello(engine, workspace="ws_other")  # another workspace's events are not seen
         link, _ = await hello(engine)
         await link.goodbye()
-    assert seen == [("session.created", 1), ("session.connected", 2),
-                    ("session.disconnected", 3)]
+    assert seen == [("session.created", 1), ("session.connected", 2), ("session.disconnected", 3)]
 
 
 async def test_a_subscriber_that_falls_behind_is_told_and_catches_up(

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from tether.engine import (
-        ClientNotFound,
+    ClientNotFound,
     Engine,
     EngineConfig,
     ProtocolViolation,
@@ -61,8 +61,11 @@ class ModelSession:
     def deadline(self) -> float | None:
         if self.status in (Status.CONNECTED, Status.BACKGROUND):
             alive = max(self.since, self.last_heartbeat or self.since)
-            return alive + (CONFIG.heartbeat_timeout if self.status is Status.CONNECTED
-                            else CONFIG.background_timeout)
+            return alive + (
+                CONFIG.heartbeat_timeout
+                if self.status is Status.CONNECTED
+                else CONFIG.background_timeout
+            )
         if self.status is Status.GRACE_PERIOD:
             return self.since + CONFIG.grace_period
         if self.status is Status.PENDING:
@@ -175,8 +178,13 @@ class EngineMachine(RuleBasedStateMachine):
     @rule(workspace=st.sampled_from(WORKSPACES), machine=st.sampled_from(MACHINES))
     def hello(self, workspace: str, machine: str) -> None:
         now = self.loop.now()
-        link = self.loop.run(self.engine.agent_hello, workspace, RecordingTransport(),
-                             machine_id=machine, machine_hostname=f"host-{machine}")
+        link = self.loop.run(
+            self.engine.agent_hello,
+            workspace,
+            RecordingTransport(),
+            machine_id=machine,
+            machine_hostname=f"host-{machine}",
+        )
         old = self.active(workspace, machine)
         if old is not None and old.status is Status.PENDING:
             assert link.session_id == old.session_id
@@ -198,7 +206,8 @@ class EngineMachine(RuleBasedStateMachine):
             return
         detail = self.loop.run(self.engine.create_session, workspace, machine, f"host-{machine}")
         self.sessions[detail.session_id] = ModelSession(
-            detail.session_id, workspace, machine, Status.PENDING, now)
+            detail.session_id, workspace, machine, Status.PENDING, now
+        )
 
     @precondition(lambda self: self.on_link())
     @rule(data=st.data())
@@ -212,7 +221,8 @@ class EngineMachine(RuleBasedStateMachine):
     def background_or_foreground(self, data: st.DataObject, which: str) -> None:
         s = data.draw(st.sampled_from(self.on_link()))
         allowed = (which == "background" and s.status is Status.CONNECTED) or (
-            which == "foreground" and s.status is Status.BACKGROUND)
+            which == "foreground" and s.status is Status.BACKGROUND
+        )
         if not allowed:
             with pytest.raises(ProtocolViolation):
                 self.loop.run(getattr(s.link, which))
@@ -232,20 +242,35 @@ class EngineMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def resume(self, data: st.DataObject) -> None:
         s = data.draw(st.sampled_from([s for s in self.sessions.values() if s.token]))
-        link = self.loop.run(self.engine.agent_hello, s.workspace, RecordingTransport(),
-                             machine_id=s.machine, machine_hostname=f"host-{s.machine}",
-                             resume_token=s.token)
+        link = self.loop.run(
+            self.engine.agent_hello,
+            s.workspace,
+            RecordingTransport(),
+            machine_id=s.machine,
+            machine_hostname=f"host-{s.machine}",
+            resume_token=s.token,
+        )
         assert link.session_id == s.session_id
-        s.link, s.token, s.status, s.since = link, link.welcome.resume_token, \
-            Status.CONNECTED, self.loop.now()
+        s.link, s.token, s.status, s.since = (
+            link,
+            link.welcome.resume_token,
+            Status.CONNECTED,
+            self.loop.now(),
+        )
 
     @precondition(lambda self: self.expired_tokens)
     @rule(data=st.data())
     def stale_resume(self, data: st.DataObject) -> None:
         workspace, machine, token = data.draw(st.sampled_from(self.expired_tokens))
         with pytest.raises(ResumeRejected):
-            self.loop.run(self.engine.agent_hello, workspace, RecordingTransport(),
-                          machine_id=machine, machine_hostname="h", resume_token=token)
+            self.loop.run(
+                self.engine.agent_hello,
+                workspace,
+                RecordingTransport(),
+                machine_id=machine,
+                machine_hostname="h",
+                resume_token=token,
+            )
 
     @precondition(lambda self: self.sessions)
     @rule(data=st.data(), how=st.sampled_from(["goodbye", "fatal", "terminate"]))
@@ -272,11 +297,9 @@ class EngineMachine(RuleBasedStateMachine):
         s = data.draw(st.sampled_from(list(self.sessions.values())))
         if s.status is not Status.CONNECTED:
             with pytest.raises(SessionNotActive):
-                self.loop.run(self.engine.attach_client, s.workspace, s.session_id, "a@b.io",
-                              mode)
+                self.loop.run(self.engine.attach_client, s.workspace, s.session_id, "a@b.io", mode)
             return
-        client = self.loop.run(self.engine.attach_client, s.workspace, s.session_id, "a@b.io",
-                               mode)
+        client = self.loop.run(self.engine.attach_client, s.workspace, s.session_id, "a@b.io", mode)
         s.clients[client.client_id] = None
 
     @precondition(lambda self: any(s.clients for s in self.sessions.values()))
@@ -317,8 +340,11 @@ class EngineMachine(RuleBasedStateMachine):
     def _one_active_session_per_machine(self) -> None:
         for workspace in WORKSPACES:
             for machine in MACHINES:
-                live = [s for s in self.sessions.values() if s.workspace == workspace
-                        and s.machine == machine and s.status in LIVE]
+                live = [
+                    s
+                    for s in self.sessions.values()
+                    if s.workspace == workspace and s.machine == machine and s.status in LIVE
+                ]
                 assert len(live) <= 1
                 try:
                     found = self.engine.machine_session(workspace, machine).session_id
@@ -351,22 +377,30 @@ class EngineMachine(RuleBasedStateMachine):
             mine = [s for s in self.sessions.values() if s.workspace == workspace]
             page = self.engine.list_sessions(workspace, limit=100)
             assert [x.session_id for x in page.data] == sorted(
-                (s.session_id for s in mine), reverse=True)
+                (s.session_id for s in mine), reverse=True
+            )
             for status in Status:
-                expected = sorted((s.session_id for s in mine if s.status is status),
-                                  reverse=True)
+                expected = sorted((s.session_id for s in mine if s.status is status), reverse=True)
                 got = self.engine.list_sessions(workspace, status=status, limit=100)
                 assert got.meta.total == len(expected)
                 assert [x.session_id for x in got.data] == expected
             for machine in MACHINES:
-                got = self.engine.list_sessions(workspace, machine_hostname=f"host-{machine}",
-                                                status=Status.CONNECTED, limit=100)
+                got = self.engine.list_sessions(
+                    workspace,
+                    machine_hostname=f"host-{machine}",
+                    status=Status.CONNECTED,
+                    limit=100,
+                )
                 assert got.meta.total == sum(
-                    1 for s in mine if s.machine == machine and s.status is Status.CONNECTED)
+                    1 for s in mine if s.machine == machine and s.status is Status.CONNECTED
+                )
             for summary in page.data:  # the index and the detail view agree
                 detail = self.engine.get_session(workspace, summary.session_id)
                 assert (summary.status, summary.attached_clients, summary.last_heartbeat_at) == (
-                    detail.status, len(detail.attached_clients), detail.last_heartbeat_at)
+                    detail.status,
+                    len(detail.attached_clients),
+                    detail.last_heartbeat_at,
+                )
 
 
 async def _post(fn: Any) -> None:
@@ -381,4 +415,3 @@ EngineMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestEngineStateMachine = EngineMachine.TestCase
-

@@ -12,7 +12,6 @@ here, a channel pair costs ~2.4 KB per session, a third of the per-session memor
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import outcome
@@ -22,6 +21,8 @@ from ._errors import EngineClosed, SessionNotActive, TetherError
 from ._lifecycle import Input, deadline, timeout
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ._engine import Engine
     from ._record import SessionRecord
 
@@ -144,7 +145,8 @@ class SessionActor:
         inbox, self._inbox = self._inbox, None
         if inbox:
             error: Exception = (
-                SessionNotActive(rec.status.value, "an active") if rec.status.final
+                SessionNotActive(rec.status.value, "an active")
+                if rec.status.final
                 else EngineClosed()
             )
             for message in inbox:

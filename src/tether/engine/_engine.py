@@ -8,11 +8,11 @@ the index and records without asking any actor.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import secrets
 from collections import deque
-from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -58,6 +58,9 @@ from ._models import (
 )
 from ._record import OperatorCommand, SessionRecord
 from ._timers import Timekeeper
+
+if TYPE_CHECKING:
+    from types import TracebackType
 
 MAX_PAGE = 100
 DEFAULT_PAGE = 20
@@ -185,8 +188,13 @@ class Engine:
         return t
 
     def _emit(
-        self, rec: SessionRecord, type: str, previous: Status | None, reason: str | None,
-        now: float, **extra: Any,
+        self,
+        rec: SessionRecord,
+        type: str,
+        previous: Status | None,
+        reason: str | None,
+        now: float,
+        **extra: Any,
     ) -> Event:
         rec.sequence += 1
         data = rec.event_data(self.clock, previous, reason, **extra)
@@ -202,9 +210,14 @@ class Engine:
         client = rec.clients.pop(client_id)
         rec.version += 1
         self._emit(
-            rec, "session.client_detached", rec.status, reason, trio.current_time(),
-            client=EventClient(client_id=client.client_id, user_email=client.user_email,
-                               mode=client.mode),
+            rec,
+            "session.client_detached",
+            rec.status,
+            reason,
+            trio.current_time(),
+            client=EventClient(
+                client_id=client.client_id, user_email=client.user_email, mode=client.mode
+            ),
         )
 
     @staticmethod
@@ -259,8 +272,13 @@ class Engine:
         self.transition(rec, inp, detail)
 
     def link_command(
-        self, link: AgentLink, command_id: str | None, command: str, exit_code: int,
-        executed_at: float | None, user_email: str | None,
+        self,
+        link: AgentLink,
+        command_id: str | None,
+        command: str,
+        exit_code: int,
+        executed_at: float | None,
+        user_email: str | None,
     ) -> str:
         rec = link._check()
         now = trio.current_time()
@@ -269,7 +287,9 @@ class Engine:
         elif rec.has_command_id(command_id):
             raise DuplicateCommand(command_id)
         entry = CommandEntry(
-            command_id=command_id, command=command, exit_code=exit_code,
+            command_id=command_id,
+            command=command,
+            exit_code=exit_code,
             executed_at=self.clock.rfc3339(now if executed_at is None else executed_at),
             user_email=user_email,
         )
@@ -286,8 +306,11 @@ class Engine:
         pending.exit_code = exit_code
         pending.completed_at = now
         entry = CommandEntry(
-            command_id=command_id, command=pending.command, exit_code=exit_code,
-            executed_at=self.clock.rfc3339(now), user_email=pending.user_email,
+            command_id=command_id,
+            command=pending.command,
+            exit_code=exit_code,
+            executed_at=self.clock.rfc3339(now),
+            user_email=pending.user_email,
         )
         self._record_executed(rec, entry, now)
 
@@ -295,15 +318,24 @@ class Engine:
         rec.record_command(entry, self.config.history_cap)
         rec.version += 1
         self._emit(
-            rec, "command.completed" if entry.exit_code == 0 else "command.failed",
-            rec.status, None, now,
-            command=EventCommand(command_id=entry.command_id, command=entry.command,
-                                 exit_code=entry.exit_code, user_email=entry.user_email),
+            rec,
+            "command.completed" if entry.exit_code == 0 else "command.failed",
+            rec.status,
+            None,
+            now,
+            command=EventCommand(
+                command_id=entry.command_id,
+                command=entry.command,
+                exit_code=entry.exit_code,
+                user_email=entry.user_email,
+            ),
         )
 
     # -- writes ----------------------------------------------------------------------------
 
-    def _new_record(self, workspace_id: str, machine_id: str, machine_hostname: str) -> SessionRecord:
+    def _new_record(
+        self, workspace_id: str, machine_id: str, machine_hostname: str
+    ) -> SessionRecord:
         if self._closing or self._nursery is None:
             raise EngineClosed()
         _check_text("workspace_id", workspace_id)
@@ -311,8 +343,11 @@ class Engine:
         _check_text("machine_hostname", machine_hostname)
         now = trio.current_time()
         rec = SessionRecord(
-            self._session_ids.next(self.clock.wall_ms(now)), workspace_id, machine_id,
-            machine_hostname, now,
+            self._session_ids.next(self.clock.wall_ms(now)),
+            workspace_id,
+            machine_id,
+            machine_hostname,
+            now,
         )
         self._records[rec.session_id] = rec
         self._active[(workspace_id, machine_id)] = rec
@@ -371,10 +406,8 @@ class Engine:
                 return link
             if actor is not None:
                 # End the old session first, then look again: another hello may have raced us.
-                try:
+                with contextlib.suppress(SessionNotActive):
                     await actor.call(self._replace_input, existing)
-                except SessionNotActive:
-                    pass
             else:
                 await trio.lowlevel.checkpoint()
         rec = self._new_record(workspace_id, machine_id, machine_hostname)
@@ -468,7 +501,9 @@ class Engine:
             raise SessionNotActive(rec.status.value)
         now = trio.current_time()
         client = AttachedClient(
-            client_id=random_id("cli_"), user_email=user_email, mode=mode,
+            client_id=random_id("cli_"),
+            user_email=user_email,
+            mode=mode,
             attached_at=self.clock.rfc3339(now),
         )
         if rec.clients is None:
@@ -476,7 +511,11 @@ class Engine:
         rec.clients[client.client_id] = client
         rec.version += 1
         self._emit(
-            rec, "session.client_attached", rec.status, None, now,
+            rec,
+            "session.client_attached",
+            rec.status,
+            None,
+            now,
             client=EventClient(client_id=client.client_id, user_email=user_email, mode=mode),
         )
         return client
@@ -567,14 +606,19 @@ class Engine:
         if not isinstance(offset, int) or offset < 0:
             raise InvalidParameter("offset", "must be a non-negative integer")
         total, records = self._index.page(
-            workspace_id, status=status, machine_id=machine_id,
-            machine_hostname=machine_hostname, limit=limit, offset=offset,
+            workspace_id,
+            status=status,
+            machine_id=machine_id,
+            machine_hostname=machine_hostname,
+            limit=limit,
+            offset=offset,
         )
         clock = self.clock
         return SessionPage(
             data=[rec.summary(clock) for rec in records],
-            meta=PageMeta(total=total, limit=limit, offset=offset,
-                          has_more=offset + len(records) < total),
+            meta=PageMeta(
+                total=total, limit=limit, offset=offset, has_more=offset + len(records) < total
+            ),
         )
 
     def get_session(self, workspace_id: str, session_id: str) -> SessionDetail:
@@ -588,7 +632,11 @@ class Engine:
         return rec.machine_view(self.clock)
 
     def history(
-        self, workspace_id: str, session_id: str, *, limit: int = DEFAULT_HISTORY,
+        self,
+        workspace_id: str,
+        session_id: str,
+        *,
+        limit: int = DEFAULT_HISTORY,
         before: str | None = None,
     ) -> HistoryPage:
         """The latest ``limit`` commands (before the cursor ``before``), oldest first."""
@@ -609,7 +657,9 @@ class Engine:
 
     # -- events ----------------------------------------------------------------------------
 
-    def subscribe(self, workspace_id: str | None = None, *, after: str | None = None) -> Subscription:
+    def subscribe(
+        self, workspace_id: str | None = None, *, after: str | None = None
+    ) -> Subscription:
         """A live stream of events, from now or from the event after ``after``.
 
         See :class:`~tether.engine.EventsMissed` for a subscriber that falls behind.

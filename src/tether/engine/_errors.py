@@ -41,9 +41,7 @@ class NoActiveSession(SessionNotFound):
     """The machine has no active session in the caller's workspace."""
 
     def __init__(self, machine_id: str) -> None:
-        TetherError.__init__(
-            self, "No active session for this machine", {"machine_id": machine_id}
-        )
+        TetherError.__init__(self, "No active session for this machine", {"machine_id": machine_id})
         self.session_id = ""
         self.machine_id = machine_id
 
@@ -55,9 +53,7 @@ class SessionNotActive(TetherError):
     http_status = 409
 
     def __init__(self, current_status: str, required: str = "CONNECTED") -> None:
-        super().__init__(
-            f"Session is not in {required} state", {"current_status": current_status}
-        )
+        super().__init__(f"Session is not in {required} state", {"current_status": current_status})
         self.current_status = current_status
 
 
@@ -81,8 +77,9 @@ class InvalidParameter(TetherError):
     http_status = 400
 
     def __init__(self, parameter: str, reason: str) -> None:
-        super().__init__(f"Invalid parameter '{parameter}': {reason}",
-                         {"parameter": parameter, "reason": reason})
+        super().__init__(
+            f"Invalid parameter '{parameter}': {reason}", {"parameter": parameter, "reason": reason}
+        )
         self.parameter = parameter
         self.reason = reason
 
@@ -105,7 +102,8 @@ class ClientNotOperator(TetherError):
 
     def __init__(self, client_id: str) -> None:
         super().__init__(
-            "Only an attached operator may run commands", {"client_id": client_id, "mode": "observer"}
+            "Only an attached operator may run commands",
+            {"client_id": client_id, "mode": "observer"},
         )
 
 

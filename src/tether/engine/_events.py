@@ -11,7 +11,6 @@ silently.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import trio
@@ -21,6 +20,8 @@ from ._ids import event_id, parse_event_id
 from ._models import Event, EventData
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from ._clock import WallClock
 
 
@@ -151,8 +152,9 @@ class EventLog:
                 found.append(event)
         return found, offset
 
-    def subscribe(self, workspace_id: str | None = None, after: str | None = None,
-                  now: float | None = None) -> Subscription:
+    def subscribe(
+        self, workspace_id: str | None = None, after: str | None = None, now: float | None = None
+    ) -> Subscription:
         """A live stream of events; from now, or from the event after ``after``."""
         if after is None:
             start = self.next_offset
@@ -205,4 +207,3 @@ class Subscription:
             self._batch, self._next = log.read(self._workspace_id, self._next, 256)
             self._batch_pos = 0
             await trio.lowlevel.checkpoint()
-

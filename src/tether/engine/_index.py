@@ -11,12 +11,13 @@ page with several filters scans the smallest matching index, so ``total`` stays 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from sortedcontainers import SortedList
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
     from ._models import Status
     from ._record import SessionRecord
 
@@ -86,50 +87,32 @@ class ReadIndex:
         ws = self._workspaces.get(workspace_id)
         if ws is None:
             return 0, []
-        candidates: list[tuple[int, Iterable[str], int]] = []  # (size, ids, filters covered)
+        candidates: list[Sequence[str]] = []
         if machine_id is not None:
-            ids = ws.by_machine.get(machine_id, ())
-            candidates.append((len(ids), ids, 1))
+            candidates.append(ws.by_machine.get(machine_id, ()))
         if machine_hostname is not None:
-            ids = ws.by_host.get(machine_hostname, ())
-            candidates.append((len(ids), ids, 1))
+            candidates.append(ws.by_host.get(machine_hostname, ()))
         if status is not None:
-            ids = ws.by_status.get(status, ())
-            candidates.append((len(ids), ids, 1))
+            candidates.append(ws.by_status.get(status, ()))
         if not candidates:
             return self._slice(ws.all, limit, offset)
-        size, ids, _ = min(candidates, key=lambda c: c[0])
+        ids = min(candidates, key=len)
         if len(candidates) == 1:
             return self._slice(ids, limit, offset)
-        if size == 0:
-            return 0, []
-        return self._scan(ids, self._predicate(status, machine_id, machine_hostname), limit, offset)
-
-    def _slice(self, ids: Iterable[str], limit: int, offset: int) -> tuple[int, list[SessionRecord]]:
-        records = self._records
-        if isinstance(ids, SortedList):
-            total = len(ids)
-            stop = total - offset
-            chosen: Iterable[str] = (
-                ids.islice(max(0, stop - limit), stop, reverse=True) if stop > 0 else ()
-            )
-        else:
-            seq = list(ids) if not isinstance(ids, list) else ids
-            total = len(seq)
-            stop = total - offset
-            chosen = reversed(seq[max(0, stop - limit) : stop]) if stop > 0 else ()
-        return total, [records[sid] for sid in chosen]
-
-    def _scan(
-        self,
-        ids: Iterable[str],
-        keep: Callable[[SessionRecord], bool],
-        limit: int,
-        offset: int,
-    ) -> tuple[int, list[SessionRecord]]:
-        records = self._records
-        matched = [rec for rec in map(records.__getitem__, reversed(list(ids))) if keep(rec)]
+        keep = self._predicate(status, machine_id, machine_hostname)
+        matched = [rec for rec in map(self._records.__getitem__, reversed(ids)) if keep(rec)]
         return len(matched), matched[offset : offset + limit]
+
+    def _slice(
+        self, ids: Sequence[str], limit: int, offset: int
+    ) -> tuple[int, list[SessionRecord]]:
+        """A page of one index, newest first: a slice (SortedList slices in O(log n + k))."""
+        total = len(ids)
+        stop = total - offset
+        if stop <= 0:
+            return total, []
+        records = self._records
+        return total, [records[sid] for sid in reversed(ids[max(0, stop - limit) : stop])]
 
     @staticmethod
     def _predicate(

@@ -9,11 +9,13 @@ applies the transitions and sleeps until the deadline. This table is design.md's
 from __future__ import annotations
 
 import enum
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from ._config import EngineConfig
 from ._errors import ProtocolViolation, SessionNotActive
 from ._models import Status
+
+if TYPE_CHECKING:
+    from ._config import EngineConfig
 
 
 class Input(enum.Enum):
@@ -84,8 +86,9 @@ def step(status: Status, inp: Input) -> Transition:
         raise SessionNotActive(status.value, required)
     found = _TABLE.get((status, inp))
     if found is None:
-        raise ProtocolViolation(f"'{inp.value}' is not allowed in status {status.value}",
-                                status.value)
+        raise ProtocolViolation(
+            f"'{inp.value}' is not allowed in status {status.value}", status.value
+        )
     return Transition(found[0], found[1], inp.value)
 
 
@@ -111,8 +114,11 @@ def deadline(
     GRACE_PERIOD; final statuses never time out.
     """
     if status is _C or status is _B:
-        alive = status_since if last_heartbeat is None or last_heartbeat < status_since \
+        alive = (
+            status_since
+            if last_heartbeat is None or last_heartbeat < status_since
             else last_heartbeat
+        )
         limit = config.heartbeat_timeout if status is _C else config.background_timeout
         return alive + limit
     if status is _G:
