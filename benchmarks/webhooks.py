@@ -132,15 +132,18 @@ async def receiver_stats(port: int) -> dict[str, int]:
         return (await client.get(f"http://127.0.0.1:{port}/stats")).json()  # type: ignore[no-any-return]
 
 
-async def bench(sessions: int, rss_events: int, port: int) -> dict[str, float]:
+async def bench(sessions: int, rss_events: int, port: int, dead_endpoint: bool = True
+                ) -> dict[str, float]:
     engine_config = EngineConfig(retention=0.0, event_log_max=20_000)
     hook_config = WebhookConfig(allow_private=True, max_consecutive_failures=0, retry_base=5.0)
     async with Engine(engine_config) as engine, trio.open_nursery() as nursery:
         hooks = Webhooks(engine, hook_config)
         await nursery.start(hooks.run)
         healthy = await hooks.create(WS, f"http://127.0.0.1:{port}/hook", ["*"])
-        dead = await hooks.create(WS, f"http://127.0.0.1:{free_port()}/hook", ["*"])
+        dead_url = f"http://127.0.0.1:{free_port()}/hook"
+        dead = await hooks.create(WS, dead_url, ["*"], enabled=dead_endpoint)
         gc.freeze()
+        rss_start = rss_mb()
 
         # Phase 1: throughput to the healthy receiver while the dead one fails.
         first_offset = engine.events.next_offset
@@ -148,8 +151,10 @@ async def bench(sessions: int, rss_events: int, port: int) -> dict[str, float]:
         await churn_many(engine, 0, sessions)
         churned = trio.current_time()
         emitted = engine.events.next_offset - first_offset
-        while hooks.endpoint_stats(WS, healthy.id)["pending"] or \
-                hooks.endpoint_stats(WS, healthy.id)["succeeded"] < emitted:
+        while True:  # until every event is settled (delivered, or failed on overflow)
+            done = hooks.endpoint_stats(WS, healthy.id)
+            if not done["pending"] and done["succeeded"] + done["failed"] >= emitted:
+                break
             await trio.sleep(0.01)
         delivered_at = trio.current_time()
         stats = await receiver_stats(port)
@@ -160,7 +165,12 @@ async def bench(sessions: int, rss_events: int, port: int) -> dict[str, float]:
         rss_before = rss_mb()
         dead_before = hooks.endpoint_stats(WS, dead.id)
         phase2_sessions = rss_events // 5
-        await churn_many(engine, sessions, phase2_sessions)
+        for batch_start in range(sessions, sessions + phase2_sessions, 1000):
+            # Paced by the healthy receiver, so only the dead endpoint's queue overflows.
+            while hooks.endpoint_stats(WS, healthy.id)["pending"] > 10_000:
+                await trio.sleep(0.05)
+            count = min(1000, sessions + phase2_sessions - batch_start)
+            await churn_many(engine, batch_start, count)
         while hooks.endpoint_stats(WS, healthy.id)["pending"]:
             await trio.sleep(0.05)
         gc.collect()
@@ -181,6 +191,8 @@ async def bench(sessions: int, rss_events: int, port: int) -> dict[str, float]:
         "delivered_ratio": round(stats["distinct"] / emitted, 6),
         "rss_growth_mb_dead_endpoint": round(rss_after - rss_before, 1),
         "rss_events": phase2_sessions * 5,
+        "rss_growth_mb_whole_run": round(rss_after - rss_start, 1),
+        "healthy_overflowed": healthy_stats["overflowed"],
         "dead_endpoint_failed": dead_after["failed"],
         "dead_endpoint_overflowed": dead_after["overflowed"],
         "dead_endpoint_pending": dead_after["pending"],
@@ -191,6 +203,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sessions", type=int, default=10_000)
     parser.add_argument("--rss-events", type=int, default=100_000)
+    parser.add_argument("--no-dead", action="store_true",
+                        help="leave the dead endpoint disabled (throughput of the healthy alone)")
     parser.add_argument("--receiver", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.receiver is not None:
@@ -208,7 +222,7 @@ def main() -> None:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
-        result = trio.run(bench, args.sessions, args.rss_events, port)
+        result = trio.run(bench, args.sessions, args.rss_events, port, not args.no_dead)
     finally:
         receiver.terminate()
         receiver.wait()

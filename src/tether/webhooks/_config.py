@@ -25,11 +25,14 @@ class WebhookConfig(msgspec.Struct, kw_only=True, frozen=True):
     #: ``tether serve --allow-private-webhooks``: let URLs reach loopback/private addresses.
     allow_private: bool = False
     #: Undelivered events one endpoint may hold; beyond it, events are recorded as failed.
-    queue_max: int = 10_000
+    #: A pending delivery costs ~1 KB with the event it keeps alive: 50,000 is ~50 MB at most.
+    queue_max: int = 50_000
     #: Finished deliveries one endpoint's log keeps (pending ones are always kept).
     log_max: int = 10_000
-    #: Requests in flight at once to one endpoint, and across all endpoints.
-    endpoint_concurrency: int = 16
+    #: Requests in flight at once to one endpoint, and across all endpoints. httpx/httpcore
+    #: cost grows with a pool's connections: to a local receiver 2-4 per endpoint deliver the
+    #: most per CPU second (benchmarks/README.md); more only help a receiver with latency.
+    endpoint_concurrency: int = 4
     concurrency: int = 256
     max_endpoints_per_workspace: int = 100
     #: How much of a receiver's response body is read (and then discarded).

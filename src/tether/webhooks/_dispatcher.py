@@ -13,6 +13,7 @@ import heapq
 import itertools
 import logging
 import secrets
+import ssl
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -43,7 +44,8 @@ class Dispatcher:
         self.clock = clock
         self._guard = AddressGuard(config.allow_private, config.resolve_ttl)
         self._limiter = trio.CapacityLimiter(config.concurrency)
-        self._client: httpx.AsyncClient | None = None
+        self._client: httpx.AsyncClient | None = None  # for tests of stopped endpoints
+        self._tls = ssl.create_default_context()  # shared: one per client costs ~ms each
         self._nursery: trio.Nursery | None = None
         self._id_prefix = "dlv_" + secrets.token_hex(3)
         self._ids = itertools.count(1)
@@ -51,12 +53,7 @@ class Dispatcher:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled: the HTTP client and the endpoints' delivery tasks live here."""
-        limits = httpx.Limits(max_connections=self.config.concurrency,
-                              max_keepalive_connections=min(self.config.concurrency, 128))
-        async with httpx.AsyncClient(
-            timeout=httpx.Timeout(self.config.timeout), limits=limits, follow_redirects=False,
-            headers={"User-Agent": USER_AGENT}, trust_env=False,
-        ) as client, trio.open_nursery() as nursery:
+        async with self._new_client(16) as client, trio.open_nursery() as nursery:
             self._client = client
             self._nursery = nursery
             task_status.started()
@@ -100,12 +97,28 @@ class Dispatcher:
                     f" (last error: {d.last_error})" if d.last_error else "")
                 self._finish(ep, d, "failed")
 
+    def _new_client(self, connections: int) -> httpx.AsyncClient:
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        return httpx.AsyncClient(
+            timeout=httpx.Timeout(self.config.timeout), limits=limits, follow_redirects=False,
+            headers={"User-Agent": USER_AGENT}, trust_env=False, verify=self._tls,
+        )
+
     async def _run_endpoint(self, ep: Endpoint, scope: trio.CancelScope) -> None:
+        # Its own connection pool: httpcore scans a pool per request, and a dead endpoint's
+        # failing connections then never cost a healthy endpoint anything.
         with scope:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._timer, ep, scope)
-                for _ in range(self.config.endpoint_concurrency):
-                    nursery.start_soon(self._worker, ep, scope)
+            async with self._new_client(self.config.endpoint_concurrency) as client, \
+                    trio.open_nursery() as nursery:
+                ep.client = client
+                try:
+                    nursery.start_soon(self._timer, ep, scope)
+                    for _ in range(self.config.endpoint_concurrency):
+                        nursery.start_soon(self._worker, ep, scope)
+                    await trio.sleep_forever()
+                finally:
+                    if ep.client is client:
+                        ep.client = None
 
     # -- queueing ----------------------------------------------------------------------------
 
@@ -239,7 +252,7 @@ class Dispatcher:
 
     async def attempt(self, ep: Endpoint, d: Delivery) -> tuple[int | None, str | None]:
         """POST ``d``'s event to ``ep`` once: ``(status code, error)``; no error means 2xx."""
-        client = self._client
+        client = ep.client or self._client
         if client is None:
             raise RuntimeError("the dispatcher is not running")
         now = trio.current_time()
