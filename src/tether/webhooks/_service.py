@@ -32,6 +32,7 @@ from ._errors import (
 from ._models import (
     TEST_EVENT_TYPE,
     WEBHOOK_EVENT_TYPES,
+    Delivery,
     DeliveryMeta,
     DeliveryPage,
     DeliveryView,
@@ -45,6 +46,8 @@ from ._signing import generate_secret, secret_key
 from ._urls import check_url
 
 if TYPE_CHECKING:
+    import builtins
+
     from tether.engine import Engine, Event, Subscription
 
 log = logging.getLogger("tether.webhooks")
@@ -167,7 +170,7 @@ class Webhooks:
 
     async def update(
         self, workspace_id: str, webhook_id: str, *, url: str | Unset = UNSET,
-        events: list[str] | Unset = UNSET, secret: str | Unset | None = UNSET,
+        events: builtins.list[str] | Unset = UNSET, secret: str | Unset | None = UNSET,
         enabled: bool | Unset = UNSET,
     ) -> WebhookView:
         """Change an endpoint. ``secret=None`` generates a new one (shown in the view, once).
@@ -197,7 +200,8 @@ class Webhooks:
             else:
                 self._disable(ep, None)
         ep.updated_at = trio.current_time()
-        return ep.view(self.engine.clock, secret=new_secret if secret is None else None)
+        shown = new_secret if secret is None and isinstance(new_secret, str) else None
+        return ep.view(self.engine.clock, secret=shown)
 
     def _disable(self, ep: Endpoint, reason: str | None) -> None:
         if self._dispatcher is not None:
@@ -262,7 +266,7 @@ class Webhooks:
     def redeliver(self, workspace_id: str, webhook_id: str, delivery_id: str) -> DeliveryView:
         """Queue a finished delivery again (behind its session's queued events)."""
         ep = self._endpoint(workspace_id, webhook_id)
-        d = ep.log.get(delivery_id)
+        d: Delivery | None = ep.log.get(delivery_id)
         if d is None:
             raise DeliveryNotFound(delivery_id)
         if d.state == "pending":
