@@ -20,6 +20,7 @@ import trio_websocket
 from tether import wire
 from tether.engine import Engine, EngineConfig
 from tether.http import HttpSettings, KeyStore, create_app, serve, server_config
+from tether.webhooks import WebhookConfig, Webhooks
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -57,7 +58,9 @@ async def server(request: pytest.FixtureRequest) -> AsyncIterator[Server]:
     settings = HttpSettings(**_marker_kwargs(request, "http"))
     config = EngineConfig(**_marker_kwargs(request, "engine"))
     async with Engine(config) as engine, trio.open_nursery() as nursery:
-        app = create_app(engine, keys, settings)
+        webhooks = Webhooks(engine, WebhookConfig(allow_private=True))
+        await nursery.start(webhooks.run)
+        app = create_app(engine, keys, settings, webhooks)
         binds = await nursery.start(
             partial(serve, app, server_config("127.0.0.1", 0, settings),
                     shutdown_trigger=trio.sleep_forever)

@@ -234,6 +234,12 @@ async def test_healthz_and_openapi(server, api):
         ("post", "/v1/sessions/{session_id}/commands"),
         ("get", "/v1/sessions/{session_id}/commands/{command_id}"),
         ("get", "/healthz"), ("get", "/openapi.json"),
+        ("get", "/v1/webhooks"), ("post", "/v1/webhooks"),
+        ("get", "/v1/webhooks/{webhook_id}"), ("patch", "/v1/webhooks/{webhook_id}"),
+        ("delete", "/v1/webhooks/{webhook_id}"), ("post", "/v1/webhooks/{webhook_id}/test"),
+        ("get", "/v1/webhooks/{webhook_id}/deliveries"),
+        ("post", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry"),
+        ("get", "/v1/events"), ("get", "/v1/events/stream"),
     }
     documented = {(m, p) for p, ops in doc["paths"].items() for m in ops}
     assert documented == served

@@ -14,8 +14,6 @@ from standardwebhooks import Webhook
 
 from tether.engine import Engine, EngineConfig
 from tether.http import HttpSettings, KeyStore, create_app, serve, server_config
-from tether.http.events import events_blueprint
-from tether.http.webhooks import api_key_workspace, webhooks_blueprint
 from tether.webhooks import WebhookConfig, Webhooks
 
 from .conftest import WS, Receiver, churn
@@ -49,16 +47,13 @@ async def server(engine_config, webhook_config) -> AsyncIterator[Server]:
     keys = KeyStore()
     keys.add_key("api", ACME_KEY, WS)
     keys.add_key("api", OTHER_KEY, "ws_other")
-    settings = HttpSettings()
+    settings = HttpSettings(sse_keepalive=0.2)
     async with Engine(engine_config) as engine, trio.open_nursery() as nursery:
         hooks = Webhooks(engine, webhook_config)
         await nursery.start(hooks.run)
         receiver = Receiver()
         await nursery.start(receiver.serve)
-        app = create_app(engine, keys, settings)
-        workspace = api_key_workspace(keys)
-        app.register_blueprint(webhooks_blueprint(lambda: hooks, workspace))
-        app.register_blueprint(events_blueprint(lambda: engine, workspace, keepalive=0.2))
+        app = create_app(engine, keys, settings, hooks)
         binds = await nursery.start(partial(
             serve, app, server_config("127.0.0.1", 0, settings),
             shutdown_trigger=trio.sleep_forever))

@@ -17,11 +17,14 @@ from ._openapi import openapi_document
 from ._routes import OPERATIONS
 from ._settings import HttpSettings
 from ._views import SessionsApi
+from .events import events_blueprint
+from .webhooks import api_key_workspace, webhooks_blueprint
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from tether.engine import Engine
+    from tether.webhooks import Webhooks
 
     from ._auth import KeyStore
 
@@ -41,9 +44,13 @@ async def _drain_body() -> None:
 
 
 def create_app(
-    engine: Engine, keys: KeyStore, settings: HttpSettings | None = None
+    engine: Engine,
+    keys: KeyStore,
+    settings: HttpSettings | None = None,
+    webhooks: Webhooks | None = None,
 ) -> QuartTrio:
-    """The Sessions REST API, ``/openapi.json``, ``/healthz`` and the agent socket."""
+    """The Sessions REST API, the event feed, ``/openapi.json``, ``/healthz``, the agent
+    socket, and (given the running service) the webhooks API."""
     settings = settings or HttpSettings()
     app = QuartTrio("tether")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -52,7 +59,12 @@ def create_app(
     _errors.install(app)
     api = SessionsApi(engine, keys, openapi_document())
     for op in OPERATIONS:
-        app.add_url_rule(op.rule, op.view, getattr(api, op.view), methods=[op.method])
+        if not op.blueprint:
+            app.add_url_rule(op.rule, op.view, getattr(api, op.view), methods=[op.method])
+    workspace = api_key_workspace(keys)
+    app.register_blueprint(events_blueprint(lambda: engine, workspace, settings.sse_keepalive))
+    if webhooks is not None:
+        app.register_blueprint(webhooks_blueprint(lambda: webhooks, workspace))
     # A bound method, not a callable object: Quart runs what is not a coroutine function on a
     # worker thread.
     app.add_websocket("/v1/agent", "agent", AgentSocket(engine, keys, settings).serve)

@@ -10,6 +10,8 @@ from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
 
+from tether.webhooks import Payload
+
 T = TypeVar("T")
 
 
@@ -58,3 +60,17 @@ class RunCommandBody(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
 
     client_id: str
     command: str
+
+
+class EventsMeta(msgspec.Struct, kw_only=True, frozen=True):
+    limit: int
+    has_more: bool
+    #: Where to continue from: the last event returned (or the ``after`` given, if none).
+    next_after: str | None
+
+
+class EventsPage(msgspec.Struct, kw_only=True, frozen=True):
+    """``GET /v1/events``: events as webhooks send them, in log order."""
+
+    data: list[Payload]
+    meta: EventsMeta

@@ -42,7 +42,7 @@ def _operation(op: Operation, refs: dict[Any, dict[str, Any]]) -> dict[str, Any]
     else:
         responses[str(op.status)] = {
             "description": "Success",
-            "content": {"application/json": {"schema": refs[op.response]}},
+            "content": {op.content_type: {"schema": refs[op.response]}},
         }
     for status in sorted(op.errors):
         responses[str(status)] = {

@@ -16,8 +16,17 @@ from tether.engine import (
     SessionDetail,
     SessionPage,
 )
+from tether.webhooks import DeliveryPage, DeliveryView, TestResult, WebhookView
 
-from ._models import AttachClientBody, CreateSessionBody, Data, Health, RunCommandBody
+from ._models import (
+    AttachClientBody,
+    CreateSessionBody,
+    Data,
+    EventsPage,
+    Health,
+    RunCommandBody,
+)
+from .webhooks import CreateWebhook, UpdateWebhook
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,10 @@ class Operation:
     auth: bool = True
     tags: tuple[str, ...] = ("sessions",)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Served by a blueprint (webhooks, events) rather than routed from this table; the
+    #: table still describes it, so /openapi.json covers everything that is served.
+    blueprint: bool = False
+    content_type: str = "application/json"
 
     @property
     def rule(self) -> str:
@@ -127,6 +140,72 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "GET", "/v1/sessions/{session_id}/commands/{command_id}", "get_command",
         "An operator command and how it ended", Data[CommandView], errors=(*_COMMON, 404),
+    ),
+    # -- webhooks (served by tether.http.webhooks) ------------------------------------------
+    Operation(
+        "GET", "/v1/webhooks", "list_webhooks", "List the workspace's webhook endpoints",
+        Data[list[WebhookView]], errors=_COMMON, tags=("webhooks",), blueprint=True,
+    ),
+    Operation(
+        "POST", "/v1/webhooks", "create_webhook",
+        "Add an endpoint (a secret not given is generated and returned once)",
+        Data[WebhookView], status=201, body=CreateWebhook, errors=(*_COMMON, 413),
+        tags=("webhooks",), blueprint=True,
+    ),
+    Operation(
+        "GET", "/v1/webhooks/{webhook_id}", "get_webhook", "Get an endpoint",
+        Data[WebhookView], errors=(*_COMMON, 404), tags=("webhooks",), blueprint=True,
+    ),
+    Operation(
+        "PATCH", "/v1/webhooks/{webhook_id}", "update_webhook",
+        "Change an endpoint's url, events, secret (null: generate) or enabled",
+        Data[WebhookView], body=UpdateWebhook, errors=(*_COMMON, 404, 413),
+        tags=("webhooks",), blueprint=True,
+    ),
+    Operation(
+        "DELETE", "/v1/webhooks/{webhook_id}", "delete_webhook", "Remove an endpoint",
+        None, status=204, errors=(*_COMMON, 404), tags=("webhooks",), blueprint=True,
+    ),
+    Operation(
+        "POST", "/v1/webhooks/{webhook_id}/test", "test_webhook",
+        "Send a signed webhook.test event and report the outcome",
+        Data[TestResult], errors=(*_COMMON, 404, 409), tags=("webhooks",), blueprint=True,
+    ),
+    Operation(
+        "GET", "/v1/webhooks/{webhook_id}/deliveries", "list_deliveries",
+        "The endpoint's deliveries, newest first",
+        DeliveryPage,
+        query=(
+            Param("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                  "Max deliveries"),
+            Param("before", _TEXT, "Only deliveries older than this delivery id (cursor)"),
+        ),
+        errors=(*_COMMON, 404), tags=("webhooks",), blueprint=True,
+    ),
+    Operation(
+        "POST", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry", "retry_delivery",
+        "Deliver a failed delivery's event again",
+        Data[DeliveryView], status=202, errors=(*_COMMON, 404, 409), tags=("webhooks",),
+        blueprint=True,
+    ),
+    # -- the event feed (served by tether.http.events) -------------------------------------
+    Operation(
+        "GET", "/v1/events", "list_events",
+        "The workspace's retained events in order, after an event id",
+        EventsPage,
+        query=(
+            Param("after", _TEXT, "Only events after this event id (410 if no longer retained)"),
+            Param("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                  "Max events"),
+        ),
+        errors=(*_COMMON, 410), tags=("events",), blueprint=True,
+    ),
+    Operation(
+        "GET", "/v1/events/stream", "stream_events",
+        "Live events as Server-Sent Events; resumes after Last-Event-ID (or ?after=)",
+        str, content_type="text/event-stream",
+        query=(Param("after", _TEXT, "Resume after this event id"),),
+        errors=(*_COMMON, 410), tags=("events",), blueprint=True,
     ),
     Operation(
         "GET", "/openapi.json", "openapi", "This document (OpenAPI 3.1)", dict[str, Any],

@@ -22,6 +22,8 @@ class HttpSettings(msgspec.Struct, kw_only=True, frozen=True):
     hello_timeout: float = 10.0
     #: ``run_command`` frames queued for an agent that does not read; past it, the socket closes.
     agent_send_queue: int = 1024
+    #: Seconds without events after which an event stream (SSE) sends a keep-alive comment.
+    sse_keepalive: float = 15.0
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_frame_bytes", "max_violations", "agent_send_queue"):

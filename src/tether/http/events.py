@@ -18,6 +18,7 @@ from quart import Blueprint, Response, current_app, request
 from tether.engine import Engine, EventsGone, EventsMissed, InvalidParameter, TetherError
 from tether.webhooks import payload_of
 
+from ._models import EventsMeta, EventsPage
 from .webhooks import error_response, json_response, query_int, request_workspace
 
 if TYPE_CHECKING:
@@ -33,13 +34,6 @@ _encoder = msgspec.json.Encoder()
 def app_engine() -> Engine:
     """The app's engine, as registered in ``app.extensions["tether.engine"]``."""
     return current_app.extensions["tether.engine"]  # type: ignore[no-any-return]
-
-
-class EventsMeta(msgspec.Struct, kw_only=True, frozen=True):
-    limit: int
-    has_more: bool
-    #: Where to continue from: the last event returned (or the ``after`` given, if none).
-    next_after: str | None
 
 
 def events_blueprint(
@@ -66,7 +60,7 @@ def events_blueprint(
         events = events[:limit]
         meta = EventsMeta(limit=limit, has_more=has_more,
                           next_after=events[-1].id if events else after)
-        return json_response({"data": [payload_of(e) for e in events], "meta": meta})
+        return json_response(EventsPage(data=[payload_of(e) for e in events], meta=meta))
 
     @bp.get("/v1/events/stream")
     async def stream_events() -> Response:
