@@ -28,6 +28,7 @@ from tether.http import (
     serve,
     server_config,
 )
+from tether.webhooks import WebhookConfig, Webhooks
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -85,6 +86,18 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     limits.add_argument("--max-frame-bytes", type=_count, default=h.max_frame_bytes)
     limits.add_argument("--max-violations", type=_count, default=h.max_violations,
                         help="agent protocol violations before its socket is closed")
+    hooks = p.add_argument_group("webhooks")
+    w = WebhookConfig()
+    hooks.add_argument("--webhook-retry-base", type=_positive, default=w.retry_base,
+                       metavar="SECONDS", help="delay before the first retry; doubles after")
+    hooks.add_argument("--webhook-timeout", type=_positive, default=w.timeout,
+                       metavar="SECONDS", help="one delivery attempt's whole budget")
+    hooks.add_argument("--webhook-max-failures", type=int, default=w.max_consecutive_failures,
+                       metavar="N", help="failed events in a row that disable an endpoint "
+                       "(0: never)")
+    hooks.add_argument("--allow-private-webhooks", action="store_true",
+                       help="let webhook URLs reach loopback and private addresses "
+                       "(development and tests)")
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
     p.add_argument("--access-log", action="store_true", help="log every request to stdout")
@@ -113,27 +126,35 @@ def load_keys(path: Path, out: TextIO | None = None) -> KeyStore:
 
 
 async def _serve(
-    engine_config: EngineConfig, keys: KeyStore, settings: HttpSettings, args: argparse.Namespace,
+    engine_config: EngineConfig,
+    webhook_config: WebhookConfig,
+    keys: KeyStore,
+    settings: HttpSettings,
+    args: argparse.Namespace,
 ) -> None:
     config = server_config(args.host, args.port, settings, access_log=args.access_log)
     stop = trio.Event()
-    async with Engine(engine_config) as engine:
-        app = create_app(engine, keys, settings)
+    async with Engine(engine_config) as engine, trio.open_nursery() as services:
+        # Webhook delivery outlives the server (it is an event-bus consumer beside it).
+        webhooks = Webhooks(engine, webhook_config)
+        await services.start(webhooks.run)
+        app = create_app(engine, keys, settings, webhooks)
+
+        async def on_signal() -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    log.info("%s: shutting down", signal.Signals(signum).name)
+                    engine.shutdown()  # sessions end; their agents' sockets close cleanly
+                    stop.set()
+                    return
+
         async with trio.open_nursery() as nursery:
-
-            async def on_signal() -> None:
-                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for signum in signals:
-                        log.info("%s: shutting down", signal.Signals(signum).name)
-                        engine.shutdown()  # sessions end; their agents' sockets close cleanly
-                        stop.set()
-                        return
-
             nursery.start_soon(on_signal)
             binds = await nursery.start(partial(serve, app, config, shutdown_trigger=stop.wait))
             log.info("serving on %s", ", ".join(binds))
             await stop.wait()
             nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout + 1
+        services.cancel_scope.cancel()
     log.info("stopped")
 
 
@@ -148,11 +169,16 @@ def _run_serve(args: argparse.Namespace) -> int:
             max_body_bytes=args.max_body_bytes, max_frame_bytes=args.max_frame_bytes,
             max_violations=args.max_violations,
         )
+        webhook_config = WebhookConfig(
+            retry_base=args.webhook_retry_base, timeout=args.webhook_timeout,
+            max_consecutive_failures=args.webhook_max_failures,
+            allow_private=args.allow_private_webhooks,
+        )
         keys = load_keys(args.keys or default_keys_file())
     except (TetherError, ValueError, OSError) as error:
         print(f"tether serve: {error}", file=sys.stderr)
         return 2
-    trio.run(_serve, engine_config, keys, settings, args)
+    trio.run(_serve, engine_config, webhook_config, keys, settings, args)
     return 0
 
 
