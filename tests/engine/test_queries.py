@@ -215,3 +215,29 @@ async def test_event_feed_after_an_id_and_gone_past_retention(autojump_clock: Mo
         for bad in ("evt_nope", "garbage"):
             with pytest.raises(InvalidParameter):
                 engine.events_after("ws_acme", bad)
+
+
+async def test_a_workspaces_feed_reads_only_its_events_across_trimming(
+    autojump_clock: MockClock,
+) -> None:
+    async with Engine(EngineConfig(event_log_max=3000)) as engine:
+        for i in range(3000):  # 6,000 events: trimmed past the log's compaction point
+            await hello(engine, machine=f"m{i}", workspace="ws_busy" if i % 10 else "ws_quiet")
+        quiet = engine.events_after("ws_quiet", None, 1000)
+        assert all(e.workspace_id == "ws_quiet" for e in quiet)
+        # Every retained ws_quiet event, in order, and none missing between pages.
+        expected = [
+            e.id
+            for e in engine.events._events[engine.events._start :]
+            if e.workspace_id == "ws_quiet"
+        ]
+        pages: list[str] = []
+        after = None
+        while True:
+            page = engine.events_after("ws_quiet", after, 7)
+            if not page:
+                break
+            pages += [e.id for e in page]
+            after = page[-1].id
+        assert pages == expected == [e.id for e in quiet][: len(expected)]
+        assert len(expected) == 300

@@ -11,6 +11,7 @@ silently.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import TYPE_CHECKING
 
 import trio
@@ -50,6 +51,8 @@ class EventLog:
         self._times: list[float] = []
         self._start = 0  # index in _events of the oldest retained event
         self._first_offset = 0  # absolute offset of _events[_start]
+        #: Each workspace's event offsets, ascending: a workspace's page never scans others'.
+        self._by_workspace: dict[str, list[int]] = {}
         self._lot = trio.lowlevel.ParkingLot()
         self._closed = False
 
@@ -73,6 +76,10 @@ class EventLog:
             sequence=sequence,
             data=data,
         )
+        offsets = self._by_workspace.get(workspace_id)
+        if offsets is None:
+            offsets = self._by_workspace[workspace_id] = []
+        offsets.append(self.next_offset)
         self._events.append(event)
         self._times.append(at)
         self._trim(at)
@@ -100,6 +107,11 @@ class EventLog:
             del self._events[: self._start]
             del self._times[: self._start]
             self._start = 0
+            first = self._first_offset
+            for workspace_id, offsets in list(self._by_workspace.items()):
+                del offsets[: bisect_left(offsets, first)]
+                if not offsets:
+                    del self._by_workspace[workspace_id]
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -142,15 +154,19 @@ class EventLog:
 
         Returns the events and the offset to read from next.
         """
-        found: list[Event] = []
-        offset = max(start, self._first_offset)
+        start = max(start, self._first_offset)
         end = self.next_offset
-        while offset < end and len(found) < limit:
-            event = self.at(offset)
-            offset += 1
-            if workspace_id is None or event.workspace_id == workspace_id:
-                found.append(event)
-        return found, offset
+        if workspace_id is None:
+            stop = min(end, start + limit)
+            return [self.at(offset) for offset in range(start, stop)], stop
+        # One workspace's events through its own offsets: no scan over other workspaces'.
+        offsets = self._by_workspace.get(workspace_id, ())
+        i = bisect_left(offsets, start)
+        chosen = offsets[i : i + limit]
+        found = [self.at(offset) for offset in chosen]
+        if len(chosen) < limit:
+            return found, end  # read everything up to the end of the log
+        return found, chosen[-1] + 1
 
     def subscribe(
         self, workspace_id: str | None = None, after: str | None = None, now: float | None = None
