@@ -194,18 +194,9 @@ class EventCommand(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     user_email: str | None
 
 
-class EventData(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True, gc=False):
+class EventData(SessionSummary, kw_only=True, frozen=True, omit_defaults=True, gc=False):
     """A session event's payload: the session's summary at the event, and the change."""
 
-    session_id: str
-    status: Status
-    machine_id: str
-    machine_hostname: str
-    workspace_id: str
-    created_at: str
-    connected_at: str | None
-    last_heartbeat_at: str | None
-    attached_clients: int
     previous_status: Status | None
     reason: str | None
     sequence: int
