@@ -1,0 +1,319 @@
+"""One simulated agent over a run: its plan turned into steps, and what it expects the server
+to show for each of its sessions. Pure: no trio, no sockets, no engine.
+
+A driver asks :attr:`AgentRun.due` when the agent next acts, calls :meth:`AgentRun.take` at
+that time to learn what to do, carries it out, and reports back what only the server can say
+(:meth:`welcomed`, :meth:`hello_failed`, :meth:`run_command`). :meth:`take` updates the
+agent's expectations as it hands out the step: sending a frame is the action.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from typing import TYPE_CHECKING
+
+from ._behaviour import Act, Kind, TelemetryWalk
+
+if TYPE_CHECKING:
+    from ._behaviour import AgentPlan
+
+INF = math.inf
+
+
+def _tick(t: float) -> float:
+    """Times are kept in steps of 0.1 s (see ``_behaviour``)."""
+    return round(t, 1)
+
+
+class Step(enum.StrEnum):
+    """What a driver carries out."""
+
+    HELLO = "hello"  # connect and say hello without a resume token
+    RESUME = "resume"  # connect and say hello with the resume token
+    HEARTBEAT = "heartbeat"  # with telemetry (AgentRun.telemetry)
+    COMMAND = "command"  # AgentRun.command: (command_id, command, exit_code)
+    RESULT = "command_result"  # AgentRun.command: (command_id, command, exit_code)
+    BACKGROUND = "background"
+    FOREGROUND = "foreground"
+    DROP = "drop"  # close the socket without goodbye
+    RESTART = "restart"  # close the socket without goodbye, then HELLO at once
+    GOODBYE = "goodbye"
+    FATAL = "fatal"  # an error frame with fatal=true
+
+
+class SessionExpect:
+    """What the server should show for one session, from what its agent did.
+
+    ``status`` is the status the agent's last action implies, since ``since`` (seconds of the
+    run). A session left in GRACE_PERIOD is expected DISCONNECTED (``grace_expired``) once
+    ``grace`` seconds have passed; ``reasons`` are the acceptable reasons of a final status.
+    """
+
+    __slots__ = ("commands", "grace", "kind", "machine_id", "reasons", "session_id", "since",
+                 "status", "telemetry")
+
+    def __init__(self, session_id: str, machine_id: str, kind: Kind, grace: float,
+                 now: float) -> None:
+        self.session_id = session_id
+        self.machine_id = machine_id
+        self.kind = kind
+        self.grace = grace
+        self.status = "CONNECTED"
+        self.since = now
+        self.reasons: tuple[str, ...] = ()
+        self.commands: list[tuple[str, str, int]] = []
+        self.telemetry: tuple[float, float, float] | None = None
+
+    def set(self, status: str, now: float, *reasons: str) -> None:
+        self.status = status
+        self.since = now
+        self.reasons = reasons
+
+    def allowed(self, now: float, margin: float) -> dict[str, tuple[str, ...]]:
+        """Acceptable statuses at ``now`` (run seconds), each with its acceptable reasons."""
+        if self.status != "GRACE_PERIOD":
+            return {self.status: self.reasons}
+        expires = self.since + self.grace
+        if now < expires - margin:
+            return {"GRACE_PERIOD": ()}
+        if now > expires + margin:
+            return {"DISCONNECTED": ("grace_expired",)}
+        return {"GRACE_PERIOD": (), "DISCONNECTED": ("grace_expired",)}
+
+    def to_builtins(self) -> list[object]:
+        return [self.session_id, self.machine_id, self.kind.value, self.grace, self.status,
+                self.since, list(self.reasons), [list(c) for c in self.commands],
+                None if self.telemetry is None else list(self.telemetry)]
+
+    @classmethod
+    def from_builtins(cls, data: list[object]) -> SessionExpect:
+        (session_id, machine_id, kind, grace, status, since, reasons, commands,
+         telemetry) = data
+        e = cls(str(session_id), str(machine_id), Kind(kind), float(grace), float(since))  # type: ignore[arg-type]
+        e.set(str(status), float(since), *reasons)  # type: ignore[arg-type,misc]
+        e.commands = [(str(c[0]), str(c[1]), int(c[2])) for c in commands]  # type: ignore[attr-defined,index]
+        e.telemetry = None if telemetry is None else tuple(telemetry)  # type: ignore[arg-type,assignment]
+        return e
+
+
+class AgentRun:
+    """One agent's progress through its plan.
+
+    ``heartbeat_every`` overrides the welcome's heartbeat interval. Nothing scripted happens at
+    or after ``stop_at`` (the end of the run); heartbeats go on until the driver stops asking.
+    """
+
+    __slots__ = (
+        "_cmd_seq",
+        "_offline_fresh",
+        "_results",
+        "_script_pos",
+        "command",
+        "connected",
+        "done",
+        "due",
+        "grace",
+        "hb_every",
+        "hb_override",
+        "in_background",
+        "next_hb",
+        "next_step",
+        "plan",
+        "reconnect_at",
+        "resume_token",
+        "session",
+        "sessions",
+        "started_at",
+        "stop_at",
+        "telemetry",
+        "walk",
+    )
+
+    def __init__(self, plan: AgentPlan, *, stop_at: float,
+                 heartbeat_every: float | None = None) -> None:
+        self.plan = plan
+        self.stop_at = stop_at
+        self.hb_override = heartbeat_every
+        self.hb_every = heartbeat_every or 30.0
+        self.grace = 30.0
+        self.walk = TelemetryWalk(plan.seed)
+        self.connected = False
+        self.in_background = False
+        self.done = False
+        self.session: SessionExpect | None = None
+        self.sessions: list[SessionExpect] = []
+        self.resume_token: str | None = None
+        self.next_step: Step | None = Step.HELLO
+        self.due = plan.start
+        self.next_hb = INF
+        self.reconnect_at = INF
+        self._offline_fresh = True  # the next hello is a fresh one (no resume token)
+        self._script_pos = 0
+        self._results: list[tuple[str, str, int]] = []
+        self._cmd_seq = 0
+        self.started_at = plan.start
+        self.telemetry: tuple[float, float, float, int, int, int] | None = None
+        self.command: tuple[str, str, int] | None = None
+
+    # -- the driver's questions ------------------------------------------------------------
+
+    def take(self, now: float) -> Step | None:
+        """The step to carry out now (``None``: nothing is due). Updates the expectations."""
+        step = self.next_step
+        if step is None or now < self.due:
+            return None
+        session = self.session
+        if step is Step.HEARTBEAT:
+            self.next_hb = _tick(now + self.hb_every)
+            t = self.telemetry = self.walk.sample(now - self.started_at)
+            if session is not None:
+                session.telemetry = (t[0], t[1], t[2])
+        elif step is Step.RESULT:
+            self.command = result = self._results.pop(0)
+            if session is not None:
+                session.commands.append(result)
+        elif step in (Step.HELLO, Step.RESUME):
+            self.next_step = None  # wait for welcomed() / hello_failed()
+            self.due = INF
+            return step
+        else:
+            self._scripted(now, session)
+            step = self.next_step
+        self._schedule(now)
+        return step
+
+    def _scripted(self, now: float, session: SessionExpect | None) -> None:
+        item = self.plan.script[self._script_pos]
+        self._script_pos += 1
+        act = item.act
+        if act is Act.COMMAND:
+            self._cmd_seq += 1
+            self.command = (f"{self.plan.machine_id}-c{self._cmd_seq}", item.command,
+                            item.exit_code)
+            if session is not None:
+                session.commands.append(self.command)
+        elif act is Act.BACKGROUND:
+            self.in_background = True
+            if session is not None:
+                session.set("BACKGROUND", now)
+        elif act is Act.FOREGROUND:
+            self.in_background = False
+            if session is not None:
+                session.set("CONNECTED", now)
+        elif act is Act.DROP:
+            self._go_offline(now, session)
+            if item.offline < 1:
+                # within the grace period, and within the run
+                away = item.offline * min(self.grace, 0.2 * self.stop_at)
+                self._offline_fresh = False
+            else:
+                away = item.offline * self.grace
+                self._offline_fresh = True
+            self.reconnect_at = _tick(now + away) if now + away < self.stop_at else INF
+        elif act is Act.RESTART:
+            self._go_offline(now, None)
+            if session is not None:
+                session.set("DISCONNECTED", now, "replaced")
+            self._offline_fresh = True
+            self.reconnect_at = _tick(now)
+        elif act is Act.GOODBYE:
+            self._end(now, session, "DISCONNECTED", "agent_goodbye")
+        elif act is Act.FATAL:
+            self._end(now, session, "ERROR", "agent_error")
+        self.next_step = _ACT_STEP[act]
+
+    def _go_offline(self, now: float, session: SessionExpect | None) -> None:
+        self.connected = False
+        self.in_background = False
+        self.next_hb = INF
+        if session is not None:
+            session.set("GRACE_PERIOD", now)
+
+    def _end(self, now: float, session: SessionExpect | None, status: str, reason: str) -> None:
+        self.connected = False
+        self.done = True
+        self.next_hb = INF
+        if session is not None:
+            session.set(status, now, reason)
+        self.session = None
+
+    def _schedule(self, now: float) -> None:
+        """Pick the next step and when it is due."""
+        if self.done:
+            self.next_step, self.due = None, INF
+            return
+        if not self.connected:
+            if self.reconnect_at < INF:
+                self.next_step = Step.HELLO if self._offline_fresh else Step.RESUME
+                self.due = self.reconnect_at
+            else:
+                self.next_step, self.due = None, INF
+            return
+        if self._results:
+            self.next_step, self.due = Step.RESULT, now
+            return
+        step, due = Step.HEARTBEAT, self.next_hb
+        script = self.plan.script
+        if self._script_pos < len(script):
+            at = max(script[self._script_pos].at, _tick(now))
+            if at < due and at < self.stop_at:
+                step, due = Step.COMMAND, at  # any scripted step: resolved in take()
+        self.next_step, self.due = step, due
+
+    # -- what the server said --------------------------------------------------------------
+
+    def welcomed(self, now: float, session_id: str, resume_token: str, heartbeat_interval: float,
+                 grace_period: float, resumed: bool) -> None:
+        """The server welcomed the hello (or the resume)."""
+        self.connected = True
+        self.in_background = False
+        self.resume_token = resume_token
+        self.reconnect_at = INF
+        self.grace = grace_period
+        if self.hb_override is None:
+            self.hb_every = heartbeat_interval
+        previous = self.session
+        if resumed and previous is not None and previous.session_id == session_id:
+            previous.set("CONNECTED", now)
+        else:
+            if previous is not None and previous.status == "GRACE_PERIOD":
+                # a fresh hello ends a session still in grace (replaced), or it had expired
+                previous.set("DISCONNECTED", now, "grace_expired", "replaced")
+            self.session = SessionExpect(session_id, self.plan.machine_id, self.plan.kind,
+                                         grace_period, now)
+            self.sessions.append(self.session)
+        self.next_hb = _tick(now)  # heartbeat (with telemetry) right away
+        self._schedule(now)
+
+    def hello_failed(self, now: float) -> None:
+        """The hello was refused or the connection failed: the agent gives up."""
+        self.connected = False
+        self.done = True
+        self.next_step, self.due = None, INF
+
+    def run_command(self, command_id: str, command: str) -> None:
+        """The server asked the agent to run a command: it answers with exit code 0 at once."""
+        self._results.append((command_id, command, 0))
+        if self.connected and self.next_step is not Step.RESULT:
+            self.next_step, self.due = Step.RESULT, min(self.due, self.next_hb, 0.0)
+
+    def closed_by_server(self) -> bool:
+        """The server closed the socket. True if the agent did not expect it (an error)."""
+        if not self.connected:
+            return False
+        self.connected = False
+        self.done = True
+        self.next_step, self.due = None, INF
+        return True
+
+
+_ACT_STEP = {
+    Act.COMMAND: Step.COMMAND,
+    Act.BACKGROUND: Step.BACKGROUND,
+    Act.FOREGROUND: Step.FOREGROUND,
+    Act.DROP: Step.DROP,
+    Act.RESTART: Step.RESTART,
+    Act.GOODBYE: Step.GOODBYE,
+    Act.FATAL: Step.FATAL,
+}

@@ -1,0 +1,208 @@
+"""What simulated agents do, as a pure model: no trio, no sockets, no engine.
+
+A fleet is a list of :class:`AgentPlan`: each agent has a *kind* (its behaviour), a start
+offset and a short script of lifecycle actions at fixed times within the run, all drawn from
+one seeded ``random.Random``. Heartbeats are not scripted: an agent heartbeats on a fixed period
+while it is connected. Drivers (in-process, over the wire) turn plans into steps with
+:class:`tether.sim._agent.AgentRun`.
+
+Times here are seconds from the start of the run (the simulation's own clock), in steps of
+0.1 s: agents that act at the same instant are served in one pass of a driver, which is what
+lets the in-process driver run 10,000 agents through a virtual hour in seconds.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass, field
+
+
+class Kind(enum.StrEnum):
+    """An agent's behaviour over the run."""
+
+    STEADY = "steady"  # heartbeats with changing telemetry, nothing else
+    COMMANDS = "commands"  # also reports commands it ran
+    CYCLER = "cycler"  # background / foreground cycles
+    FLAKY = "flaky"  # a network drop, resumed with its token within the grace period
+    LOST = "lost"  # a network drop that outlasts the grace period, then a fresh hello
+    RESTARTER = "restarter"  # its process restarts: a fresh hello without the resume token
+    LEAVER = "leaver"  # says goodbye
+    CRASHER = "crasher"  # reports a fatal error
+
+
+#: Named mixes for ``--scenario``: kind -> weight.
+SCENARIOS: dict[str, dict[Kind, float]] = {
+    "mixed": {
+        Kind.STEADY: 40, Kind.COMMANDS: 20, Kind.CYCLER: 10, Kind.FLAKY: 10, Kind.LOST: 5,
+        Kind.RESTARTER: 5, Kind.LEAVER: 5, Kind.CRASHER: 5,
+    },
+    "steady": {Kind.STEADY: 1},
+    "busy": {Kind.STEADY: 1, Kind.COMMANDS: 2, Kind.CYCLER: 1},
+    "churn": {
+        Kind.STEADY: 10, Kind.FLAKY: 30, Kind.LOST: 20, Kind.RESTARTER: 20, Kind.LEAVER: 10,
+        Kind.CRASHER: 10,
+    },
+}
+
+
+def parse_weights(text: str) -> dict[Kind, float]:
+    """``--scenario`` as a name from :data:`SCENARIOS` or as ``kind=weight,kind=weight``."""
+    if text in SCENARIOS:
+        return dict(SCENARIOS[text])
+    weights: dict[Kind, float] = {}
+    for part in text.split(","):
+        name, eq, value = part.strip().partition("=")
+        try:
+            kind = Kind(name)
+            weight = float(value) if eq else 1.0
+        except ValueError:
+            raise ValueError(
+                f"unknown scenario {text!r}: use one of {', '.join(SCENARIOS)} "
+                f"or kind=weight pairs of {', '.join(k.value for k in Kind)}"
+            ) from None
+        if weight < 0:
+            raise ValueError(f"weight of {name} must not be negative")
+        weights[kind] = weight
+    if not sum(weights.values()) > 0:
+        raise ValueError("the weights must not all be zero")
+    return weights
+
+
+class Act(enum.StrEnum):
+    """A scripted lifecycle action."""
+
+    COMMAND = "command"
+    BACKGROUND = "background"
+    FOREGROUND = "foreground"
+    DROP = "drop"  # the network goes: the socket closes without goodbye
+    RESTART = "restart"  # the process restarts: socket gone, fresh hello, no resume token
+    GOODBYE = "goodbye"
+    FATAL = "fatal"
+
+
+@dataclass(frozen=True, slots=True)
+class Scripted:
+    """One scripted action at ``at`` seconds into the run.
+
+    For ``DROP``, ``offline`` is how long the agent stays away as a fraction of the grace
+    period (below 1: it resumes with its token; above 1: it outlasts the grace period and comes
+    back with a fresh hello, if the run lasts that long). For ``COMMAND``, ``command`` and
+    ``exit_code`` say what it ran.
+    """
+
+    at: float
+    act: Act
+    offline: float = 0.0
+    command: str = ""
+    exit_code: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AgentPlan:
+    """Everything one agent will do, decided up front from the seed."""
+
+    index: int
+    kind: Kind
+    machine_id: str
+    machine_hostname: str
+    start: float
+    seed: int
+    script: tuple[Scripted, ...] = field(default=())
+
+
+_COMMANDS = ("uptime", "df -h", "systemctl restart nginx", "ls /var/log", "whoami", "free -m",
+             "journalctl -n 50", "docker ps")
+
+
+def _script(kind: Kind, rng: random.Random, duration: float) -> tuple[Scripted, ...]:
+    def when(lo: float = 0.1, hi: float = 0.7) -> float:
+        return round(rng.uniform(lo, hi) * duration, 1)
+
+    if kind is Kind.COMMANDS:
+        times = sorted(when(0.05, 0.85) for _ in range(rng.randint(1, 5)))
+        return tuple(
+            Scripted(at=t, act=Act.COMMAND, command=rng.choice(_COMMANDS),
+                     exit_code=rng.choice((0, 0, 0, 1, 2)))
+            for t in times
+        )
+    if kind is Kind.CYCLER:
+        times = sorted(when(0.05, 0.85) for _ in range(rng.randint(1, 4)))
+        return tuple(
+            Scripted(at=t, act=Act.BACKGROUND if i % 2 == 0 else Act.FOREGROUND)
+            for i, t in enumerate(times)
+        )
+    if kind is Kind.FLAKY:
+        return (Scripted(at=when(), act=Act.DROP, offline=round(rng.uniform(0.1, 0.6), 3)),)
+    if kind is Kind.LOST:
+        return (Scripted(at=when(0.05, 0.4), act=Act.DROP, offline=round(rng.uniform(1.2, 2), 3)),)
+    if kind is Kind.RESTARTER:
+        return (Scripted(at=when(), act=Act.RESTART),)
+    if kind is Kind.LEAVER:
+        return (Scripted(at=when(), act=Act.GOODBYE),)
+    if kind is Kind.CRASHER:
+        return (Scripted(at=when(), act=Act.FATAL),)
+    return ()
+
+
+def plan_fleet(
+    agents: int,
+    duration: float,
+    *,
+    weights: dict[Kind, float] | None = None,
+    seed: int = 0,
+    ramp: float = 1.0,
+    prefix: str | None = None,
+    first: int = 0,
+    count: int | None = None,
+) -> list[AgentPlan]:
+    """The plans of agents ``first .. first+count`` of a fleet of ``agents``.
+
+    The whole fleet is drawn from ``seed`` in index order, so any slice of it (a worker
+    process's share) is the same as in a one-process run. Agents start spread uniformly over
+    the first ``ramp`` seconds.
+    """
+    weights = weights or SCENARIOS["mixed"]
+    kinds = [k for k, w in weights.items() if w > 0]
+    kind_weights = [weights[k] for k in kinds]
+    prefix = f"sim-{seed}" if prefix is None else prefix
+    rng = random.Random(seed)
+    plans = []
+    stop = agents if count is None else min(agents, first + count)
+    for index in range(stop):
+        kind = rng.choices(kinds, kind_weights)[0]
+        agent_seed = rng.getrandbits(32)
+        start = round(rng.uniform(0, ramp), 1) if ramp > 0 else 0.0
+        if index < first:
+            continue
+        script = _script(kind, random.Random(agent_seed), duration)
+        plans.append(AgentPlan(
+            index=index, kind=kind, machine_id=f"{prefix}-{index:06d}",
+            machine_hostname=f"{prefix}-host-{index % 100:02d}", start=start, seed=agent_seed,
+            script=script,
+        ))
+    return plans
+
+
+class TelemetryWalk:
+    """Changing telemetry: CPU and memory wander, disk fills slowly, counters grow."""
+
+    __slots__ = ("cpu", "disk", "memory", "rng", "rx", "tx")
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed ^ 0x5EED)
+        self.cpu = round(self.rng.uniform(5, 60), 1)
+        self.memory = round(self.rng.uniform(20, 80), 1)
+        self.disk = round(self.rng.uniform(10, 90), 1)
+        self.rx = 0
+        self.tx = 0
+
+    def sample(self, uptime: float) -> tuple[float, float, float, int, int, int]:
+        """The next sample: cpu, memory and disk percent, rx and tx bytes, uptime seconds."""
+        r = self.rng.random()
+        self.cpu = round(min(100.0, max(0.0, self.cpu + (r - 0.5) * 20)), 1)
+        self.memory = round(min(100.0, max(0.0, self.memory + (r - 0.5) * 4)), 1)
+        self.disk = round(min(100.0, self.disk + r * 0.01), 2)
+        self.rx += int(r * 50_000)
+        self.tx += int(r * 20_000)
+        return (self.cpu, self.memory, self.disk, self.rx, self.tx, int(uptime))

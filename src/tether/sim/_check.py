@@ -1,0 +1,105 @@
+"""The self-check: what the server shows for a session against what its agent did.
+
+:func:`disagreements` compares one session's expectation with the server's detail and history
+views as JSON (the REST API's shapes; the in-process driver renders the engine's views the same
+way). :func:`check_over_rest` reads those views with httpx and an API key, re-reading a session
+that disagrees a few times before counting it: frames travel on the agent's socket, reads on
+another connection, so a change is visible "soon", not "before the next read".
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import trio
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from ._agent import SessionExpect
+
+
+def disagreements(
+    expect: SessionExpect, detail: dict[str, Any] | None, history: list[dict[str, Any]] | None,
+    now: float, margin: float,
+) -> list[str]:
+    """Every way the server's views of a session disagree with ``expect`` at ``now``."""
+    if detail is None:
+        return ["session not found"]
+    problems = []
+    allowed = expect.allowed(now, margin)
+    status = detail.get("status")
+    if status not in allowed:
+        problems.append(f"status {status} (reason {detail.get('reason')}), "
+                        f"expected {' or '.join(allowed)}")
+    else:
+        reasons = allowed[status]
+        if reasons and detail.get("reason") not in reasons:
+            problems.append(f"reason {detail.get('reason')}, expected {' or '.join(reasons)}")
+    if detail.get("machine_id") != expect.machine_id:
+        problems.append(f"machine_id {detail.get('machine_id')}, expected {expect.machine_id}")
+    if expect.telemetry is not None:
+        t = detail.get("telemetry") or {}
+        shown = (t.get("cpu_percent"), t.get("memory_percent"), t.get("disk_percent"))
+        if shown != expect.telemetry:
+            problems.append(f"telemetry {shown}, expected {expect.telemetry}")
+    if history is not None:
+        shown_commands = [(h.get("command_id"), h.get("command"), h.get("exit_code"))
+                          for h in history]
+        if shown_commands != expect.commands:
+            problems.append(f"history {shown_commands}, expected {expect.commands}")
+    return problems
+
+
+async def check_over_rest(
+    base_url: str,
+    api_key: str,
+    sessions: Sequence[SessionExpect],
+    now: Callable[[], float],
+    *,
+    margin: float = 2.0,
+    retries: int = 10,
+    concurrency: int = 16,
+    report: Callable[[SessionExpect, list[str]], None] | None = None,
+) -> int:
+    """Read every session over REST; return how many disagree (after ``retries`` re-reads)."""
+    mismatches = 0
+    todo = list(sessions)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(
+        base_url=base_url, headers={"Authorization": f"Bearer {api_key}"}, timeout=30,
+        limits=limits,
+    ) as client:
+
+        async def views(sid: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None]:
+            r = await client.get(f"/v1/sessions/{sid}")
+            if r.status_code == 404:
+                return None, None
+            r.raise_for_status()
+            h = await client.get(f"/v1/sessions/{sid}/history", params={"limit": 1000})
+            h.raise_for_status()
+            return r.json()["data"], h.json()["data"]
+
+        async def one(expect: SessionExpect) -> None:
+            nonlocal mismatches
+            problems: list[str] = []
+            for attempt in range(retries + 1):
+                detail, history = await views(expect.session_id)
+                problems = disagreements(expect, detail, history, now(), margin)
+                if not problems:
+                    return
+                if attempt < retries:
+                    await trio.sleep(0.05 * (attempt + 1))
+            mismatches += 1
+            if report is not None:
+                report(expect, problems)
+
+        async def worker() -> None:
+            while todo:
+                await one(todo.pop())
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(concurrency):
+                nursery.start_soon(worker)
+    return mismatches

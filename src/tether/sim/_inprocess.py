@@ -1,0 +1,260 @@
+"""The in-process driver: simulated agents talking to an :class:`~tether.engine.Engine` directly.
+
+Every agent is driven from ONE task with a heap of due steps, so under
+``trio.testing.MockClock`` a run is reproducible from its seed: trio shuffles the order of ready
+tasks, but there is only one task deciding what agents do and in which order. The engine's
+actors run while this task awaits a lifecycle call or sleeps until the next due step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import trio
+
+from tether.engine import AgentLinkClosed, SessionNotFound, Telemetry, TetherError
+
+from ._agent import INF, AgentRun, Step
+from ._check import disagreements
+from ._result import SimResult
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from tether.engine import AgentLink, Engine, RunCommand
+
+    from ._agent import SessionExpect
+    from ._behaviour import AgentPlan
+
+
+class _Transport:
+    """The engine's transport for one in-process connection of one agent."""
+
+    __slots__ = ("current", "driver", "index")
+
+    def __init__(self, driver: InProcessFleet, index: int) -> None:
+        self.driver = driver
+        self.index = index
+        self.current = True
+
+    def send_run_command(self, command: RunCommand) -> None:
+        self.driver._run_command(self, command)
+
+    def close(self, reason: str) -> None:
+        self.driver._closed(self, reason)
+
+
+class InProcessFleet:
+    """A fleet of simulated agents over one engine workspace.
+
+    ``run()`` drives them for ``duration`` seconds of the trio clock (plus ``settle`` seconds of
+    heartbeats only), then checks every session they made against the engine's views.
+    ``trace`` (if a list) receives ``(time, agent, step)`` for every step taken.
+    """
+
+    def __init__(
+        self, engine: Engine, workspace_id: str, plans: Sequence[AgentPlan], *, duration: float,
+        heartbeat_every: float | None = None, settle: float = 1.0, margin: float = 1.0,
+        trace: list[tuple[float, int, str]] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.workspace_id = workspace_id
+        self.plans = list(plans)
+        self.duration = duration
+        self.settle = settle
+        self.margin = margin
+        self.runs = [AgentRun(p, stop_at=duration, heartbeat_every=heartbeat_every)
+                     for p in self.plans]
+        self.links: list[AgentLink | None] = [None] * len(self.runs)
+        self.transports: list[_Transport | None] = [None] * len(self.runs)
+        self.trace = trace
+        self.digest = hashlib.blake2b(digest_size=16)
+        self.messages = 0
+        self.errors = 0
+        self.problems: list[str] = []
+        self.connected = 0
+        self.connected_peak = 0
+        self._heap: list[tuple[float, int]] = []
+        self._start = 0.0
+
+    # -- engine callbacks ------------------------------------------------------------------
+
+    def _run_command(self, transport: _Transport, command: RunCommand) -> None:
+        run = self.runs[transport.index]
+        if transport.current:
+            run.run_command(command.command_id, command.command)
+            heapq.heappush(self._heap, (run.due, transport.index))
+
+    def _closed(self, transport: _Transport, reason: str) -> None:
+        if not transport.current:
+            return
+        transport.current = False
+        if self.runs[transport.index].closed_by_server():
+            self.connected -= 1
+            self._error(f"agent {transport.index}: the engine closed its link ({reason})")
+
+    def _error(self, text: str) -> None:
+        self.errors += 1
+        if len(self.problems) < 100:
+            self.problems.append(text)
+
+    # -- the driver ------------------------------------------------------------------------
+
+    async def run(self) -> SimResult:
+        wall = time.perf_counter()
+        self._start = start = trio.current_time()
+        heap = self._heap = [(r.due, i) for i, r in enumerate(self.runs)]
+        heapq.heapify(heap)
+        end = self.duration + self.settle
+        runs = self.runs
+        while heap:
+            due, i = heap[0]
+            if due >= end:
+                break
+            now = trio.current_time() - start
+            if due > now:
+                await trio.sleep_until(start + due)
+                continue
+            heapq.heappop(heap)
+            run = runs[i]
+            if run.due != due:
+                continue  # a stale entry: the agent was rescheduled
+            was_connected = run.connected
+            step = run.take(now)
+            if step is None:
+                continue
+            if self.trace is not None:
+                self.trace.append((round(now, 6), i, step.value))
+            self.digest.update(f"{now:.6f} {i} {step.value}\n".encode())
+            self.messages += 1
+            await self._perform(i, run, step, now)
+            if run.connected != was_connected:
+                self.connected += 1 if run.connected else -1
+                if self.connected > self.connected_peak:
+                    self.connected_peak = self.connected
+            if run.due < INF:
+                heapq.heappush(heap, (run.due, i))
+        if trio.current_time() < start + end:
+            await trio.sleep_until(start + end)
+        checked_at = trio.current_time() - start
+        mismatches, by_status = self.check(checked_at)
+        for transport in self.transports:  # the run is over: closes from now on are expected
+            if transport is not None:
+                transport.current = False
+        elapsed = checked_at
+        kinds: dict[str, int] = {}
+        for p in self.plans:
+            kinds[p.kind.value] = kinds.get(p.kind.value, 0) + 1
+        return SimResult(
+            agents=len(runs), connected_peak=self.connected_peak, messages_sent=self.messages,
+            messages_per_s=round(self.messages / elapsed, 1) if elapsed > 0 else 0.0,
+            errors=self.errors, mismatches=mismatches, sessions=sum(by_status.values()),
+            sessions_by_status=by_status, checked=True, duration_s=round(elapsed, 3),
+            wall_s=round(time.perf_counter() - wall, 3), kinds=kinds, problems=self.problems,
+        )
+
+    async def _perform(self, i: int, run: AgentRun, step: Step, now: float) -> None:
+        link = self.links[i]
+        try:
+            if step is Step.HEARTBEAT:
+                assert link is not None
+                t = run.telemetry
+                assert t is not None
+                link.heartbeat(Telemetry(
+                    cpu_percent=t[0], memory_percent=t[1], disk_percent=t[2],
+                    network_rx_bytes=t[3], network_tx_bytes=t[4], uptime_seconds=t[5],
+                ))
+            elif step is Step.HELLO or step is Step.RESUME:
+                await self._hello(i, run, step, now)
+            elif step is Step.COMMAND or step is Step.RESULT:
+                assert link is not None and run.command is not None
+                command_id, command, exit_code = run.command
+                if step is Step.COMMAND:
+                    await link.report_command(command, exit_code, command_id=command_id)
+                else:
+                    await link.command_result(command_id, exit_code)
+            elif step is Step.BACKGROUND:
+                assert link is not None
+                await link.background()
+            elif step is Step.FOREGROUND:
+                assert link is not None
+                await link.foreground()
+            elif step is Step.DROP or step is Step.RESTART:
+                assert link is not None
+                self._forget(i)
+                link.transport_lost()
+            elif step is Step.GOODBYE:
+                assert link is not None
+                self._forget(i)
+                await link.goodbye("simulated goodbye")
+            elif step is Step.FATAL:
+                assert link is not None
+                self._forget(i)
+                await link.fatal_error("sim_crash", "simulated fatal error")
+        except AgentLinkClosed as error:
+            if run.closed_by_server():
+                self._error(f"agent {i}: {step.value} on a closed link ({error})")
+        except TetherError as error:
+            self._error(f"agent {i}: {step.value} refused: {error}")
+
+    def _forget(self, i: int) -> None:
+        transport = self.transports[i]
+        if transport is not None:
+            transport.current = False
+        self.transports[i] = None
+
+    async def _hello(self, i: int, run: AgentRun, step: Step, now: float) -> None:
+        plan = run.plan
+        self._forget(i)
+        transport = _Transport(self, i)
+        self.transports[i] = transport
+        try:
+            link = await self.engine.agent_hello(
+                self.workspace_id, transport, machine_id=plan.machine_id,
+                machine_hostname=plan.machine_hostname,
+                resume_token=run.resume_token if step is Step.RESUME else None,
+            )
+        except TetherError as error:
+            transport.current = False
+            run.hello_failed(now)
+            self._error(f"agent {i}: {step.value} refused: {error}")
+            return
+        self.links[i] = link
+        w = link.welcome
+        assert w is not None
+        run.welcomed(now, w.session_id, w.resume_token, w.heartbeat_interval, w.grace_period,
+                     w.resumed)
+
+    # -- the self-check --------------------------------------------------------------------
+
+    def sessions(self) -> list[SessionExpect]:
+        return [s for run in self.runs for s in run.sessions]
+
+    def check(self, now: float) -> tuple[int, dict[str, int]]:
+        """Compare every session with the engine's views; (mismatches, sessions by status)."""
+        mismatches = 0
+        by_status: dict[str, int] = {}
+        for expect in self.sessions():
+            detail, history = self.views(expect.session_id)
+            if detail is not None:
+                status = detail["status"]
+                by_status[status] = by_status.get(status, 0) + 1
+            problems = disagreements(expect, detail, history, now, self.margin)
+            if problems:
+                mismatches += 1
+                if len(self.problems) < 100:
+                    self.problems.append(f"{expect.session_id} ({expect.machine_id}, "
+                                         f"{expect.kind.value}): {'; '.join(problems)}")
+        return mismatches, by_status
+
+    def views(self, session_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None]:
+        try:
+            detail = self.engine.get_session(self.workspace_id, session_id)
+        except SessionNotFound:
+            return None, None
+        history = self.engine.history(self.workspace_id, session_id, limit=1000)
+        return msgspec.to_builtins(detail), msgspec.to_builtins(history.data)
