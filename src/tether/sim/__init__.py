@@ -13,8 +13,10 @@ against what the agents did (``_check.py``).
 from ._agent import AgentRun, SessionExpect, Step
 from ._behaviour import SCENARIOS, Act, AgentPlan, Kind, Scripted, parse_weights, plan_fleet
 from ._check import check_over_rest, disagreements
+from ._fleet import SimConfig, agents_per_process, run_sim
 from ._inprocess import InProcessFleet
 from ._result import SimResult
+from ._wire import WireConfig, WireFleet
 
 __all__ = [
     "SCENARIOS",
@@ -25,10 +27,15 @@ __all__ = [
     "Kind",
     "Scripted",
     "SessionExpect",
+    "SimConfig",
     "SimResult",
     "Step",
+    "WireConfig",
+    "WireFleet",
+    "agents_per_process",
     "check_over_rest",
     "disagreements",
     "parse_weights",
     "plan_fleet",
+    "run_sim",
 ]

@@ -101,7 +101,8 @@ class AgentRun:
     """One agent's progress through its plan.
 
     ``heartbeat_every`` overrides the welcome's heartbeat interval. Nothing scripted happens at
-    or after ``stop_at`` (the end of the run); heartbeats go on until the driver stops asking.
+    or after ``stop_at`` (the end of the run); heartbeats go on until the driver stops asking,
+    repeating the last telemetry sample, so the expectations hold still while they are checked.
     """
 
     __slots__ = (
@@ -166,7 +167,9 @@ class AgentRun:
         session = self.session
         if step is Step.HEARTBEAT:
             self.next_hb = _tick(now + self.hb_every)
-            t = self.telemetry = self.walk.sample(now - self.started_at)
+            t = self.telemetry
+            if t is None or now < self.stop_at:  # after the run, the readings hold still
+                t = self.telemetry = self.walk.sample(now - self.started_at)
             if session is not None:
                 session.telemetry = (t[0], t[1], t[2])
         elif step is Step.RESULT:

@@ -1,0 +1,254 @@
+"""The wire driver: simulated agents over real WebSockets (trio-websocket) in this process.
+
+One task per agent follows its :class:`~tether.sim._agent.AgentRun`; each connection also has
+a reader task (trio-websocket's own background task aside) that answers ``run_command`` and
+notices ``error`` frames and closes the agent did not ask for. Connection attempts are bounded
+(``connect_concurrency``) so a few thousand agents starting at once do not overflow the
+server's listen backlog.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING
+
+import msgspec
+import trio
+import trio_websocket
+
+from tether import wire
+
+from ._agent import INF, AgentRun, Step
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ._agent import SessionExpect
+    from ._behaviour import AgentPlan
+
+
+class WireConfig(msgspec.Struct, kw_only=True, frozen=True):
+    """How a share of agents reaches the server, and for how long it runs."""
+
+    url: str  # the server's base URL, http://host:port
+    agent_token: str
+    duration: float
+    heartbeat_every: float | None = None
+    agent_path: str = "/v1/agent"
+    connect_concurrency: int = 64
+    hello_timeout: float = 30.0
+    settle: float = 1.0
+
+    @property
+    def ws_url(self) -> str:
+        base = self.url.rstrip("/")
+        if base.startswith("http"):
+            base = "ws" + base.removeprefix("http")
+        return base + self.agent_path
+
+
+class WireFleet:
+    """Agents of a fleet (any slice of it) driven over WebSockets.
+
+    :meth:`run` returns once the run's ``duration`` (plus ``settle``) is over and sets
+    :attr:`ready`; the agents go on heartbeating until :meth:`finish`, when every connected
+    agent says goodbye and closes. Run it in a nursery with ``nursery.start``.
+    """
+
+    def __init__(self, config: WireConfig, plans: Sequence[AgentPlan]) -> None:
+        self.config = config
+        self.plans = list(plans)
+        self.runs = [AgentRun(p, stop_at=config.duration, heartbeat_every=config.heartbeat_every)
+                     for p in self.plans]
+        self._sockets: list[trio_websocket.WebSocketConnection | None] = [None] * len(self.runs)
+        self._wake = [trio.Event() for _ in self.runs]
+        self._connect_limit = trio.Semaphore(config.connect_concurrency)
+        self._headers = [(b"authorization", f"Bearer {config.agent_token}".encode())]
+        self.messages = 0
+        self.errors = 0
+        self.problems: list[str] = []
+        self.connected = 0
+        self.connected_peak = 0
+        self.start = 0.0
+        self.start_wall = 0.0
+        self.finishing = False
+        self.ready = trio.Event()
+        self.done = trio.Event()
+
+    def now(self) -> float:
+        return trio.current_time() - self.start
+
+    def _error(self, text: str) -> None:
+        self.errors += 1
+        if len(self.problems) < 100:
+            self.problems.append(text)
+
+    def sessions(self) -> list[SessionExpect]:
+        return [s for run in self.runs for s in run.sessions]
+
+    def by_status(self) -> dict[str, int]:
+        """Sessions by the status their agents' actions imply (GRACE_PERIOD not aged)."""
+        counts: dict[str, int] = {}
+        for run in self.runs:
+            for s in run.sessions:
+                counts[s.status] = counts.get(s.status, 0) + 1
+        return counts
+
+    def finish(self) -> None:
+        """Stop: connected agents say goodbye and close."""
+        self.finishing = True
+        for wake in self._wake:
+            wake.set()
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.start = trio.current_time()
+        self.start_wall = time.time()
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            for i in range(len(self.runs)):
+                nursery.start_soon(self._agent, i)
+            await trio.sleep_until(self.start + self.config.duration + self.config.settle)
+            self.ready.set()
+        self.done.set()
+
+    # -- one agent -------------------------------------------------------------------------
+
+    async def _agent(self, i: int) -> None:
+        run = self.runs[i]
+        async with trio.open_nursery() as nursery:
+            while not self.finishing:
+                due = run.due
+                if due > self.now():
+                    wake = self._wake[i] = trio.Event()
+                    with trio.move_on_at(self.start + due if due < INF else math.inf):
+                        await wake.wait()
+                    continue
+                now = self.now()
+                was = run.connected
+                step = run.take(now)
+                if step is None:
+                    continue
+                try:
+                    await self._perform(nursery, i, run, step, now)
+                except (trio_websocket.ConnectionClosed, trio.BrokenResourceError) as error:
+                    if run.closed_by_server():
+                        self._error(f"agent {i}: {step.value}: connection closed ({error})")
+                self._count(was, run.connected)
+            ws = self._sockets[i]
+            if ws is not None and run.connected:
+                self._sockets[i] = None
+                with trio.move_on_after(5):
+                    try:
+                        await ws.send_message(wire.encode(wire.Goodbye(reason="sim_finished")))
+                        self.messages += 1
+                    except trio_websocket.ConnectionClosed:
+                        pass
+                    await ws.aclose()
+                self._count(True, False)
+            nursery.cancel_scope.cancel()
+
+    def _count(self, was: bool, now: bool) -> None:
+        if was != now:
+            self.connected += 1 if now else -1
+            if self.connected > self.connected_peak:
+                self.connected_peak = self.connected
+
+    async def _send(self, i: int, frame: wire.AgentFrame) -> None:
+        ws = self._sockets[i]
+        assert ws is not None
+        await ws.send_message(wire.encode(frame).decode())
+        self.messages += 1
+
+    async def _close(self, i: int) -> None:
+        ws = self._sockets[i]
+        self._sockets[i] = None  # the reader now ignores the close
+        if ws is not None:
+            with trio.move_on_after(5):
+                await ws.aclose(1001, "simulated drop")
+
+    async def _perform(self, nursery: trio.Nursery, i: int, run: AgentRun, step: Step,
+                       now: float) -> None:
+        if step is Step.HEARTBEAT:
+            t = run.telemetry
+            assert t is not None
+            await self._send(i, wire.Heartbeat(telemetry=wire.Telemetry(
+                cpu_percent=t[0], memory_percent=t[1], disk_percent=t[2],
+                network_rx_bytes=t[3], network_tx_bytes=t[4], uptime_seconds=t[5],
+            )))
+        elif step is Step.HELLO or step is Step.RESUME:
+            await self._hello(nursery, i, run, step)
+        elif step is Step.COMMAND or step is Step.RESULT:
+            assert run.command is not None
+            command_id, command, exit_code = run.command
+            if step is Step.COMMAND:
+                await self._send(i, wire.Command(command_id=command_id, command=command,
+                                                 exit_code=exit_code))
+            else:
+                await self._send(i, wire.CommandResult(command_id=command_id,
+                                                       exit_code=exit_code))
+        elif step is Step.BACKGROUND:
+            await self._send(i, wire.Background())
+        elif step is Step.FOREGROUND:
+            await self._send(i, wire.Foreground())
+        elif step is Step.DROP or step is Step.RESTART:
+            await self._close(i)
+        elif step is Step.GOODBYE:
+            await self._send(i, wire.Goodbye(reason="simulated goodbye"))
+            await self._close(i)
+        elif step is Step.FATAL:
+            await self._send(i, wire.Error(code="sim_crash", message="simulated fatal error",
+                                           fatal=True))
+            await self._close(i)
+
+    async def _hello(self, nursery: trio.Nursery, i: int, run: AgentRun, step: Step) -> None:
+        plan = run.plan
+        hello = wire.Hello(
+            machine_id=plan.machine_id, machine_hostname=plan.machine_hostname,
+            resume_token=run.resume_token if step is Step.RESUME else None,
+            agent_version="tether-sim",
+        )
+        try:
+            with trio.fail_after(self.config.hello_timeout):
+                async with self._connect_limit:
+                    ws = await trio_websocket.connect_websocket_url(
+                        nursery, self.config.ws_url, extra_headers=self._headers,
+                        message_queue_size=4,
+                    )
+                self._sockets[i] = ws
+                await self._send(i, hello)
+                frame = wire.decode_server_frame(await ws.get_message())
+        except (OSError, trio.TooSlowError, trio_websocket.HandshakeError,
+                trio_websocket.ConnectionClosed, msgspec.DecodeError,
+                msgspec.ValidationError) as error:
+            self._sockets[i] = None
+            run.hello_failed(self.now())
+            self._error(f"agent {i}: {step.value} failed: {error!r}")
+            return
+        if not isinstance(frame, wire.Welcome):
+            await self._close(i)
+            run.hello_failed(self.now())
+            self._error(f"agent {i}: {step.value} refused: {frame}")
+            return
+        run.welcomed(self.now(), frame.session_id, frame.resume_token,
+                     frame.heartbeat_interval, frame.grace_period, frame.resumed)
+        nursery.start_soon(self._reader, i, ws)
+
+    async def _reader(self, i: int, ws: trio_websocket.WebSocketConnection) -> None:
+        run = self.runs[i]
+        try:
+            while True:
+                frame = wire.decode_server_frame(await ws.get_message())
+                if isinstance(frame, wire.RunCommand):
+                    run.run_command(frame.command_id, frame.command)
+                    self._wake[i].set()
+                elif isinstance(frame, wire.Error):
+                    self._error(f"agent {i}: the server says {frame.code}: {frame.message}")
+        except trio_websocket.ConnectionClosed as closed:
+            if self._sockets[i] is ws and not self.finishing:
+                self._sockets[i] = None
+                if run.closed_by_server():
+                    self._count(True, False)
+                    self._error(f"agent {i}: the server closed its socket ({closed.reason})")
+        except (msgspec.DecodeError, msgspec.ValidationError) as error:
+            self._error(f"agent {i}: undecodable frame from the server: {error}")

@@ -1,0 +1,93 @@
+"""A worker process: one share of a fleet over the wire, for ``tether sim`` with many agents.
+
+    python -m tether.sim._worker '<WorkerSpec as JSON>'
+
+It prints JSON lines on stdout: ``{"started": ...}`` once, ``{"progress": ...}`` every
+``progress_every`` seconds, ``{"ready": ..., "sessions": [...]}`` when the run is over (its
+agents go on heartbeating), and ``{"final": ...}`` after the parent writes ``finish`` on its
+stdin (its agents say goodbye and close). Expectation times are seconds since ``started``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import msgspec
+import trio
+
+from ._behaviour import parse_weights, plan_fleet
+from ._wire import WireConfig, WireFleet
+
+
+class WorkerSpec(msgspec.Struct, kw_only=True, frozen=True):
+    """Which agents of which fleet a worker runs, and how."""
+
+    wire: WireConfig
+    agents: int
+    first: int
+    count: int
+    seed: int
+    scenario: str
+    ramp: float
+    progress_every: float = 0.5
+
+
+def stats(fleet: WireFleet) -> dict[str, object]:
+    return {"connected": fleet.connected, "connected_peak": fleet.connected_peak,
+            "messages": fleet.messages, "errors": fleet.errors,
+            "by_status": fleet.by_status()}
+
+
+def _emit(obj: object) -> None:
+    sys.stdout.write(msgspec.json.encode(obj).decode() + "\n")
+    sys.stdout.flush()
+
+
+async def run_worker(spec: WorkerSpec) -> None:
+    plans = plan_fleet(spec.agents, spec.wire.duration, weights=parse_weights(spec.scenario),
+                       seed=spec.seed, ramp=spec.ramp, first=spec.first, count=spec.count)
+    fleet = WireFleet(spec.wire, plans)
+    stdin = trio.lowlevel.FdStream(0)
+
+    async def wait_finish() -> None:
+        buffer = b""
+        while b"finish" not in buffer:
+            chunk = await stdin.receive_some()
+            if not chunk:
+                break
+            buffer += chunk
+        fleet.finish()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fleet.run)
+        _emit({"started": True})
+
+        async def progress() -> None:
+            while True:
+                await trio.sleep(spec.progress_every)
+                _emit({"progress": stats(fleet)})
+
+        progress_scope = trio.CancelScope()
+
+        async def progress_until_done() -> None:
+            with progress_scope:
+                await progress()
+
+        nursery.start_soon(progress_until_done)
+        nursery.start_soon(wait_finish)
+        await fleet.ready.wait()
+        _emit({"ready": stats(fleet), "problems": fleet.problems,
+               "sessions": [s.to_builtins() for s in fleet.sessions()]})
+        await fleet.done.wait()
+        progress_scope.cancel()
+        nursery.cancel_scope.cancel()
+    _emit({"final": stats(fleet), "problems": fleet.problems})
+
+
+def main() -> None:
+    spec = msgspec.json.decode(sys.argv[1], type=WorkerSpec)
+    trio.run(run_worker, spec)
+
+
+if __name__ == "__main__":
+    main()
