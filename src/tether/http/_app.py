@@ -11,6 +11,8 @@ from hypercorn.trio import serve as hypercorn_serve
 from quart import request
 from quart_trio import QuartTrio
 
+from tether.engine import InvalidParameter
+
 from . import _errors
 from ._agent import AgentSocket
 from ._openapi import openapi_document
@@ -43,6 +45,29 @@ async def _drain_body() -> None:
         await request.get_data()
 
 
+def _query_check(
+    allowed: dict[tuple[str, str], frozenset[str]],
+) -> Callable[[], Awaitable[None]]:
+    """Refuse query parameters an operation does not declare (400 ``invalid_parameter``).
+
+    The route table says which parameters each operation takes; a misspelt one (``limt=5``)
+    would otherwise be ignored silently and the client would never learn why.
+    """
+
+    async def check_query() -> None:
+        if not request.query_string:
+            return
+        rule = request.url_rule
+        names = allowed.get((rule.rule, request.method)) if rule is not None else None
+        if names is None:
+            return
+        for name in request.args:
+            if name not in names:
+                raise InvalidParameter(name, "is not a parameter of this operation")
+
+    return check_query
+
+
 def create_app(
     engine: Engine,
     keys: KeyStore,
@@ -56,6 +81,9 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.before_request(_drain_body)
+    app.before_request(_query_check(
+        {(op.rule, op.method): frozenset(p.name for p in op.query) for op in OPERATIONS}
+    ))
     _errors.install(app)
     api = SessionsApi(engine, keys, openapi_document())
     for op in OPERATIONS:

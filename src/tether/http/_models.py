@@ -6,7 +6,7 @@ what only HTTP needs: ``{"data": ...}`` envelopes, the error envelope, and the b
 
 from __future__ import annotations
 
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import msgspec
 
@@ -40,26 +40,35 @@ class Health(msgspec.Struct, kw_only=True, frozen=True):
 
 # -- request bodies ------------------------------------------------------------------------------
 
+#: Text a write stores and echoes (ids, hostnames, emails, commands): printable ASCII, so no
+#: control character (CR/LF, NUL, ESC) ever reaches a log line, a header or a terminal. The
+#: decoder enforces it and OpenAPI documents it, so the contract and the server agree.
+_PRINTABLE = "^[ -~]+$"
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=_PRINTABLE)]
+Email = Annotated[str, msgspec.Meta(min_length=1, max_length=320, pattern=_PRINTABLE)]
+CommandText = Annotated[str, msgspec.Meta(min_length=1, max_length=64 * 1024,
+                                          pattern=_PRINTABLE)]
+
 
 class CreateSessionBody(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """``POST /v1/sessions``: a PENDING session waiting for the machine's agent."""
 
-    machine_id: str
-    machine_hostname: str
+    machine_id: Text
+    machine_hostname: Text
 
 
 class AttachClientBody(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """``POST /v1/sessions/{session_id}/clients``: attach an operator or an observer."""
 
-    user_email: str
+    user_email: Email
     mode: Literal["operator", "observer"]
 
 
 class RunCommandBody(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """``POST /v1/sessions/{session_id}/commands``: an attached operator's command."""
 
-    client_id: str
-    command: str
+    client_id: Text
+    command: CommandText
 
 
 class EventsMeta(msgspec.Struct, kw_only=True, frozen=True):

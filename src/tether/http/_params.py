@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _STATUSES = {s.value: s for s in Status}
+#: The largest ``offset`` a list accepts (documented in OpenAPI as its maximum).
+MAX_OFFSET = 1_000_000_000
 
 
 class ListQuery(msgspec.Struct, kw_only=True, frozen=True):
@@ -76,7 +78,7 @@ def list_query(args: MultiDict[str, str]) -> ListQuery:
         machine_id=str_param(args, "machine_id"),
         machine_hostname=str_param(args, "machine_hostname"),
         limit=int_param(args, "limit", DEFAULT_PAGE, 1, MAX_PAGE),
-        offset=int_param(args, "offset", 0, 0),
+        offset=int_param(args, "offset", 0, 0, MAX_OFFSET),
     )
 
 

@@ -26,6 +26,7 @@ from ._models import (
     Health,
     RunCommandBody,
 )
+from ._params import MAX_OFFSET
 from .webhooks import CreateWebhook, UpdateWebhook
 
 
@@ -68,6 +69,8 @@ _STATUS = Param(
     "Filter by status",
 )
 _TEXT = {"type": "string", "minLength": 1, "maxLength": 256}
+#: An event cursor: empty means "from the oldest retained event", as the feed reads it.
+_CURSOR = {"type": "string", "maxLength": 256}
 _COMMON = (400, 401, 405, 500, 503)
 
 OPERATIONS: tuple[Operation, ...] = (
@@ -80,7 +83,8 @@ OPERATIONS: tuple[Operation, ...] = (
             Param("machine_hostname", _TEXT, "Filter by hostname"),
             Param("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
                   "Max results"),
-            Param("offset", {"type": "integer", "minimum": 0, "default": 0},
+            Param("offset", {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET,
+                             "default": 0},
                   "Pagination offset"),
         ),
         errors=_COMMON,
@@ -194,7 +198,8 @@ OPERATIONS: tuple[Operation, ...] = (
         "The workspace's retained events in order, after an event id",
         EventsPage,
         query=(
-            Param("after", _TEXT, "Only events after this event id (410 if no longer retained)"),
+            Param("after", _CURSOR,
+                  "Only events after this event id (410 if no longer retained)"),
             Param("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
                   "Max events"),
         ),
@@ -204,7 +209,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "GET", "/v1/events/stream", "stream_events",
         "Live events as Server-Sent Events; resumes after Last-Event-ID (or ?after=)",
         str, content_type="text/event-stream",
-        query=(Param("after", _TEXT, "Resume after this event id"),),
+        query=(Param("after", _CURSOR, "Resume after this event id"),),
         errors=(*_COMMON, 410), tags=("events",), blueprint=True,
     ),
     Operation(
