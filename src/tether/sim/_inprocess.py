@@ -115,10 +115,11 @@ class InProcessFleet:
             due, i = heap[0]
             if due >= end:
                 break
-            now = trio.current_time() - start
-            if due > now:
+            current = trio.current_time()
+            if start + due > current:
                 await trio.sleep_until(start + due)
                 continue
+            now = max(due, current - start)  # (current - start) may round below due
             heapq.heappop(heap)
             run = runs[i]
             if run.due != due:

@@ -119,12 +119,12 @@ class WireFleet:
         async with trio.open_nursery() as nursery:
             while not self.finishing:
                 due = run.due
-                if due > self.now():
+                if self.start + due > trio.current_time():
                     wake = self._wake[i] = trio.Event()
                     with trio.move_on_at(self.start + due if due < INF else math.inf):
                         await wake.wait()
                     continue
-                now = self.now()
+                now = max(due, self.now())
                 was = run.connected
                 step = run.take(now)
                 if step is None:

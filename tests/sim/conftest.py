@@ -1,0 +1,57 @@
+"""Fixtures for the simulator's tests: an engine with a fixed wall epoch, and a real Hypercorn
+server on 127.0.0.1 (free port) started and stopped by the test."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
+
+import pytest
+import trio
+
+from tether.engine import Engine, EngineConfig, WallClock
+from tether.http import HttpSettings, KeyStore, create_app, serve, server_config
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+#: trio time 0 of the engine's clock is this wall time (2026-02-14T10:00:00Z).
+EPOCH = 1771063200.0
+API_KEY = "cmd_sim_test_key_0123456789"
+AGENT_TOKEN = "agt_sim_test_token_0123456789"
+WORKSPACE = "ws_sim"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "slow: the 10,000-agent virtual hour (~15 s of wall time); kept in the run"
+    )
+
+
+@dataclass
+class Server:
+    url: str
+    engine: Engine
+
+
+def engine_clock() -> WallClock:
+    return WallClock(epoch=EPOCH, trio_zero=trio.current_time())
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    """The project's app over a real engine, served on 127.0.0.1 at a free port."""
+    keys = KeyStore()
+    keys.add_key("api", API_KEY, WORKSPACE)
+    keys.add_key("agent", AGENT_TOKEN, WORKSPACE)
+    settings = HttpSettings()
+    async with Engine(EngineConfig(), clock=engine_clock()) as engine, \
+            trio.open_nursery() as nursery:
+        app = create_app(engine, keys, settings)
+        binds = await nursery.start(
+            partial(serve, app, server_config("127.0.0.1", 0, settings),
+                    shutdown_trigger=trio.sleep_forever)
+        )
+        yield Server(url=binds[0], engine=engine)
+        nursery.cancel_scope.cancel()
