@@ -211,10 +211,14 @@ class WireFleet:
         try:
             with trio.fail_after(self.config.hello_timeout):
                 async with self._connect_limit:
-                    ws = await trio_websocket.connect_websocket_url(
-                        nursery, self.config.ws_url, extra_headers=self._headers,
-                        message_queue_size=4,
-                    )
+                    with trio.CancelScope() as refused:
+                        holder = await nursery.start(self._holder, refused)
+                        ws = await trio_websocket.connect_websocket_url(
+                            holder, self.config.ws_url, extra_headers=self._headers,
+                            message_queue_size=4,
+                        )
+                if refused.cancelled_caught:
+                    raise trio_websocket.HandshakeError("the server refused the connection")
                 self._sockets[i] = ws
                 await self._send(i, hello)
                 frame = wire.decode_server_frame(await ws.get_message())
@@ -233,6 +237,20 @@ class WireFleet:
         run.welcomed(self.now(), frame.session_id, frame.resume_token,
                      frame.heartbeat_interval, frame.grace_period, frame.resumed)
         nursery.start_soon(self._reader, i, ws)
+
+    @staticmethod
+    async def _holder(
+        refused: trio.CancelScope, task_status: trio.TaskStatus[trio.Nursery]
+    ) -> None:
+        """A nursery for one connection's background task. A refused handshake (an HTTP 401)
+        raises there: it cancels the connect (``refused``) and the agent sees a failed hello,
+        not a crash."""
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started(nursery)
+                await trio.sleep_forever()
+        except* (trio_websocket.HandshakeError, trio_websocket.ConnectionClosed, OSError):
+            refused.cancel()
 
     async def _reader(self, i: int, ws: trio_websocket.WebSocketConnection) -> None:
         run = self.runs[i]
