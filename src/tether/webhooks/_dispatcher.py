@@ -17,10 +17,10 @@ import ssl
 from collections import deque
 from typing import TYPE_CHECKING
 
-import httpx
 import msgspec
 import trio
 
+from ._client import DeliveryClient, HTTPError, Timeout
 from ._models import Delivery, DeliveryState, Endpoint, Payload, payload_of
 from ._signing import signature_headers
 from ._urls import AddressGuard
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tether.webhooks")
 
-USER_AGENT = "Tether-Webhooks/0.1"
 _encoder = msgspec.json.Encoder()
 
 
@@ -44,7 +43,7 @@ class Dispatcher:
         self.clock = clock
         self._guard = AddressGuard(config.allow_private, config.resolve_ttl)
         self._limiter = trio.CapacityLimiter(config.concurrency)
-        self._client: httpx.AsyncClient | None = None  # for tests of stopped endpoints
+        self._client: DeliveryClient | None = None  # for tests of stopped endpoints
         self._tls = ssl.create_default_context()  # shared: one per client costs ~ms each
         self._nursery: trio.Nursery | None = None
         self._id_prefix = "dlv_" + secrets.token_hex(3)
@@ -97,16 +96,15 @@ class Dispatcher:
                     f" (last error: {d.last_error})" if d.last_error else "")
                 self._finish(ep, d, "failed")
 
-    def _new_client(self, connections: int) -> httpx.AsyncClient:
-        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-        return httpx.AsyncClient(
-            timeout=httpx.Timeout(self.config.timeout), limits=limits, follow_redirects=False,
-            headers={"User-Agent": USER_AGENT}, trust_env=False, verify=self._tls,
+    def _new_client(self, connections: int) -> DeliveryClient:
+        return DeliveryClient(
+            timeout=self.config.timeout, max_connections=connections,
+            max_response_bytes=self.config.max_response_bytes, tls=self._tls,
         )
 
     async def _run_endpoint(self, ep: Endpoint, scope: trio.CancelScope) -> None:
-        # Its own connection pool: httpcore scans a pool per request, and a dead endpoint's
-        # failing connections then never cost a healthy endpoint anything.
+        # Its own keep-alive connections, at most one per worker: a dead endpoint's failing
+        # connections never touch a healthy endpoint's.
         with scope:
             async with self._new_client(self.config.endpoint_concurrency) as client, \
                     trio.open_nursery() as nursery:
@@ -261,7 +259,7 @@ class Dispatcher:
         d.last_attempt_at = now
         d.next_attempt_at = None
         url = ep.url
-        refusal = await self._guard.refusal(url)
+        refusal, addresses = await self._guard.check(url)
         if refusal is not None:
             return None, f"refused: {refusal}"
         event = d.event
@@ -270,24 +268,12 @@ class Dispatcher:
         headers["Content-Type"] = "application/json"
         headers["X-Cmdop-Event"] = event.type
         headers["X-Cmdop-Delivery"] = d.id
-        status: int | None = None
-        error: str | None = None
-        timeout = self.config.timeout
-        with trio.move_on_after(timeout) as deadline:
-            try:
-                async with client.stream("POST", url, content=body, headers=headers) as response:
-                    status = response.status_code
-                    read = 0
-                    async for chunk in response.aiter_raw():
-                        read += len(chunk)
-                        if read >= self.config.max_response_bytes:
-                            break
-            except httpx.TimeoutException as exc:
-                error = f"timeout: {type(exc).__name__}"
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"[:300]
-        if deadline.cancelled_caught and error is None:
-            error = f"timeout after {timeout:g} s"
-        if status is not None:  # the receiver answered: its status decides
-            return status, None if 200 <= status < 300 else f"HTTP {status}"
-        return None, error or "no response"
+        try:  # the client bounds the whole attempt by config.timeout; redirects are not followed
+            status = await client.post(url, body, headers, addresses)
+        except Timeout as exc:
+            return None, str(exc)
+        except HTTPError as exc:
+            return None, f"{type(exc).__name__}: {exc}"[:300]
+        except ValueError as exc:  # a URL the client can not use (checked at creation)
+            return None, f"invalid URL: {exc}"[:300]
+        return status, None if 200 <= status < 300 else f"HTTP {status}"

@@ -75,41 +75,64 @@ async def check_url(url: object, allow_private: bool) -> str:
 
     With ``allow_private`` the host is not resolved at all (tests, local development).
     """
-    host, port = parse_url(url)
+    await approved_addresses(url, allow_private)
     assert isinstance(url, str)
-    if not allow_private:
-        for address in await resolve(host, port):
-            reason = internal_reason(address)
-            if reason is not None:
-                raise InvalidParameter(
-                    "url", f"host '{host}' resolves to a {reason} address ({address}), refused"
-                )
     return url
 
 
+async def approved_addresses(url: object, allow_private: bool) -> tuple[str, ...]:
+    """The addresses a request to ``url`` may connect to, as :func:`check_url` checked them.
+
+    Empty with ``allow_private`` (nothing is resolved: connect by name). Connecting to these
+    rather than resolving the name again keeps a rebinding DNS answer from swapping an
+    internal address in between the check and the connection.
+    """
+    host, port = parse_url(url)
+    if allow_private:
+        return ()
+    addresses = await resolve(host, port)
+    for address in addresses:
+        reason = internal_reason(address)
+        if reason is not None:
+            raise InvalidParameter(
+                "url", f"host '{host}' resolves to a {reason} address ({address}), refused"
+            )
+    return tuple(dict.fromkeys(str(a) for a in addresses))
+
+
 class AddressGuard:
-    """Re-checks hosts before delivery, remembering a host's verdict for ``ttl`` seconds."""
+    """Re-checks hosts before delivery, remembering a host's verdict for ``ttl`` seconds.
+
+    The verdict carries the addresses that were checked: the request connects to one of
+    those (with the URL's host as Host header and TLS server name), never to a fresh answer.
+    """
 
     def __init__(self, allow_private: bool, ttl: float, max_hosts: int = 10_000) -> None:
         self.allow_private = allow_private
         self._ttl = ttl
         self._max = max_hosts
-        self._verdicts: dict[str, tuple[float, str | None]] = {}
+        self._verdicts: dict[str, tuple[float, str | None, tuple[str, ...]]] = {}
 
     async def refusal(self, url: str) -> str | None:
         """Why ``url`` may not be sent to now, or ``None`` if it may."""
+        return (await self.check(url))[0]
+
+    async def check(self, url: str) -> tuple[str | None, tuple[str, ...]]:
+        """``(refusal, addresses)``: why ``url`` may not be sent to now (``None`` if it may),
+        and the approved addresses to connect to (empty: connect by name, private allowed)."""
         if self.allow_private:
-            return None
+            return None, ()
         now = trio.current_time()
         cached = self._verdicts.get(url)
         if cached is not None and cached[0] > now:
-            return cached[1]
+            return cached[1], cached[2]
+        addresses: tuple[str, ...] = ()
         try:
-            await check_url(url, allow_private=False)
+            addresses = await approved_addresses(url, allow_private=False)
             verdict: str | None = None
         except InvalidParameter as exc:
             verdict = exc.reason
         if len(self._verdicts) >= self._max:
             self._verdicts.clear()
-        self._verdicts[url] = (now + self._ttl, verdict)
-        return verdict
+        self._verdicts[url] = (now + self._ttl, verdict, addresses)
+        return verdict, addresses
