@@ -119,10 +119,11 @@ class _Connection:
 
 
 class _Attempt:
-    __slots__ = ("phase", "received", "status")
+    __slots__ = ("eof", "phase", "received", "status")
 
     def __init__(self) -> None:
         self.phase = "connecting"
+        self.eof = False
         self.status: int | None = None
         self.received = False  # any byte of the response on the current connection
 
@@ -210,7 +211,7 @@ class DeliveryClient:
                 await self._roundtrip(connection, attempt, request, body, reused=True)
                 return
             except _Stale:
-                attempt.received = False
+                attempt.received = attempt.eof = False
         attempt.phase = "connecting"
         connection = await self._connect(target, addresses, key)
         await self._roundtrip(connection, attempt, request, body, reused=False)
@@ -234,10 +235,10 @@ class DeliveryClient:
         if self._closed:
             await trio.aclose_forcefully(connection.stream)
             return
-        if len(idle) >= self.max_connections:
-            oldest = idle.pop(0)
-            await trio.aclose_forcefully(oldest.stream)
         idle.append(connection)
+        if len(idle) > self.max_connections:
+            oldest = idle.pop(0)  # before any await: concurrent releases see the trimmed list
+            await trio.aclose_forcefully(oldest.stream)
 
     async def _connect(self, target: Target, addresses: tuple[str, ...],
                        key: tuple[object, ...]) -> _Connection:
@@ -331,6 +332,9 @@ class DeliveryClient:
             except h11.RemoteProtocolError as exc:
                 if reused and not attempt.received:
                     raise _Stale from exc
+                if attempt.eof:
+                    raise RemoteProtocolError(
+                        f"the server closed the connection ({attempt.phase})") from exc
                 raise RemoteProtocolError(f"{exc} ({attempt.phase})") from exc
             if event is not h11.NEED_DATA:
                 return event
@@ -342,5 +346,7 @@ class DeliveryClient:
                 raise ReadError(f"{attempt.phase} failed: {exc}") from exc
             if data:
                 attempt.received = True
+            else:
+                attempt.eof = True
             # b"": the server closed its side
             conn.receive_data(data if isinstance(data, bytes) else bytes(data))
