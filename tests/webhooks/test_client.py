@@ -191,6 +191,26 @@ async def test_an_idle_connection_the_server_closed_is_replaced(server_factory):
     assert [r.connection for r in server.requests] == [1, 2, 3]  # each request sent once
 
 
+async def test_a_reused_connection_dropped_before_any_response_is_retried_once_afresh(
+        server_factory):
+    # Closed by the server as the request arrived (a keep-alive race): sent again on a new
+    # connection; the receiver de-duplicates by webhook-id.
+    server = await server_factory((OK, "keep"), (b"", "close"))
+    async with new_client() as client:
+        assert await client.post(server.url(), b"{}", HEADERS) == 200
+        assert await client.post(server.url(), b"{}", HEADERS) == 200
+        assert [r.connection for r in server.requests] == [1, 1, 2]
+        # A fresh connection that fails is not retried: the attempt fails.
+        server.replies = [(b"", "close")]
+        await trio.sleep(0.05)
+        for kept in client._idle:  # close the kept connection: force a fresh one
+            await trio.aclose_forcefully(kept.stream)
+        client._idle.clear()
+        with pytest.raises(RemoteProtocolError):
+            await client.post(server.url(), b"{}", HEADERS)
+    assert [r.connection for r in server.requests] == [1, 1, 2, 3]
+
+
 async def test_a_hanging_server_hits_the_timeout(clock, server_factory):
     server = await server_factory((b"", "hang"))
     async with new_client(timeout=7.5) as client:

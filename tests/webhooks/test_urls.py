@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 import trio
 
@@ -73,3 +75,25 @@ async def test_hosts_are_checked_again_before_sending(clock):
     assert await AddressGuard(True, 60.0).refusal("http://127.0.0.1:1/") is None
     await trio.sleep(61)
     assert "loopback" in await guard.refusal("http://127.0.0.1:1/hook")
+
+
+async def test_the_guard_hands_out_the_addresses_it_checked(clock, monkeypatch):
+    from tether.webhooks import _urls
+
+    answers = {"hooks.example": ["93.184.215.14", "2606:4700::1111"]}
+
+    async def fake_resolve(host, port):
+        return [ipaddress.ip_address(a) for a in answers[host]]
+
+    monkeypatch.setattr(_urls, "resolve", fake_resolve)
+    guard = AddressGuard(allow_private=False, ttl=60.0)
+    url = "https://hooks.example/hook"
+    assert await guard.check(url) == (None, ("93.184.215.14", "2606:4700::1111"))
+    # DNS rebinding: the name now answers an internal address. Within the TTL the request
+    # still goes to the checked addresses (never to the new answer); after it, it is refused.
+    answers["hooks.example"] = ["127.0.0.1"]
+    assert await guard.check(url) == (None, ("93.184.215.14", "2606:4700::1111"))
+    await trio.sleep(61)
+    refusal, addresses = await guard.check(url)
+    assert "loopback" in refusal and addresses == ()
+    assert await AddressGuard(True, 60.0).check(url) == (None, ())  # connect by name
