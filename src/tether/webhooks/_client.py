@@ -250,8 +250,11 @@ class DeliveryClient:
             except OSError as exc:
                 error = exc
         else:
+            reason: BaseException | None = error
+            while isinstance(reason, OSError) and isinstance(reason.__cause__, BaseExceptionGroup):
+                reason = reason.__cause__.exceptions[-1]  # trio's "all attempts failed": why
             where = f"{target.host}:{target.port}"
-            raise ConnectError(f"cannot connect to {where}: {error}") from error
+            raise ConnectError(f"cannot connect to {where}: {reason}") from error
         stream: trio.abc.Stream = tcp
         if target.tls:
             if self._tls is None:

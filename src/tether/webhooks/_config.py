@@ -29,9 +29,9 @@ class WebhookConfig(msgspec.Struct, kw_only=True, frozen=True):
     queue_max: int = 50_000
     #: Finished deliveries one endpoint's log keeps (pending ones are always kept).
     log_max: int = 10_000
-    #: Requests in flight at once to one endpoint, and across all endpoints. httpx/httpcore
-    #: cost grows with a pool's connections: to a local receiver 2-4 per endpoint deliver the
-    #: most per CPU second (benchmarks/README.md); more only help a receiver with latency.
+    #: Requests in flight at once to one endpoint (its workers, and at most as many kept-alive
+    #: connections), and across all endpoints. To a local receiver 4 per endpoint deliver about
+    #: as much as 8 or 16 (benchmarks/README.md); more help a receiver with latency.
     endpoint_concurrency: int = 4
     concurrency: int = 256
     max_endpoints_per_workspace: int = 100
