@@ -17,6 +17,7 @@ import trio
 from tether.webhooks._client import (
     ConnectError,
     DeliveryClient,
+    InvalidRequest,
     RemoteProtocolError,
     Target,
     Timeout,
@@ -276,6 +277,14 @@ async def test_an_interim_response_is_skipped(server_factory):
     server = await server_factory((b"HTTP/1.1 100 Continue\r\n\r\n" + response(200), "keep"))
     async with new_client() as client:
         assert await client.post(server.url(), b"{}", HEADERS) == 200
+
+
+async def test_a_request_h11_can_not_make_is_an_error_of_its_own():
+    async with new_client() as client:
+        with pytest.raises(InvalidRequest):
+            await client.post("http://127.0.0.1:1/", b"{}", {"x-bad": "line\r\nbreak"})
+        with pytest.raises(InvalidRequest):
+            await client.post("ftp://127.0.0.1/", b"{}", HEADERS)
 
 
 async def test_a_dead_port_is_a_connect_error():

@@ -68,6 +68,10 @@ class RemoteProtocolError(HTTPError):
     """The receiver closed the connection early or answered with something not HTTP/1.1."""
 
 
+class InvalidRequest(HTTPError):
+    """The URL or a header can not make an HTTP/1.1 request."""
+
+
 class Timeout(HTTPError):
     """The attempt's deadline passed before the status line arrived."""
 
@@ -178,16 +182,19 @@ class DeliveryClient:
         """
         if self._closed:
             raise RuntimeError("the client is closed")
-        target = self.target(url)
-        fields: list[tuple[bytes, bytes]] = [
-            (b"host", target.host_header),
-            (b"user-agent", self._user_agent),
-            (b"content-length", b"%d" % len(body)),
-        ]
-        if target.authorization is not None:
-            fields.append((b"authorization", target.authorization))
-        fields.extend((k.encode("ascii"), v.encode("ascii")) for k, v in headers.items())
-        request = h11.Request(method=b"POST", target=target.path, headers=fields)
+        try:
+            target = self.target(url)
+            fields: list[tuple[bytes, bytes]] = [
+                (b"host", target.host_header),
+                (b"user-agent", self._user_agent),
+                (b"content-length", b"%d" % len(body)),
+            ]
+            if target.authorization is not None:
+                fields.append((b"authorization", target.authorization))
+            fields.extend((k.encode("ascii"), v.encode("ascii")) for k, v in headers.items())
+            request = h11.Request(method=b"POST", target=target.path, headers=fields)
+        except (ValueError, h11.LocalProtocolError) as exc:
+            raise InvalidRequest(str(exc)) from exc
         attempt = _Attempt()
         with trio.move_on_after(self.timeout) as deadline:
             try:
@@ -218,17 +225,22 @@ class DeliveryClient:
 
     async def _take_idle(self, key: tuple[object, ...]) -> _Connection | None:
         idle = self._idle
-        for i in range(len(idle) - 1, -1, -1):
+        found: _Connection | None = None
+        stale: list[_Connection] = []
+        for i in range(len(idle) - 1, -1, -1):  # no await in here: others share the list
             connection = idle[i]
             if connection.key != key:
                 continue
             del idle[i]
             # Readable while idle: the server closed it (or sent what it should not have).
             if connection.socket.is_readable():
-                await trio.aclose_forcefully(connection.stream)
+                stale.append(connection)
                 continue
-            return connection
-        return None
+            found = connection
+            break
+        for connection in stale:
+            await trio.aclose_forcefully(connection.stream)
+        return found
 
     async def _release(self, connection: _Connection) -> None:
         idle = self._idle

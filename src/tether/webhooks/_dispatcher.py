@@ -274,6 +274,4 @@ class Dispatcher:
             return None, str(exc)
         except HTTPError as exc:
             return None, f"{type(exc).__name__}: {exc}"[:300]
-        except ValueError as exc:  # a URL the client can not use (checked at creation)
-            return None, f"invalid URL: {exc}"[:300]
         return status, None if 200 <= status < 300 else f"HTTP {status}"
