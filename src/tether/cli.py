@@ -86,6 +86,11 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     limits.add_argument("--max-frame-bytes", type=_count, default=h.max_frame_bytes)
     limits.add_argument("--max-violations", type=_count, default=h.max_violations,
                         help="agent protocol violations before its socket is closed")
+    limits.add_argument("--agent-frame-rate", type=float, default=h.agent_frame_rate,
+                        metavar="FRAMES", help="frames per second one agent may send, "
+                        "sustained; past it its socket is read no faster (0: no limit)")
+    limits.add_argument("--agent-frame-burst", type=_count, default=h.agent_frame_burst,
+                        metavar="FRAMES", help="frames one agent may send at once")
     hooks = p.add_argument_group("webhooks")
     w = WebhookConfig()
     hooks.add_argument("--webhook-retry-base", type=_positive, default=w.retry_base,
@@ -167,7 +172,8 @@ def _run_serve(args: argparse.Namespace) -> int:
         )
         settings = HttpSettings(
             max_body_bytes=args.max_body_bytes, max_frame_bytes=args.max_frame_bytes,
-            max_violations=args.max_violations,
+            max_violations=args.max_violations, agent_frame_rate=args.agent_frame_rate,
+            agent_frame_burst=args.agent_frame_burst,
         )
         webhook_config = WebhookConfig(
             retry_base=args.webhook_retry_base, timeout=args.webhook_timeout,

@@ -62,6 +62,36 @@ class _Close:
         self.reason = reason[:120]
 
 
+class FrameBucket:
+    """A token bucket for one socket's incoming frames: ``burst`` at once, ``rate`` a second.
+
+    :meth:`take` returns at once while tokens last and otherwise sleeps until the next one is
+    due, so a flooding agent is read at ``rate`` and the socket's buffers push back on it.
+    """
+
+    __slots__ = ("at", "burst", "rate", "throttled", "tokens")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.at = trio.current_time()
+        self.throttled = 0  # frames that had to wait
+
+    async def take(self) -> None:
+        now = trio.current_time()
+        tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        if tokens >= 1:
+            self.tokens = tokens - 1
+            self.at = now
+            return
+        self.throttled += 1
+        due = now + (1 - tokens) / self.rate
+        self.tokens = 0.0
+        self.at = due
+        await trio.sleep_until(due)
+
+
 class SocketTransport:
     """The engine's :class:`~tether.engine.AgentTransport` for one socket: never blocks.
 
@@ -184,7 +214,11 @@ class AgentSocket:
         max_frame = self.settings.max_frame_bytes
         decode = wire.decode_agent_frame
         violations = 0
+        rate = self.settings.agent_frame_rate
+        bucket = FrameBucket(rate, self.settings.agent_frame_burst) if rate > 0 else None
         while not transport.closing:
+            if bucket is not None:
+                await bucket.take()
             data = await websocket.receive()
             if len(data) > max_frame:
                 problem: tuple[str, str] | None = (

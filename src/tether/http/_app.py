@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
-from quart import request
+from quart import Response, request
 from quart_trio import QuartTrio
 
 from tether.engine import InvalidParameter
@@ -61,11 +61,21 @@ def _query_check(
         names = allowed.get((rule.rule, request.method)) if rule is not None else None
         if names is None:
             return
-        for name in request.args:
+        args = request.args
+        for name in args:
             if name not in names:
                 raise InvalidParameter(name, "is not a parameter of this operation")
+            if len(args.getlist(name)) > 1:
+                raise InvalidParameter(name, "must be given at most once")
 
     return check_query
+
+
+async def _challenge(response: Response) -> Response:
+    """Every 401 names the scheme it wants (RFC 9110), whichever blueprint answered it."""
+    if response.status_code == 401 and "WWW-Authenticate" not in response.headers:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="tether"'
+    return response
 
 
 def create_app(
@@ -81,6 +91,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.before_request(_drain_body)
+    app.after_request(_challenge)
     app.before_request(_query_check(
         {(op.rule, op.method): frozenset(p.name for p in op.query) for op in OPERATIONS}
     ))

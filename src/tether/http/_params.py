@@ -97,3 +97,5 @@ def decode_body(decoder: msgspec.json.Decoder[T], body: bytes | str) -> T:
         return decoder.decode(body)
     except (msgspec.ValidationError, msgspec.DecodeError) as error:
         raise invalid_body(error) from None
+    except UnicodeDecodeError:  # msgspec raises it for a string that is not UTF-8
+        raise InvalidParameter("body", "is not valid UTF-8") from None

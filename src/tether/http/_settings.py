@@ -24,10 +24,19 @@ class HttpSettings(msgspec.Struct, kw_only=True, frozen=True):
     agent_send_queue: int = 1024
     #: Seconds without events after which an event stream (SSE) sends a keep-alive comment.
     sse_keepalive: float = 15.0
+    #: Frames per second one agent socket may send, sustained (0: no limit), and the burst it
+    #: may send at once. Past them the socket is read no faster than the rate: a flooding agent
+    #: slows itself (TCP pushes back on it) and never the other agents.
+    agent_frame_rate: float = 100.0
+    agent_frame_burst: int = 200
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_frame_bytes", "max_violations", "agent_send_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if not self.agent_frame_rate >= 0:
+            raise ValueError("agent_frame_rate must be zero or positive")
+        if self.agent_frame_burst < 1:
+            raise ValueError("agent_frame_burst must be at least 1")
         if not self.hello_timeout > 0:
             raise ValueError("hello_timeout must be positive")
