@@ -43,6 +43,7 @@ import json
 import os
 import socket
 import statistics
+import struct
 import subprocess
 import time
 from functools import partial
@@ -146,7 +147,6 @@ def run_agents(port: int, agents: int, every: float) -> None:
     batches = [b"".join(frames[(k + j) & 63] for j in range(16)) for k in range(64)]
     state = {"mode": "steady", "sent": 0, "connected": 0, "bare": 0, "errors": 0}
     flood = trio.Event()
-    stop = trio.Event()
     to_bare = trio.Event()
     bare_go = trio.Event()
     quit_ = trio.Event()
@@ -208,8 +208,10 @@ def run_agents(port: int, agents: int, every: float) -> None:
                     await stream.send_all(frames[i & 63])
                     state["sent"] += 1
                     phase += every
-            await flood_loop(stream, i, stop)
-            await to_bare.wait()
+            await flood_loop(stream, i, to_bare)
+            # a reset, not a close: what the server has not read yet is dropped, not drained,
+            # so the next phase does not share the server with this one's backlog
+            stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             await stream.aclose()
             async with limit:
                 stream = await connect("/bare", i)
@@ -239,8 +241,6 @@ def run_agents(port: int, agents: int, every: float) -> None:
                     flood.set()
                     for scope in steady_scopes:
                         scope.cancel()
-                elif cmd == "stop":
-                    stop.set()
                 elif cmd == "bare":
                     to_bare.set()
                 elif cmd == "go":
@@ -390,14 +390,6 @@ def main(args: argparse.Namespace) -> dict[str, float | int]:
         agents.tell("flood")
         ingest, ingest_cpu = window("tether")
         say(f"[saturation] Tether ingest {ingest:,.0f} msgs/s (server CPU {ingest_cpu:.0%})")
-        agents.tell("stop")
-        drained = stats()["tether"]
-        while True:  # let the server take what is still buffered before the next phase
-            agents.drain(1)
-            now = stats()["tether"]
-            if now == drained:
-                break
-            drained = now
         agents.tell("bare")
         agents.wait_for("bare", args.agents, timeout=300)
         agents.tell("go")
