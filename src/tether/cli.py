@@ -103,6 +103,9 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     hooks.add_argument("--allow-private-webhooks", action="store_true",
                        help="let webhook URLs reach loopback and private addresses "
                        "(development and tests)")
+    p.add_argument("--drain-timeout", type=_positive, default=10.0, metavar="SECONDS",
+                   help="on SIGTERM/SIGINT: how long to let agents be told, sessions end and "
+                   "their events reach the feed and webhooks before exiting (10)")
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
     p.add_argument("--access-log", action="store_true", help="log every request to stdout")
@@ -130,6 +133,29 @@ def load_keys(path: Path, out: TextIO | None = None) -> KeyStore:
     return keys
 
 
+def _undelivered(webhooks: Webhooks) -> int:
+    """Webhook deliveries still queued or being retried, across every endpoint."""
+    return sum(ep.pending for ep in webhooks._endpoints.values())
+
+
+async def _drain(engine: Engine, webhooks: Webhooks, deadline: float) -> None:
+    """Wait (until ``deadline``) for every session to end and every webhook to go out.
+
+    The feed needs no wait: a session's events are in the log the moment it ends. Webhook
+    deliveries get until the deadline; what is still undelivered then is logged.
+    """
+    with trio.move_on_at(deadline):
+        while engine.live_sessions:
+            await trio.sleep(0.01)
+        quiet = 0
+        while quiet < 3:  # the consumer takes events from its subscription a little later
+            quiet = quiet + 1 if _undelivered(webhooks) == 0 else 0
+            await trio.sleep(0.02)
+    if engine.live_sessions or _undelivered(webhooks):
+        log.warning("drain timeout: %d sessions still live, %d webhook deliveries undelivered",
+                    engine.live_sessions, _undelivered(webhooks))
+
+
 async def _serve(
     engine_config: EngineConfig,
     webhook_config: WebhookConfig,
@@ -137,28 +163,44 @@ async def _serve(
     settings: HttpSettings,
     args: argparse.Namespace,
 ) -> None:
+    """Serve until SIGTERM/SIGINT, then shut down gracefully within ``--drain-timeout``.
+
+    In order: stop accepting connections; end every live session (reason ``server_shutdown``:
+    each agent gets an ``error`` frame ``server_shutdown`` and a 1001 close, each session its
+    terminal event); let webhook delivery flush; exit. A second signal exits at once.
+    """
     config = server_config(args.host, args.port, settings, access_log=args.access_log)
+    drain = args.drain_timeout
+    config.graceful_timeout = drain  # open requests (event streams) may run until the deadline
     stop = trio.Event()
     async with Engine(engine_config) as engine, trio.open_nursery() as services:
         # Webhook delivery outlives the server (it is an event-bus consumer beside it).
         webhooks = Webhooks(engine, webhook_config)
         await services.start(webhooks.run)
         app = create_app(engine, keys, settings, webhooks)
+        deadline = trio.current_time() + 10**9
 
         async def on_signal() -> None:
+            nonlocal deadline
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:
-                    log.info("%s: shutting down", signal.Signals(signum).name)
-                    engine.shutdown()  # sessions end; their agents' sockets close cleanly
-                    stop.set()
-                    return
+                    if stop.is_set():
+                        log.warning("%s again: exiting now", signal.Signals(signum).name)
+                        services.cancel_scope.cancel()
+                        return
+                    log.info("%s: shutting down (drain %g s)", signal.Signals(signum).name,
+                             drain)
+                    deadline = trio.current_time() + drain
+                    stop.set()  # the server stops accepting
+                    engine.shutdown()  # sessions end; their agents are told and closed
 
+        services.start_soon(on_signal)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(on_signal)
             binds = await nursery.start(partial(serve, app, config, shutdown_trigger=stop.wait))
             log.info("serving on %s", ", ".join(binds))
             await stop.wait()
-            nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout + 1
+            nursery.cancel_scope.deadline = deadline
+            await _drain(engine, webhooks, deadline)
         services.cancel_scope.cancel()
     log.info("stopped")
 

@@ -123,6 +123,9 @@ class SocketTransport:
     def close(self, reason: str, code: int = _CLOSE_NORMAL) -> None:
         if self.closing:
             return
+        if reason == "server_shutdown":  # tell the agent why, and that it may come back later
+            self.push(_error_frame("server_shutdown", "The server is shutting down"))
+            code = _CLOSE_GOING_AWAY
         self.closing = True
         try:
             self._send.send_nowait(_Close(code, reason))
