@@ -91,6 +91,7 @@ async def tether_side(args: argparse.Namespace) -> tuple[float, list[float], int
                 WORKSPACE, transport, machine_id=f"m{i:06d}", machine_hostname=f"h{i % 1000}"))
             if i % 1000 == 999:
                 await trio.sleep(0)
+        say(f"[tether] {args.sessions:,} sessions connected")
         gc.collect()
         gc.freeze()
         rates = []
@@ -275,8 +276,8 @@ if __name__ == "__main__":
     parser.add_argument("--silent", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--pipeline", type=int, default=1000, help="SETs per round trip")
-    parser.add_argument("--timeout", type=float, default=3.0, help="heartbeat timeout (s)")
-    parser.add_argument("--grace", type=float, default=2.0, help="grace period (s)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="heartbeat timeout (s)")
+    parser.add_argument("--grace", type=float, default=5.0, help="grace period (s)")
     parser.add_argument("--wait", type=float, default=60.0,
                         help="seconds past the deadline to wait for every expiry")
     args = parser.parse_args()
