@@ -1,8 +1,8 @@
 """Real servers for the reliability suite: hypercorn on 127.0.0.1 (free port), a real engine,
 webhooks mounted, and helpers for agents that speak the wire protocol.
 
-Webhook deliveries never leave the process here: the dispatcher's HTTP client is given an
-``httpx.MockTransport`` (fuzzed webhook URLs name arbitrary hosts; nothing may be sent to them).
+Webhook deliveries never leave the process here: the dispatcher's delivery client is replaced
+by an in-process stand-in (fuzzed webhook URLs name arbitrary hosts; nothing may go to them).
 """
 
 from __future__ import annotations
@@ -48,17 +48,31 @@ def keystore() -> KeyStore:
     return keys
 
 
+class _InProcessReceiver:
+    """Stands in for the dispatcher's delivery client: records each POST, answers 204."""
+
+    def __init__(self, sent: list[tuple[str, bytes]]) -> None:
+        self.sent = sent
+
+    async def __aenter__(self) -> _InProcessReceiver:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def post(self, url: str, body: bytes, *args: Any, **kwargs: Any) -> int:
+        self.sent.append((url, body))
+        await trio.lowlevel.checkpoint()
+        return 204
+
+
 @pytest.fixture(autouse=True)
-def _no_outgoing_webhooks(monkeypatch: pytest.MonkeyPatch) -> list[httpx.Request]:
-    """Webhook requests are answered in-process (204) and recorded, never sent."""
-    sent: list[httpx.Request] = []
+def _no_outgoing_webhooks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bytes]]:
+    """Webhook deliveries are answered in-process (204) and recorded, never sent."""
+    sent: list[tuple[str, bytes]] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        sent.append(request)
-        return httpx.Response(204, stream=httpx.ByteStream(b""))
-
-    def new_client(self: Any, connections: int) -> httpx.AsyncClient:
-        return httpx.AsyncClient(transport=httpx.MockTransport(handler), timeout=5)
+    def new_client(self: Any, connections: int) -> _InProcessReceiver:
+        return _InProcessReceiver(sent)
 
     monkeypatch.setattr(_dispatcher.Dispatcher, "_new_client", new_client)
     return sent
