@@ -105,6 +105,8 @@ def decode(body: bytes, type: type[T]) -> T:
         raise InvalidParameter(parameter, text) from None
     except msgspec.DecodeError as exc:
         raise InvalidParameter("body", f"is not valid JSON ({exc})") from None
+    except UnicodeDecodeError:
+        raise InvalidParameter("body", "is not valid UTF-8") from None
 
 
 def query_int(name: str, default: int) -> int:
