@@ -133,11 +133,6 @@ def load_keys(path: Path, out: TextIO | None = None) -> KeyStore:
     return keys
 
 
-def _undelivered(webhooks: Webhooks) -> int:
-    """Webhook deliveries still queued or being retried, across every endpoint."""
-    return sum(ep.pending for ep in webhooks._endpoints.values())
-
-
 async def _drain(engine: Engine, webhooks: Webhooks, deadline: float) -> None:
     """Wait (until ``deadline``) for every session to end and every webhook to go out.
 
@@ -149,11 +144,11 @@ async def _drain(engine: Engine, webhooks: Webhooks, deadline: float) -> None:
             await trio.sleep(0.01)
         quiet = 0
         while quiet < 3:  # the consumer takes events from its subscription a little later
-            quiet = quiet + 1 if _undelivered(webhooks) == 0 else 0
+            quiet = quiet + 1 if webhooks.undelivered == 0 else 0
             await trio.sleep(0.02)
-    if engine.live_sessions or _undelivered(webhooks):
+    if engine.live_sessions or webhooks.undelivered:
         log.warning("drain timeout: %d sessions still live, %d webhook deliveries undelivered",
-                    engine.live_sessions, _undelivered(webhooks))
+                    engine.live_sessions, webhooks.undelivered)
 
 
 async def _serve(

@@ -291,3 +291,51 @@ async def test_endpoints_are_per_workspace_and_deletable(
     await engine.create_session(WS, "mach_1", "host")
     await trio.sleep(1)
     assert receiver.requests == []
+
+
+async def test_a_client_factory_stands_in_for_http_and_undelivered_counts_what_is_left(
+        clock, engine, nursery):
+    """Receivers simulated in-process (as ``tether.sim.faults`` does): the factory's client is
+    what every endpoint posts with, and ``undelivered`` counts deliveries still owed."""
+    from tether.webhooks import Timeout, WebhookConfig, Webhooks
+
+    posted: list[tuple[str, str]] = []
+    answer = {"status": 503}
+
+    class InProcess:
+        def __init__(self, connections: int) -> None:
+            assert connections >= 1
+
+        async def __aenter__(self) -> InProcess:
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            return None
+
+        async def post(self, url, body, headers, addresses=()):
+            posted.append((url, headers["X-Cmdop-Event"]))
+            if answer["status"] == 0:
+                await trio.sleep(2.0)
+                raise Timeout("timeout after 2 s waiting for the response")
+            await trio.lowlevel.checkpoint()
+            return answer["status"]
+
+    hooks = Webhooks(engine, WebhookConfig(allow_private=True, retry_base=1.0, timeout=2.0),
+                     client_factory=InProcess)
+    await nursery.start(hooks.run)
+    hook = await hooks.create(WS, "http://receiver.invalid/hook", ["*"])
+    assert hooks.undelivered == 0
+    await churn(engine, "mach_1")
+    await trio.sleep(0.5)
+    assert hooks.undelivered == 5  # the first event retries (503); the rest wait behind it
+    assert posted == [("http://receiver.invalid/hook", "session.created")]
+    answer["status"] = 0  # now it hangs: the retry at 1 s times out at 3 s
+    await trio.sleep(3.0)
+    assert hooks.deliveries(WS, hook.id).data[-1].last_error == \
+        "timeout after 2 s waiting for the response"
+    answer["status"] = 204
+    await settle(hooks, hook.id)
+    assert hooks.undelivered == 0
+    assert [t for _, t in posted][-5:] == [
+        "session.created", "session.connected", "session.client_attached",
+        "session.client_detached", "session.disconnected"]

@@ -7,6 +7,7 @@ deliveries log where failures stay redeliverable; an endpoint that keeps failing
 with a reason.
 """
 
+from ._client import ClientFactory, HTTPError, PostClient, Timeout
 from ._config import WebhookConfig
 from ._errors import (
     DeliveryNotFound,
@@ -33,12 +34,16 @@ from ._urls import check_url, internal_reason
 __all__ = [
     "TEST_EVENT_TYPE",
     "WEBHOOK_EVENT_TYPES",
+    "ClientFactory",
     "DeliveryNotFound",
     "DeliveryPage",
     "DeliveryPending",
     "DeliveryView",
+    "HTTPError",
     "Payload",
+    "PostClient",
     "TestResult",
+    "Timeout",
     "TooManyWebhooks",
     "WebhookConfig",
     "WebhookDisabled",

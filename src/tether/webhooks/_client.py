@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import base64
 import ssl
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol, Self, TypeAlias
 from urllib.parse import quote, unquote, urlsplit
 
 import h11
@@ -49,6 +50,27 @@ USER_AGENT = "tether-webhooks/0.1"
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 #: Every visible ASCII character is valid in an HTTP/1.1 request target: encode the rest.
 _TARGET_SAFE = "".join(chr(c) for c in range(0x21, 0x7F))
+
+
+class PostClient(Protocol):
+    """What delivery needs of an HTTP client: :class:`DeliveryClient`, or a stand-in.
+
+    ``post`` returns the response's status code or raises an :class:`HTTPError` subclass
+    (:class:`Timeout` once the attempt's budget ran out). A stand-in receiver (tests, the
+    fault simulation in :mod:`tether.sim.faults`) keeps the same contract, timeout included.
+    """
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None: ...
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str],
+                   addresses: tuple[str, ...] = ()) -> int: ...
+
+
+#: Makes an endpoint's client, given how many keep-alive connections it may hold.
+ClientFactory: TypeAlias = Callable[[int], PostClient]
 
 
 class HTTPError(Exception):

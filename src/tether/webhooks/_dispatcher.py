@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import msgspec
 import trio
 
-from ._client import DeliveryClient, HTTPError, Timeout
+from ._client import ClientFactory, DeliveryClient, HTTPError, PostClient, Timeout
 from ._models import Delivery, DeliveryState, Endpoint, Payload, payload_of
 from ._signing import signature_headers
 from ._urls import AddressGuard
@@ -38,12 +38,14 @@ _encoder = msgspec.json.Encoder()
 class Dispatcher:
     """Sends deliveries for endpoints; owns the HTTP client and every delivery task."""
 
-    def __init__(self, config: WebhookConfig, clock: WallClock) -> None:
+    def __init__(self, config: WebhookConfig, clock: WallClock,
+                 client_factory: ClientFactory | None = None) -> None:
         self.config = config
         self.clock = clock
+        self._client_factory = client_factory
         self._guard = AddressGuard(config.allow_private, config.resolve_ttl)
         self._limiter = trio.CapacityLimiter(config.concurrency)
-        self._client: DeliveryClient | None = None  # for tests of stopped endpoints
+        self._client: PostClient | None = None  # for tests of stopped endpoints
         self._tls = ssl.create_default_context()  # shared: one per client costs ~ms each
         self._nursery: trio.Nursery | None = None
         self._id_prefix = "dlv_" + secrets.token_hex(3)
@@ -96,7 +98,9 @@ class Dispatcher:
                     f" (last error: {d.last_error})" if d.last_error else "")
                 self._finish(ep, d, "failed")
 
-    def _new_client(self, connections: int) -> DeliveryClient:
+    def _new_client(self, connections: int) -> PostClient:
+        if self._client_factory is not None:
+            return self._client_factory(connections)
         return DeliveryClient(
             timeout=self.config.timeout, max_connections=connections,
             max_response_bytes=self.config.max_response_bytes, tls=self._tls,

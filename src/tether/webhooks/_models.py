@@ -14,7 +14,7 @@ from tether.engine import EVENT_TYPES, Event
 if TYPE_CHECKING:
     from tether.engine import WallClock
 
-    from ._client import DeliveryClient
+    from ._client import PostClient
 
 #: What ``events`` may name: the engine's event types, or ``*`` for all of them.
 WEBHOOK_EVENT_TYPES: frozenset[str] = frozenset(EVENT_TYPES)
@@ -116,7 +116,7 @@ class Endpoint:
         self.work = trio.lowlevel.ParkingLot()  # workers wait here for a ready lane
         self.timer = trio.lowlevel.ParkingLot()  # the retry timer waits here for an earlier due
         self.scope: trio.CancelScope | None = None
-        self.client: DeliveryClient | None = None  # the running endpoint's connection pool
+        self.client: PostClient | None = None  # the running endpoint's connection pool
         self.log: SortedDict = SortedDict()  # delivery id -> Delivery; ids sort by creation
         self.finished: deque[tuple[str, int]] = deque()  # (delivery id, generation), finish order
         self.finished_count = 0

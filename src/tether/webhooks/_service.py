@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 
     from tether.engine import Engine, Event, Subscription
 
+    from ._client import ClientFactory
+
 log = logging.getLogger("tether.webhooks")
 
 DEFAULT_DELIVERIES = 20
@@ -75,9 +77,13 @@ def check_events(events: object) -> frozenset[str]:
 class Webhooks:
     """Webhook endpoints of every workspace, and the delivery of the engine's events to them."""
 
-    def __init__(self, engine: Engine, config: WebhookConfig | None = None) -> None:
+    def __init__(self, engine: Engine, config: WebhookConfig | None = None, *,
+                 client_factory: ClientFactory | None = None) -> None:
+        """``client_factory`` replaces the HTTP client every endpoint posts with (see
+        :class:`PostClient`): receivers simulated in-process, as the fault simulation does."""
         self.engine = engine
         self.config = config or WebhookConfig()
+        self._client_factory = client_factory
         self._endpoints: dict[str, Endpoint] = {}
         self._by_workspace: dict[str, dict[str, Endpoint]] = {}
         self._dispatcher: Dispatcher | None = None
@@ -88,7 +94,7 @@ class Webhooks:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Deliver the engine's events until cancelled. Start it with ``nursery.start``."""
-        dispatcher = Dispatcher(self.config, self.engine.clock)
+        dispatcher = Dispatcher(self.config, self.engine.clock, self._client_factory)
         async with trio.open_nursery() as nursery:
             await nursery.start(dispatcher.run)
             self._dispatcher = dispatcher
@@ -105,6 +111,11 @@ class Webhooks:
                 self._dispatcher = None
                 for ep in self._endpoints.values():
                     ep.scope = None
+
+    @property
+    def undelivered(self) -> int:
+        """Deliveries still queued or waiting for a retry, across every endpoint."""
+        return sum(ep.pending for ep in self._endpoints.values())
 
     async def _consume(self, subscription: Subscription) -> None:
         while True:
