@@ -7,7 +7,11 @@ these frames. The module imports only msgspec so that anything can reuse it.
     payload = encode(Welcome(session_id=..., ...))
 
 Decoding with the right union is the validation: an unknown ``type`` or a field of the wrong
-type fails in the decoder with a precise message.
+type fails in the decoder with a precise message (``invalid_frame``). Text the server stores is
+then held to the API's rules for the same text: 1 to N printable characters (no control or
+format characters), N being 256 for ids, names and ``agent_version``, 320 for ``user_email``,
+64 KiB for a ``command`` and 1024 for a goodbye ``reason``. A frame that breaks them is
+answered with an ``invalid_parameter`` error naming the field, and nothing of it is kept.
 """
 
 from __future__ import annotations

@@ -184,3 +184,64 @@ async def test_closing_the_socket_enters_grace_period(server, api):
     data = await poll(api, f"/v1/sessions/{sid}",
                       lambda b: b["data"]["status"] == "GRACE_PERIOD")
     assert data["data"]["reason"] == "transport_closed"
+
+
+_BAD_COMMAND_FRAMES = [
+    ("command", wire.Command(command="x" * (64 * 1024 + 1), exit_code=0)),
+    ("command", wire.Command(command="ls\n rm -rf /", exit_code=0)),
+    ("command", wire.Command(command="\x1b]0;owned\x07ls", exit_code=0)),
+    ("command", wire.Command(command="", exit_code=0)),
+    ("command_id", wire.Command(command_id="cmd\r\n1", command="ls", exit_code=0)),
+    ("command_id", wire.Command(command_id="c" * 257, command="ls", exit_code=0)),
+    ("user_email", wire.Command(command="ls", exit_code=0, user_email="a@b.io\x00")),
+    ("user_email", wire.Command(command="ls", exit_code=0, user_email="u" * 321)),
+    ("command_id", wire.CommandResult(command_id="cmd\n", exit_code=0)),
+    ("reason", wire.Goodbye(reason="bye\n[INFO] forged log line")),
+    ("reason", wire.Goodbye(reason="r" * 1025)),
+]
+
+
+@pytest.mark.http(max_frame_bytes=256 * 1024, max_violations=len(_BAD_COMMAND_FRAMES) + 1)
+async def test_frames_with_bad_text_get_an_error_frame_and_are_not_stored(server, api):
+    """The API's rules for a command, its id, an email and a reason hold for agents' frames."""
+    async with connect_agent(server) as agent:
+        sid = (await agent.hello()).session_id
+        path = f"/v1/sessions/{sid}"
+        for parameter, frame in _BAD_COMMAND_FRAMES:
+            await agent.send(frame)
+            error = await agent.receive()
+            assert isinstance(error, wire.Error), error
+            assert (error.code, error.fatal) == ("invalid_parameter", False)
+            assert f"'{parameter}'" in error.message
+        assert (await api.get(f"{path}/history")).json()["data"] == []
+        data = (await api.get(path)).json()["data"]
+        assert (data["status"], data["reason_detail"]) == ("CONNECTED", None)
+        events = (await api.get("/v1/events")).json()["data"]
+        assert not [e for e in events if e["type"].startswith("command.")]
+        # the socket is still open and good frames still work
+        big = "e" * (64 * 1024)
+        await agent.send(wire.Command(command_id="c" * 256, command=big, exit_code=0,
+                                      user_email="u" * 320))
+        await agent.send(wire.Command(command="echo héllo", exit_code=1, user_email="a@b.io"))
+        history = await poll(api, f"{path}/history", lambda b: len(b["data"]) == 2)
+        assert [(c["command"], c["exit_code"]) for c in history["data"]] == [
+            (big, 0), ("echo héllo", 1)]
+        await agent.send(wire.Goodbye(reason="r" * 1024))
+        assert await closed_reason(agent) == (1000, "agent_goodbye")
+    data = (await api.get(path)).json()["data"]
+    assert (data["status"], data["reason"], data["reason_detail"]) == (
+        "DISCONNECTED", "agent_goodbye", "r" * 1024)
+
+
+@pytest.mark.http(max_violations=2)
+async def test_repeated_bad_text_is_a_protocol_violation(server, api):
+    async with connect_agent(server) as agent:
+        sid = (await agent.hello()).session_id
+        await agent.send(wire.Command(command="ls\x00", exit_code=0))
+        assert (await agent.receive()).code == "invalid_parameter"
+        await agent.send(wire.Goodbye(reason="\x1b[2J"))
+        assert (await agent.receive()).code == "invalid_parameter"
+        assert await closed_reason(agent) == (1008, "protocol_violation")
+    data = await poll(api, f"/v1/sessions/{sid}", lambda b: b["data"]["status"] == "ERROR")
+    assert data["data"]["reason"] == "protocol_violation"
+    assert (await api.get(f"/v1/sessions/{sid}/history")).json()["data"] == []

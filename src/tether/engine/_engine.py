@@ -39,6 +39,9 @@ from ._lifecycle import Input, Transition, step
 from ._link import AgentLink, AgentTransport
 from ._models import (
     CLIENT_MODES,
+    MAX_COMMAND,
+    MAX_DETAIL,
+    MAX_EMAIL,
     AttachedClient,
     ClientMode,
     CommandEntry,
@@ -55,6 +58,7 @@ from ._models import (
     SessionPage,
     Status,
     Welcome,
+    check_text,
 )
 from ._record import OperatorCommand, SessionRecord
 from ._timers import Timekeeper
@@ -66,14 +70,6 @@ MAX_PAGE = 100
 DEFAULT_PAGE = 20
 DEFAULT_HISTORY = 50
 MAX_HISTORY = 1000
-_MAX_ID_LEN = 256
-
-
-def _check_text(name: str, value: str, max_len: int = _MAX_ID_LEN) -> None:
-    if not value or len(value) > max_len:
-        raise InvalidParameter(name, f"must be 1 to {max_len} characters")
-    if not value.isprintable():
-        raise InvalidParameter(name, "must not contain control characters")
 
 
 class Engine:
@@ -169,7 +165,7 @@ class Engine:
             self._detach_all(rec)
         rec.status = t.status
         rec.reason = t.reason
-        rec.reason_detail = None if detail is None else detail[:1024]
+        rec.reason_detail = None if detail is None else detail[:MAX_DETAIL]
         rec.status_since = now
         rec.version += 1
         if t.status is Status.CONNECTED and rec.connected_at is None:
@@ -338,9 +334,9 @@ class Engine:
     ) -> SessionRecord:
         if self._closing or self._nursery is None:
             raise EngineClosed()
-        _check_text("workspace_id", workspace_id)
-        _check_text("machine_id", machine_id)
-        _check_text("machine_hostname", machine_hostname)
+        check_text("workspace_id", workspace_id)
+        check_text("machine_id", machine_id)
+        check_text("machine_hostname", machine_hostname)
         now = trio.current_time()
         rec = SessionRecord(
             self._session_ids.next(self.clock.wall_ms(now)),
@@ -364,8 +360,8 @@ class Engine:
         Raises :class:`SessionAlreadyActive` if the machine has a live session.
         """
         await trio.lowlevel.checkpoint()
-        _check_text("machine_id", machine_id)
-        _check_text("machine_hostname", machine_hostname)
+        check_text("machine_id", machine_id)
+        check_text("machine_hostname", machine_hostname)
         existing = self._active.get((workspace_id, machine_id))
         if existing is not None:
             raise SessionAlreadyActive(machine_id, existing.session_id, existing.status.value)
@@ -489,7 +485,7 @@ class Engine:
         self, workspace_id: str, session_id: str, user_email: str, mode: ClientMode
     ) -> AttachedClient:
         """Attach an operator or observer to a CONNECTED session."""
-        _check_text("user_email", user_email, 320)
+        check_text("user_email", user_email, MAX_EMAIL)
         if mode not in CLIENT_MODES:
             raise InvalidParameter("mode", "must be 'operator' or 'observer'")
         rec = self._live_record(workspace_id, session_id, "CONNECTED")
@@ -536,7 +532,7 @@ class Engine:
         self, workspace_id: str, session_id: str, client_id: str, command: str
     ) -> CommandView:
         """An attached operator's command: sent to the agent as ``run_command``."""
-        _check_text("command", command, 64 * 1024)
+        check_text("command", command, MAX_COMMAND)
         rec = self._live_record(workspace_id, session_id, "CONNECTED")
         view: CommandView = await rec.actor.call(self._run_command, rec, client_id, command)
         return view

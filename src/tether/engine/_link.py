@@ -5,6 +5,11 @@ in-process simulated agent) reports what its agent says through it. A link speak
 session only while it is the session's current transport: once the session resumed on another
 link, entered GRACE_PERIOD or ended, every call raises :class:`AgentLinkClosed` and the
 transport is told to close through :meth:`AgentTransport.close`.
+
+Text an agent reports (a command, its id, a user email, a goodbye reason) is held to the rules
+of the same text from the API (:func:`~tether.engine._models.check_text`): a call with bad text
+raises :class:`InvalidParameter` before it reaches the session, so nothing of it is stored.
+Heartbeats and telemetry carry no text and pay nothing for this.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import trio
 
 from ._errors import AgentLinkClosed
 from ._lifecycle import Input
+from ._models import MAX_COMMAND, MAX_DETAIL, MAX_EMAIL, check_text
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -94,6 +100,8 @@ class AgentLink:
 
     async def goodbye(self, reason: str | None = None) -> None:
         """The agent leaves: the session ends, keeping ``reason`` as its ``reason_detail``."""
+        if reason is not None:
+            check_text("reason", reason, MAX_DETAIL)
         await self._call(self._engine.link_input, Input.GOODBYE, reason)
 
     async def fatal_error(self, code: str, message: str) -> None:
@@ -114,6 +122,11 @@ class AgentLink:
         user_email: str | None = None,
     ) -> str:
         """A command the agent ran; returns its command id (made up if not given)."""
+        check_text("command", command, MAX_COMMAND)
+        if command_id is not None:
+            check_text("command_id", command_id)
+        if user_email is not None:
+            check_text("user_email", user_email, MAX_EMAIL)
         result: str = await self._call(
             self._engine.link_command, command_id, command, exit_code, executed_at, user_email
         )
@@ -121,6 +134,7 @@ class AgentLink:
 
     async def command_result(self, command_id: str, exit_code: int) -> None:
         """The outcome of a ``run_command`` this agent was sent."""
+        check_text("command_id", command_id)
         await self._call(self._engine.link_command_result, command_id, exit_code)
 
     def transport_lost(self) -> None:

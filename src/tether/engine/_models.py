@@ -11,6 +11,28 @@ from typing import Literal
 
 import msgspec
 
+from ._errors import InvalidParameter
+
+#: Limits of the text the engine stores and serves back, whoever supplies it (an API caller, an
+#: embedding program, an agent): ids, names and versions; user emails; commands; and an agent's
+#: own words for a change (its goodbye reason), kept as a session's ``reason_detail``.
+MAX_TEXT = 256
+MAX_EMAIL = 320
+MAX_COMMAND = 64 * 1024
+MAX_DETAIL = 1024
+
+
+def check_text(name: str, value: str, max_len: int = MAX_TEXT) -> None:
+    """Raise :class:`InvalidParameter` unless ``value`` is 1 to ``max_len`` printable characters.
+
+    Printable excludes every control and format character (CR/LF, NUL, ESC, bidi overrides,
+    line separators), so stored text never forges a log line or rewrites a terminal.
+    """
+    if not value or len(value) > max_len:
+        raise InvalidParameter(name, f"must be 1 to {max_len} characters")
+    if not value.isprintable():
+        raise InvalidParameter(name, "must not contain control characters")
+
 
 class Status(enum.StrEnum):
     PENDING = "PENDING"
