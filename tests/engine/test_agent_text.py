@@ -1,6 +1,6 @@
 """Text an agent reports is held to the same rules as the API's: bad text is never stored.
 
-An agent's command, command id, user email, goodbye reason are stored and
+An agent's command, command id, user email, goodbye reason and agent version are stored and
 served back by the REST API and webhooks, so they get the limits and character rule the engine
 already applies to a REST caller's command, email and machine names (1 to N printable
 characters), and a refused input leaves the session exactly as it was.
@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Awaitable
 
 import pytest
+import trio
 from trio.testing import MockClock
 
 from tether.engine import Engine, InvalidParameter, Status
 
-from .conftest import event_log, hello
+from .conftest import RecordingTransport, event_log, hello
 
 CONTROL = ("\n", "\r", "\x00", "\x1b[31m", "\t", "\u202e", "\u2028")
 
@@ -123,3 +124,41 @@ async def test_a_goodbye_without_a_reason_still_ends_the_session(
     await link.goodbye()
     detail = engine.get_session("ws_acme", link.session_id)
     assert (detail.status, detail.reason_detail) == (Status.DISCONNECTED, None)
+
+
+async def test_a_hello_with_a_bad_agent_version_is_refused_before_anything_changes(
+    engine: Engine, autojump_clock: MockClock
+) -> None:
+    for version in _bad_texts(256):
+        with pytest.raises(InvalidParameter) as raised:
+            await engine.agent_hello(
+                "ws_acme",
+                RecordingTransport(),
+                machine_id="mach_1",
+                machine_hostname="h",
+                agent_version=version,
+            )
+        assert raised.value.details["parameter"] == "agent_version"
+    assert engine.list_sessions("ws_acme").meta.total == 0
+    link = await engine.agent_hello(
+        "ws_acme",
+        RecordingTransport(),
+        machine_id="mach_1",
+        machine_hostname="h",
+        agent_version="v" * 256,
+    )
+    assert engine.get_session("ws_acme", link.session_id).status is Status.CONNECTED
+
+
+async def test_a_bad_hello_does_not_end_the_machines_live_session(
+    engine: Engine, autojump_clock: MockClock
+) -> None:
+    """A hello is checked before it replaces anything: a refused one leaves the old session."""
+    link, transport = await hello(engine)
+    for kw in ({"machine_hostname": "h\n"}, {"machine_hostname": "h", "agent_version": "1\n"}):
+        with pytest.raises(InvalidParameter):
+            await engine.agent_hello("ws_acme", RecordingTransport(), machine_id="mach_1", **kw)
+        await trio.sleep(0)
+    assert engine.get_session("ws_acme", link.session_id).status is Status.CONNECTED
+    assert link.active and transport.closed is None
+    assert engine.list_sessions("ws_acme").meta.total == 1

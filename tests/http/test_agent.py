@@ -55,6 +55,10 @@ async def test_hello_welcome(server, api):
         ('{"type": "hello", "machine_id": "", "machine_hostname": "h"}', "invalid_parameter"),
         ('{"type": "hello", "machine_id": "m", "machine_hostname": "h", "resume_token": "rt_x"}',
          "resume_rejected"),
+        ('{"type": "hello", "machine_id": "m", "machine_hostname": "h", "agent_version": "1\\n"}',
+         "invalid_parameter"),
+        ('{"type": "hello", "machine_id": "m", "machine_hostname": "h", "agent_version": "'
+         + "v" * 257 + '"}', "invalid_parameter"),
     ],
 )
 async def test_bad_first_frame(server, api, first, code):

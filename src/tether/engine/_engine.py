@@ -385,7 +385,14 @@ class Engine:
         :class:`ResumeRejected`). Without one, a PENDING session waiting for the machine is
         connected; any other live session of the machine ends (``replaced``) and a new one
         starts. The returned link's ``welcome`` is what to tell the agent.
+
+        The hello's text is checked (:class:`InvalidParameter`) before anything changes, so a
+        refused hello never ends the machine's live session.
         """
+        check_text("machine_id", machine_id)
+        check_text("machine_hostname", machine_hostname)
+        if agent_version is not None:
+            check_text("agent_version", agent_version)
         if resume_token is not None:
             return await self._resume(workspace_id, transport, machine_id, resume_token)
         while True:
