@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 
+import msgspec
 import pytest
 import trio
 
@@ -339,3 +340,44 @@ async def test_a_client_factory_stands_in_for_http_and_undelivered_counts_what_i
     assert [t for _, t in posted][-5:] == [
         "session.created", "session.connected", "session.client_attached",
         "session.client_detached", "session.disconnected"]
+
+
+async def test_a_due_retry_goes_before_lanes_waiting_for_their_first_attempt(
+        clock, engine, nursery):
+    """Backoff is kept under load: a retry does not queue behind every other session's first
+    attempt (which, behind a hanging endpoint, would delay disabling it by hours)."""
+    from tether.webhooks import WebhookConfig, Webhooks
+
+    attempts: list[tuple[float, str]] = []
+
+    class SlowReceiver:  # one second per answer; the first attempt of mach_0's event fails
+        def __init__(self, connections: int) -> None:
+            pass
+
+        async def __aenter__(self) -> SlowReceiver:
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            return None
+
+        async def post(self, url, body, headers, addresses=()):
+            machine = msgspec.json.decode(body)["data"]["machine_id"]
+            attempts.append((trio.current_time(), machine))
+            await trio.sleep(1.0)
+            return 500 if len(attempts) == 1 else 204
+
+    hooks = Webhooks(engine, WebhookConfig(allow_private=True, retry_base=2.5,
+                                           endpoint_concurrency=1),
+                     client_factory=SlowReceiver)
+    await nursery.start(hooks.run)
+    hook = await hooks.create(WS, "http://receiver.invalid/hook", ["session.created"])
+    start = trio.current_time()
+    for n in range(10):
+        await engine.create_session(WS, f"mach_{n}", "host.example")
+    await settle(hooks, hook.id)
+    machines = [m for _, m in attempts]
+    assert machines[0] == "mach_0" and machines.count("mach_0") == 2
+    retry_at = next(t for t, m in attempts[1:] if m == "mach_0")
+    # failed at 1 s, due at 3.5 s, attempted when the attempt in flight ends: 4 s, not 10 s
+    assert retry_at - start == pytest.approx(4.0, abs=0.2)
+    assert machines.index("mach_0", 1) == 4

@@ -235,10 +235,15 @@ class Dispatcher:
                 with trio.move_on_at(ep.due[0][0]):
                     await ep.timer.park()  # an earlier retry may be scheduled meanwhile
                 continue
+            # Due retries go to the FRONT of the ready lanes, earliest first: behind every lane
+            # waiting for its first attempt, a retry would wait far past its backoff (and an
+            # endpoint that hangs would take hours to exhaust any event's retries and be
+            # disabled: with thousands of lanes, each first attempt costs a whole timeout).
+            due: list[str] = []
             while ep.due and ep.due[0][0] <= now:
-                lane_id = heapq.heappop(ep.due)[2]
-                ep.ready.append(lane_id)
-                ep.work.unpark()
+                due.append(heapq.heappop(ep.due)[2])
+            ep.ready.extendleft(reversed(due))
+            ep.work.unpark(count=len(due))
 
     async def send_once(self, ep: Endpoint, d: Delivery) -> None:
         """One attempt, recorded in ``d`` and finished (tests: no retries, no failure count)."""
