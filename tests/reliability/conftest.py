@@ -71,10 +71,12 @@ def _no_outgoing_webhooks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, by
     """Webhook deliveries are answered in-process (204) and recorded, never sent."""
     sent: list[tuple[str, bytes]] = []
 
-    def new_client(self: Any, connections: int) -> _InProcessReceiver:
+    def default_client(**settings: Any) -> _InProcessReceiver:
         return _InProcessReceiver(sent)
 
-    monkeypatch.setattr(_dispatcher.Dispatcher, "_new_client", new_client)
+    # The default client only: a Webhooks given its own client_factory (the fault
+    # simulation's receivers) keeps it.
+    monkeypatch.setattr(_dispatcher, "DeliveryClient", default_client)
     return sent
 
 

@@ -92,7 +92,7 @@ class SessionExpect:
          telemetry) = data
         e = cls(str(session_id), str(machine_id), Kind(kind), float(grace), float(since))  # type: ignore[arg-type]
         e.set(str(status), float(since), *reasons)  # type: ignore[arg-type,misc]
-        e.commands = [(str(c[0]), str(c[1]), int(c[2])) for c in commands]  # type: ignore[attr-defined,index]
+        e.commands = [(str(c[0]), str(c[1]), int(c[2])) for c in commands]  # type: ignore[attr-defined]
         e.telemetry = None if telemetry is None else tuple(telemetry)  # type: ignore[arg-type,assignment]
         return e
 

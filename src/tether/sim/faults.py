@@ -11,13 +11,16 @@ decides every order, and a run is reproducible from its seed (printed on failure
 Faults injected: sockets dropped mid-conversation; resumes with stale, forged and another
 machine's tokens; duplicate hellos for one machine; clients attaching and commands sent during
 grace periods; terminations racing reconnects in the same instant; every agent dropping in the
-same instant. After the run the invariants are checked (see :func:`check_invariants`).
+same instant; webhook receivers that fail now and then, always fail, or hang (simulated
+in-process by :mod:`._receivers` behind the real webhooks service). After the run the
+invariants are checked (see :func:`check_invariants` and :func:`check_deliveries`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import heapq
 import itertools
@@ -37,18 +40,36 @@ from tether.engine import (
     RunCommand,
     TetherError,
 )
+from tether.webhooks import WebhookConfig, Webhooks
+
+from ._receivers import FAILING, FLAKY, HANGING, HEALTHY, Receiver, Receivers
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from tether.engine import AgentLink
+    from tether.engine import AgentLink, Event
 
 WORKSPACES = ("ws_a", "ws_b")
 TERMINAL = ("session.disconnected", "session.error")
-FAULTS = (
+DRIVER_FAULTS = (
     "drop", "resume", "resume_stale", "resume_forged", "resume_other_machine",
     "duplicate_hello", "attach_in_grace", "command_in_grace", "terminate_races_resume",
     "goodbye", "background", "mass_drop",
+)
+#: Attempts refused by a receiver of each faulty kind (counted by the receivers).
+RECEIVER_FAULTS = ("receiver_flaky", "receiver_failing", "receiver_hanging")
+FAULTS = DRIVER_FAULTS + RECEIVER_FAULTS
+#: The webhook endpoints of a run: (workspace, receiver kind, name). Every one takes "*".
+ENDPOINTS = (
+    ("ws_a", HEALTHY, "healthy-a"), ("ws_a", FLAKY, "flaky-a"),
+    ("ws_a", FAILING, "failing-a"), ("ws_a", HANGING, "hanging-a"),
+    ("ws_b", HEALTHY, "healthy-b"),
+)
+#: Simulated seconds the webhook queues get to drain after the run (then: a violation).
+DRAIN_LIMIT = 24 * 3600.0
+WEBHOOKS = WebhookConfig(
+    timeout=10.0, retry_base=5.0, retries=3, max_consecutive_failures=20, allow_private=True,
+    queue_max=10**7, log_max=10**7,  # nothing evicted: the check reads every delivery
 )
 
 
@@ -86,6 +107,8 @@ class FaultReport:
     faults: dict[str, int] = field(default_factory=dict)
     sessions: int = 0
     events: int = 0
+    #: Per endpoint name: events accepted (2xx), deliveries failed, attempts, disabled or not.
+    webhooks: dict[str, dict[str, int]] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
     wall_seconds: float = 0.0
     #: A digest of every session's life (machine, creation time, events and reasons), sorted:
@@ -94,8 +117,8 @@ class FaultReport:
     #: tasks ready at the same instant), so it is left out.
     digest: str = ""
 
-    def count(self, fault: str) -> None:
-        self.faults[fault] = self.faults.get(fault, 0) + 1
+    def count(self, fault: str, times: int = 1) -> None:
+        self.faults[fault] = self.faults.get(fault, 0) + times
 
 
 class Driver:
@@ -179,7 +202,7 @@ class Driver:
             # while it is in grace: a client tries to attach, an operator to run a command
             session_id = self._session_of(agent)
             if session_id is not None:
-                self.later(0.1, 5, lambda: self.in_grace(agent, session_id))
+                self.later(0.1, 5, functools.partial(self.in_grace, agent, session_id))
         elif roll < 0.60:
             report.count("resume_stale")
             if agent.stale and await self._hello_other(agent, rng.choice(agent.stale),
@@ -291,10 +314,13 @@ def _all_events(engine: Engine, workspace: str) -> list[Any]:
         after = page[-1].id
 
 
-def check_invariants(engine: Engine, report: FaultReport) -> None:
+Feed = dict[str, dict[str, list["Event"]]]  # workspace -> session id -> its events, in order
+
+
+def check_invariants(engine: Engine, report: FaultReport) -> Feed:
     """One active session per machine; final states absorbing; exactly one terminal event per
     ended session (none for a live one); per-session sequences complete and ordered in the feed;
-    no actor, link or machine entry left behind by ended sessions."""
+    no actor, link or machine entry left behind by ended sessions. Returns the feed."""
     bad = report.violations.append
     records = engine._records
     report.sessions = len(records)
@@ -312,8 +338,9 @@ def check_invariants(engine: Engine, report: FaultReport) -> None:
     if len(engine._active) != sum(len(ids) for ids in live.values()):
         bad("the active map holds ended sessions")
     lives: list[str] = []
+    feed: Feed = {}
     for workspace in WORKSPACES:
-        by_session: dict[str, list[Any]] = {}
+        by_session: dict[str, list[Any]] = feed.setdefault(workspace, {})
         for event in _all_events(engine, workspace):
             by_session.setdefault(event.session_id, []).append(event)
             report.events += 1
@@ -322,15 +349,16 @@ def check_invariants(engine: Engine, report: FaultReport) -> None:
             if sequences != list(range(1, len(events) + 1)):
                 bad(f"{session_id}: event sequences {sequences[:10]}... not complete/ordered")
             terminal = [i for i, e in enumerate(events) if e.type in TERMINAL]
-            rec = records.get(session_id)
-            final = rec is not None and rec.status.final
+            record = records.get(session_id)
+            final = record is not None and record.status.final
             if final and len(terminal) != 1:
                 bad(f"{session_id}: {len(terminal)} terminal events")
             if not final and terminal:
-                bad(f"{session_id}: a terminal event but status {rec and rec.status.value}")
+                bad(f"{session_id}: a terminal event but status "
+                    f"{record and record.status.value}")
             if terminal and terminal[0] != len(events) - 1:
                 bad(f"{session_id}: events after its terminal event (final not absorbing)")
-            created = rec.created_at if rec is not None else -1.0
+            created = record.created_at if record is not None else -1.0
             lives.append(f"{workspace} {events[0].data.machine_id} {created:.6f} "
                          + " ".join(f"{e.type}:{e.data.reason}" for e in events))
     digest = hashlib.sha256("\n".join(sorted(lives)).encode())
@@ -338,12 +366,112 @@ def check_invariants(engine: Engine, report: FaultReport) -> None:
     tasks = len(engine._nursery.child_tasks) - 1 if engine._nursery else 0  # minus services
     if tasks != len(engine._active):
         bad(f"{tasks} actor tasks for {len(engine._active)} live sessions")
+    return feed
+
+
+def _deliveries(hooks: Webhooks, workspace: str, webhook_id: str) -> list[Any]:
+    """Every delivery in the endpoint's log, through the public paginated reader."""
+    found: list[Any] = []
+    before = None
+    while True:
+        page = hooks.deliveries(workspace, webhook_id, 100, before)
+        found += page.data
+        if not page.meta.has_more:
+            return found
+        before = page.meta.next_before
+
+
+def check_deliveries(hooks: Webhooks, hook_ids: dict[str, str], receivers: Receivers,
+                     feed: Feed, report: FaultReport) -> None:
+    """Webhooks lose nothing and keep each session's order.
+
+    A healthy receiver got every event of its workspace's feed exactly once, each session's in
+    sequence order. A flaky one got each session's events in order, and every event it did not
+    get is in its deliveries log as failed (redeliverable). A failing or hanging one was
+    disabled with a reason, and whatever it was sent is in its log as failed. Nothing is left
+    queued, and each event appears at most once in an endpoint's log.
+    """
+    bad = report.violations.append
+    if hooks.events_missed:
+        bad(f"the webhook dispatcher missed {hooks.events_missed} events")
+    if hooks.undelivered:
+        bad(f"{hooks.undelivered} webhook deliveries still queued after the drain")
+    for workspace, kind, name in ENDPOINTS:
+        webhook_id = hook_ids[name]
+        receiver: Receiver = receivers.named[name]
+        view = hooks.get(workspace, webhook_id)
+        log = _deliveries(hooks, workspace, webhook_id)
+        sessions = feed[workspace]
+        feed_ids = {e.id for events in sessions.values() for e in events}
+        logged: dict[str, Any] = {}
+        for d in log:
+            if d.event_id in logged:
+                bad(f"{name}: event {d.event_id} is in the deliveries log twice")
+            logged[d.event_id] = d
+            if d.event_id not in feed_ids:
+                bad(f"{name}: delivered {d.event_id}, which is not in its workspace's feed")
+            if d.state == "pending":
+                bad(f"{name}: delivery {d.id} still pending")
+        failed = {i for i, d in logged.items() if d.state == "failed"}
+        accepted = [a[0] for a in receiver.accepted]
+        if len(set(accepted)) != len(accepted):
+            bad(f"{name}: accepted an event twice")
+        got: dict[str, list[int]] = {}
+        for _, session_id, sequence in receiver.accepted:
+            got.setdefault(session_id, []).append(sequence)
+        report.webhooks[name] = {
+            "accepted": len(accepted), "failed": len(failed), "attempts": receiver.attempts,
+            "refused": receiver.refused, "disabled": int(not view.enabled),
+        }
+        if kind == HEALTHY:
+            if not view.enabled:
+                bad(f"{name}: a healthy endpoint was disabled: {view.disabled_reason}")
+            if failed:
+                bad(f"{name}: {len(failed)} deliveries to a healthy receiver failed")
+            for session_id, events in sessions.items():
+                if got.get(session_id, []) != [e.sequence for e in events]:
+                    bad(f"{name}: {session_id} arrived as {got.get(session_id, [])[:10]}, "
+                        f"the feed has {[e.sequence for e in events][:10]}")
+            if set(got) - set(sessions):
+                bad(f"{name}: got events of sessions not in its workspace's feed")
+        elif kind == FLAKY:
+            if not view.enabled:
+                bad(f"{name}: disabled: {view.disabled_reason}")
+            if failed & set(accepted):
+                bad(f"{name}: an accepted event is also recorded as failed")
+            if set(accepted) | failed != feed_ids:
+                bad(f"{name}: {len(feed_ids - set(accepted) - failed)} events neither "
+                    f"accepted nor recorded as failed")
+            for session_id, sequences in got.items():
+                if sequences != sorted(sequences):
+                    bad(f"{name}: {session_id} arrived out of order: {sequences[:10]}")
+        else:
+            if view.enabled or not view.disabled_reason:
+                bad(f"{name}: a {kind} endpoint is not disabled with a reason")
+            if accepted or len(failed) != len(logged):
+                bad(f"{name}: a {kind} receiver has succeeded deliveries")
+            # attempted: the receiver's answer; not attempted, or abandoned in flight when the
+            # endpoint was disabled: "endpoint disabled before delivery"
+            expected = "timeout" if kind == HANGING else "HTTP 503"
+            unexplained = [d for d in log if not d.last_error or (
+                expected not in d.last_error and "endpoint disabled" not in d.last_error)]
+            if unexplained:
+                bad(f"{name}: failed deliveries that do not say why: {unexplained[:2]}")
+        if kind != HEALTHY:
+            report.count(f"receiver_{kind}", receiver.refused)
 
 
 async def _simulate(seed: int, agents: int, report: FaultReport, duration: float) -> None:
     config = EngineConfig(heartbeat_interval=10, heartbeat_timeout=45, grace_period=30,
                           pending_timeout=120, background_timeout=60, event_log_max=10**7)
-    async with Engine(config) as engine:
+    async with Engine(config) as engine, trio.open_nursery() as nursery:
+        receivers = Receivers(seed, WEBHOOKS.timeout)
+        hooks = Webhooks(engine, WEBHOOKS, client_factory=receivers.client)
+        await nursery.start(hooks.run)
+        hook_ids: dict[str, str] = {}
+        for workspace, kind, name in ENDPOINTS:
+            receiver = receivers.add(kind, name)
+            hook_ids[name] = (await hooks.create(workspace, receiver.url, ["*"])).id
         driver = Driver(engine, seed, agents, report)
         for agent in driver.agents:
             driver.schedule_agent(agent, driver.rng.uniform(0, 10))
@@ -353,7 +481,13 @@ async def _simulate(seed: int, agents: int, report: FaultReport, duration: float
         await driver.run(until=duration)
         # settle: every grace period and timeout runs out, with nobody acting
         await trio.sleep(config.pending_timeout + config.grace_period + 1)
-        check_invariants(engine, report)
+        # ... and every webhook delivery is settled (retries run out within ~80 s per event)
+        with trio.move_on_after(DRAIN_LIMIT):
+            while hooks.undelivered:
+                await trio.sleep(10)
+        feed = check_invariants(engine, report)
+        check_deliveries(hooks, hook_ids, receivers, feed, report)
+        nursery.cancel_scope.cancel()
         engine.shutdown()
     if engine.live_sessions:
         report.violations.append(f"{engine.live_sessions} sessions live after shutdown")
@@ -387,9 +521,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seed={seed} agents={r.agents} actions={r.actions} sessions={r.sessions} "
               f"events={r.events} faults={sum(r.faults.values())} "
               f"violations={len(r.violations)} ({r.wall_seconds:.1f} s)", flush=True)
-        for v in r.violations[:20]:
+        for violation in r.violations[:20]:
             print(f"  VIOLATION (reproduce: --first {seed} --seeds 1 --agents {args.agents}): "
-                  f"{v}")
+                  f"{violation}")
         failed += bool(r.violations)
     print("faults injected: " + ", ".join(f"{k}={v}" for k, v in sorted(totals.items())))
     print(f"seeds={args.seeds} failed={failed}")
