@@ -11,6 +11,7 @@ import base64
 import contextlib
 import json
 import logging
+import os
 import re
 import string
 
@@ -39,7 +40,19 @@ PROBES: dict[str, int] = {}
 
 
 def _count(kind: str, n: int = 1) -> None:
+    """Count probes of ``kind`` that got the answer asserted just before (a probe whose answer
+    was wrong fails its test instead)."""
     PROBES[kind] = PROBES.get(kind, 0) + n
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _probe_report():
+    """With TETHER_RELIABILITY_REPORT=<prefix>, write the probes tried to <prefix>.probes.json."""
+    yield
+    out = os.environ.get("TETHER_RELIABILITY_REPORT")
+    if out:
+        with open(f"{out}.probes.json", "w") as f:
+            json.dump({"probes": sum(PROBES.values()), "by_kind": PROBES}, f)
 
 
 @pytest.fixture(autouse=True)
@@ -378,18 +391,15 @@ async def test_hostile_frames_get_error_frames_and_never_crash():
                 frame = await agent.receive()
                 assert isinstance(frame, wire.Error), (name, frame)
                 _count(f"hostile frame: {name}")
-            # Control characters in an agent-reported command are stored (the engine does not
-            # check agent-reported text yet); they must come back JSON-escaped, never raw.
+            # Control characters in agent-reported text are refused like REST's (an error
+            # frame naming the field), and nothing is stored.
             await agent.send_raw('{"type": "command", "command": "a\\u0000b", "exit_code": 0,'
                                  ' "command_id": "c\\r\\nX-Injected: 1"}')
+            frame = await agent.receive()
+            assert isinstance(frame, wire.Error) and frame.code == "invalid_parameter", frame
             async with api_client(server) as api:
-                for _ in range(200):
-                    r = await api.get(f"/v1/sessions/{welcome.session_id}/history")
-                    if r.json()["data"]:
-                        break
-                    await trio.sleep(0.005)
-                assert "x-injected" not in r.headers and b"\r\n" not in r.content
-                assert r.json()["data"][0]["command_id"] == "c\r\nX-Injected: 1"
+                r = await api.get(f"/v1/sessions/{welcome.session_id}/history")
+                assert r.status_code == 200 and r.json()["data"] == []
             _count("hostile frame: control characters in a reported command")
             # still the same live session, still heartbeating
             await agent.send(wire.Heartbeat())

@@ -143,6 +143,13 @@ async def test_sigterm_tells_agents_ends_sessions_and_flushes_events(tmp_path):
     assert set(ended) == {welcome.session_id, pending}
     for data in ended.values():
         assert data["status"] == "DISCONNECTED" and data["reason"] == "server_shutdown"
+    out = os.environ.get("TETHER_RELIABILITY_REPORT")
+    if out:
+        with open(f"{out}.shutdown.json", "w") as f:
+            json.dump({"exit_code": code, "seconds_to_exit": round(elapsed, 2),
+                       "drain_timeout": drain, "agent_close": [reason.code, reason.reason],
+                       "sessions_ended_server_shutdown": len(ended),
+                       "terminal_events_at_webhook": len(receiver.bodies)}, f)
 
 
 async def test_drain_flushes_the_feed_and_stops_accepting(tmp_path):

@@ -521,9 +521,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seed={seed} agents={r.agents} actions={r.actions} sessions={r.sessions} "
               f"events={r.events} faults={sum(r.faults.values())} "
               f"violations={len(r.violations)} ({r.wall_seconds:.1f} s)", flush=True)
+        print("  webhooks: " + "; ".join(
+            f"{name} accepted={row['accepted']} failed={row['failed']} "
+            f"attempts={row['attempts']}" + (" disabled" if row["disabled"] else "")
+            for name, row in r.webhooks.items()), flush=True)
         for violation in r.violations[:20]:
-            print(f"  VIOLATION (reproduce: --first {seed} --seeds 1 --agents {args.agents}): "
-                  f"{violation}")
+            print(f"  VIOLATION (reproduce: --first {seed} --seeds 1 --agents {args.agents} "
+                  f"--duration {args.duration:g}): {violation}")
         failed += bool(r.violations)
     print("faults injected: " + ", ".join(f"{k}={v}" for k, v in sorted(totals.items())))
     print(f"seeds={args.seeds} failed={failed}")
