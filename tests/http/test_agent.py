@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import trio_websocket
@@ -148,6 +149,18 @@ async def test_lifecycle_frames(server, api):
     data = (await api.get(path)).json()["data"]
     assert data["status"] == "DISCONNECTED"
     assert data["reason"] == "agent_goodbye"
+
+
+async def test_a_non_fatal_agent_error_is_logged_without_forging_log_lines(server, caplog):
+    caplog.set_level(logging.INFO, logger="tether")
+    async with connect_agent(server) as agent:
+        await agent.hello()
+        await agent.send(wire.Error(code="disk\nfull", message="low\nERROR forged line"))
+        await agent.send(wire.Goodbye())
+        await closed_reason(agent)
+    lines = [r.getMessage() for r in caplog.records if "reports" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0], lines
+    assert "'low\\nERROR forged line'" in lines[0]
 
 
 async def test_fatal_agent_error_ends_in_error(server, api):

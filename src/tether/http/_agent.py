@@ -278,7 +278,8 @@ class AgentSocket:
                 await link.fatal_error(frame.code, frame.message)
                 transport.close("agent_error")
             else:
-                log.info("agent %s reports %s: %s", link.session_id, frame.code, frame.message)
+                # repr: the agent's text may hold newlines that would forge log lines
+                log.info("agent %s reports %r: %r", link.session_id, frame.code, frame.message)
         elif isinstance(frame, wire.Hello):
             return ("unexpected_frame", "hello is only valid as the first frame")
         return None
