@@ -10,6 +10,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import msgspec
 
+from tether.engine import MAX_COMMAND, MAX_EMAIL, MAX_TEXT
 from tether.webhooks import Payload
 
 T = TypeVar("T")
@@ -42,11 +43,13 @@ class Health(msgspec.Struct, kw_only=True, frozen=True):
 
 #: Text a write stores and echoes (ids, hostnames, emails, commands): printable ASCII, so no
 #: control character (CR/LF, NUL, ESC) ever reaches a log line, a header or a terminal. The
-#: decoder enforces it and OpenAPI documents it, so the contract and the server agree.
+#: decoder enforces it and OpenAPI documents it, so the contract and the server agree. The
+#: lengths are the engine's (agents' reported text is held to them too), the characters a
+#: stricter subset of its rule (which also admits printable non-ASCII).
 _PRINTABLE = "^[ -~]+$"
-Text = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=_PRINTABLE)]
-Email = Annotated[str, msgspec.Meta(min_length=1, max_length=320, pattern=_PRINTABLE)]
-CommandText = Annotated[str, msgspec.Meta(min_length=1, max_length=64 * 1024,
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT, pattern=_PRINTABLE)]
+Email = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_EMAIL, pattern=_PRINTABLE)]
+CommandText = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_COMMAND,
                                           pattern=_PRINTABLE)]
 
 
