@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -87,8 +88,13 @@ def render(figures: dict[str, Any], outcomes: dict[str, Any]) -> list[str]:
             f"{len(probes['by_kind'])} kinds, {failed} failed tests; every probe counted got "
             "its 4xx envelope, protocol error frame or refusal, none a 500 or a server error "
             "in the log.")
-        lines.append("  " + "; ".join(f"{k}: {_n(v)}" for k, v in sorted(
-            probes["by_kind"].items())) + ".")
+        groups: dict[str, list[str]] = {}
+        for kind, count in sorted(probes["by_kind"].items()):
+            group, _, detail = kind.partition(": ")
+            groups.setdefault(group if detail else "other", []).append(
+                f"{detail or kind} {_n(count)}")
+        for group, items in groups.items():
+            lines.append(f"  - {group}: " + ", ".join(items) + ".")
     shutdown = figures["shutdown"]
     if shutdown:
         code, reason = shutdown["agent_close"]
@@ -126,7 +132,17 @@ def render(figures: dict[str, Any], outcomes: dict[str, Any]) -> list[str]:
                 f"{name}: {_n(row['accepted'])} accepted, {_n(row['failed'])} recorded failed"
                 + (", disabled" if row["disabled"] else "")
                 for name, row in sorted(hooks.items())) + ".")
-    return lines
+    return [wrapped for line in lines for wrapped in _wrap(line)]
+
+
+def _wrap(line: str, width: int = 96) -> list[str]:
+    """Markdown paragraphs and list items wrapped (tables are left alone)."""
+    if len(line) <= width or line.startswith("|"):
+        return [line]
+    stripped = line.lstrip(" ")
+    indent = " " * (len(line) - len(stripped) + (2 if stripped.startswith("- ") else 0))
+    return textwrap.wrap(line, width, subsequent_indent=indent, break_long_words=False,
+                         break_on_hyphens=False)
 
 
 def write_readme(lines: list[str]) -> None:

@@ -142,7 +142,8 @@ async def test_fuzz_every_operation():
         with open(f"{report}.fuzz.json", "w") as out:
             json.dump({"seed": result.seed, "cases": result.cases,
                        "failures": len(result.failures), "statuses": result.statuses,
-                       "operations": len(result.per_operation)}, out)
+                       "operations": len({name.rpartition(" [")[0]  # "<op> [mode]"
+                                          for name in result.per_operation})}, out)
     print(f"fuzz seed={result.seed} cases={result.cases} failures={len(result.failures)} "
           f"statuses={dict(sorted(result.statuses.items()))}")
     assert not result.failures, "\n\n".join(result.failures)
