@@ -47,3 +47,12 @@ def test_a_seed_reproduces_its_event_log_and_deliveries():
     assert _reproducible(first) == _reproducible(second)
     assert first.webhooks["flaky-a"]["failed"] > 0  # retries ran out for some: the check ran
     assert run_faults(8, 500, 200.0).digest != first.digest
+
+
+def test_the_checks_catch_a_socket_left_open(monkeypatch):
+    """The invariants can fail: an engine that never closed a socket is caught."""
+    from tether.sim import faults
+
+    monkeypatch.setattr(faults.FakeTransport, "close", lambda self, reason: None)
+    report = run_faults(1, 300, 200.0)
+    assert any("socket was never closed" in v for v in report.violations)

@@ -45,7 +45,7 @@ from tether.webhooks import WebhookConfig, Webhooks
 from ._receivers import FAILING, FLAKY, HANGING, HEALTHY, Receiver, Receivers
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Sequence
 
     from tether.engine import AgentLink, Event
 
@@ -76,11 +76,13 @@ WEBHOOKS = WebhookConfig(
 class FakeTransport:
     """An in-process socket: records what the engine sends and whether it was closed."""
 
-    __slots__ = ("closed", "commands")
+    __slots__ = ("closed", "commands", "dropped", "session_id")
 
     def __init__(self) -> None:
         self.closed: str | None = None
         self.commands: list[RunCommand] = []
+        self.dropped = False  # the agent's side went away (the engine was told)
+        self.session_id = ""  # the session it carried, once welcomed
 
     def send_run_command(self, command: RunCommand) -> None:
         self.commands.append(command)
@@ -130,6 +132,8 @@ class Driver:
         self.report = report
         self.heap: list[tuple[float, int, Callable[[], Awaitable[None]]]] = []
         self.seq = itertools.count()
+        #: Every transport a session was welcomed on: the check finds any left open.
+        self.transports: list[FakeTransport] = []
         self.agents = [
             SimAgent(WORKSPACES[n % len(WORKSPACES)], f"m{n // len(WORKSPACES)}")
             for n in range(agents)
@@ -164,6 +168,8 @@ class Driver:
         if agent.token is not None:
             agent.stale.append(agent.token)
         agent.link, agent.transport = link, transport
+        transport.session_id = link.session_id
+        self.transports.append(transport)
         assert link.welcome is not None
         agent.token = link.welcome.resume_token
         return True
@@ -173,6 +179,8 @@ class Driver:
                 and agent.transport.closed is None)
 
     def drop(self, agent: SimAgent) -> None:
+        if agent.transport is not None:
+            agent.transport.dropped = True
         if agent.link is not None:
             agent.link.transport_lost()
             agent.link = None
@@ -317,13 +325,27 @@ def _all_events(engine: Engine, workspace: str) -> list[Any]:
 Feed = dict[str, dict[str, list["Event"]]]  # workspace -> session id -> its events, in order
 
 
-def check_invariants(engine: Engine, report: FaultReport) -> Feed:
+def check_invariants(engine: Engine, report: FaultReport,
+                     transports: Sequence[FakeTransport] = ()) -> Feed:
     """One active session per machine; final states absorbing; exactly one terminal event per
     ended session (none for a live one); per-session sequences complete and ordered in the feed;
-    no actor, link or machine entry left behind by ended sessions. Returns the feed."""
+    no actor, link, machine entry or open socket left behind by ended sessions, and at most one
+    open socket per live one. Returns the feed."""
     bad = report.violations.append
     records = engine._records
     report.sessions = len(records)
+    open_sockets: dict[str, int] = {}
+    for transport in transports:
+        if transport.dropped or transport.closed is not None:
+            continue
+        record = records.get(transport.session_id)
+        if record is None or record.status.final:
+            bad(f"{transport.session_id} ended but its socket was never closed")
+        else:
+            open_sockets[transport.session_id] = open_sockets.get(transport.session_id, 0) + 1
+    for session_id, count in open_sockets.items():
+        if count > 1:
+            bad(f"{session_id}: {count} open sockets")
     live: dict[tuple[str, str], list[str]] = {}
     for rec in records.values():
         if not rec.status.final:
@@ -485,7 +507,7 @@ async def _simulate(seed: int, agents: int, report: FaultReport, duration: float
         with trio.move_on_after(DRAIN_LIMIT):
             while hooks.undelivered:
                 await trio.sleep(10)
-        feed = check_invariants(engine, report)
+        feed = check_invariants(engine, report, driver.transports)
         check_deliveries(hooks, hook_ids, receivers, feed, report)
         nursery.cancel_scope.cancel()
         engine.shutdown()
