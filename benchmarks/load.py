@@ -33,6 +33,9 @@ Run::
 
     .venv/bin/python benchmarks/load.py                 # 5,000 agents, ~2 minutes
     .venv/bin/python benchmarks/load.py --agents 500 --frames 64 --steady 10
+    .venv/bin/python benchmarks/load.py --gc-young 0    # the server on Python's GC thresholds
+
+The server tunes its garbage collector as ``tether serve`` does (``tether.http.tune_gc``).
 
 Last line: one JSON object. Targets: ``ingest_vs_bare >= 0.8``, ``list_p99_ms <= 50``,
 ``server_rss_per_agent_kb <= 64``.
@@ -71,7 +74,7 @@ def say(text: str) -> None:
 # -- the server process ------------------------------------------------------------------------
 
 
-def run_server(port: int) -> None:
+def run_server(port: int, gc_young: int) -> None:
     import gc
 
     import trio
@@ -79,7 +82,7 @@ def run_server(port: int) -> None:
 
     from tether import wire
     from tether.engine import Engine, EngineConfig
-    from tether.http import HttpSettings, KeyStore, create_app, serve, server_config
+    from tether.http import HttpSettings, KeyStore, create_app, serve, server_config, tune_gc
 
     keys = KeyStore()
     keys.add_key("api", API_KEY, WORKSPACE)
@@ -182,6 +185,7 @@ def run_server(port: int) -> None:
 
             server = server_config("127.0.0.1", port, settings)
             server.backlog = 4096
+            tune_gc(gc_young)  # as ``tether serve`` does (``--gc-young``)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(watcher)
                 await nursery.start(partial(serve, app, server,
@@ -402,7 +406,8 @@ def main(args: argparse.Namespace) -> dict[str, object]:
     import httpx
 
     port = free_port()
-    server = subprocess.Popen([sys.executable, __file__, "--role", "server", "--port", str(port)],
+    server = subprocess.Popen([sys.executable, __file__, "--role", "server", "--port", str(port),
+                               "--gc-young", str(args.gc_young)],
                               stdout=subprocess.PIPE, text=True)
     agents: Agents | None = None
     try:
@@ -523,6 +528,7 @@ def main(args: argparse.Namespace) -> dict[str, object]:
         bare = statistics.median(rates["bare"])
         return {
             "agents": args.agents,
+            "server_gc_young": args.gc_young,
             "ingest_msgs_per_s": round(ingest, 1),
             "bare_ws_msgs_per_s": round(bare, 1),
             "ingest_vs_bare": round(ingest / bare, 3) if bare else 0.0,
@@ -561,9 +567,16 @@ if __name__ == "__main__":
                         help="frames each agent writes per saturation round")
     parser.add_argument("--rounds", type=int, default=3,
                         help="saturation rounds on each route (alternating)")
+    parser.add_argument("--gc-young", type=int, default=None,
+                        help="the server's young-generation GC threshold, as tether serve's "
+                             "--gc-young (default: tether serve's; 0: Python's own, 700)")
     args = parser.parse_args()
+    if args.gc_young is None:
+        from tether.http import DEFAULT_GC_YOUNG
+
+        args.gc_young = DEFAULT_GC_YOUNG
     if args.role == "server":
-        run_server(args.port)
+        run_server(args.port, args.gc_young)
     elif args.role == "agents":
         run_agents(args.port, args.agents, args.every, args.frames)
     else:

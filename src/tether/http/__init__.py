@@ -9,9 +9,11 @@ Always imported by its full name, ``tether.http``; it never shadows the standard
 
 from ._app import create_app, serve, server_config
 from ._auth import DEFAULT_WORKSPACE, KeyStore, create_key, new_key, read_keys_file
+from ._gc import DEFAULT_GC_YOUNG, tune_gc
 from ._settings import HttpSettings
 
 __all__ = [
+    "DEFAULT_GC_YOUNG",
     "DEFAULT_WORKSPACE",
     "HttpSettings",
     "KeyStore",
@@ -21,4 +23,5 @@ __all__ = [
     "read_keys_file",
     "serve",
     "server_config",
+    "tune_gc",
 ]
