@@ -109,10 +109,12 @@ class _ProcessShare(_Share):
         import subprocess
 
         self.process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "tether.sim._worker", msgspec.json.encode(self.spec).decode()],
+            [sys.executable, "-m", "tether.sim._worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )
-        assert self.process.stdout is not None
+        assert self.process.stdout is not None and self.process.stdin is not None
+        # on stdin, not in argv: the spec holds the agent token
+        await self.process.stdin.send_all(msgspec.json.encode(self.spec) + b"\n")
         started = False
         buffer = b""
         try:

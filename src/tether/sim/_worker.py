@@ -1,15 +1,18 @@
 """A worker process: one share of a fleet over the wire, for ``tether sim`` with many agents.
 
-    python -m tether.sim._worker '<WorkerSpec as JSON>'
+    python -m tether.sim._worker    # stdin: the WorkerSpec as one JSON line, later "finish"
 
-It prints JSON lines on stdout: ``{"started": ...}`` once, ``{"progress": ...}`` every
-``progress_every`` seconds, ``{"ready": ..., "sessions": [...]}`` when the run is over (its
-agents go on heartbeating), and ``{"final": ...}`` after the parent writes ``finish`` on its
-stdin (its agents say goodbye and close). Expectation times are seconds since ``started``.
+The spec comes on stdin, not in argv: it holds the agent token, and a process's arguments
+are visible to every local user. The worker prints JSON lines on stdout:
+``{"started": ...}`` once, ``{"progress": ...}`` every ``progress_every`` seconds,
+``{"ready": ..., "sessions": [...]}`` when the run is over (its agents go on heartbeating), and
+``{"final": ...}`` after the parent writes ``finish`` on its stdin (its agents say goodbye and
+close). Expectation times are seconds since ``started``.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 import msgspec
@@ -84,9 +87,19 @@ async def run_worker(spec: WorkerSpec) -> None:
     _emit({"final": stats(fleet), "problems": fleet.problems})
 
 
+def _read_spec(fd: int = 0) -> WorkerSpec:
+    """The first line on ``fd``, read a byte at a time so nothing after it is consumed."""
+    line = bytearray()
+    while not line.endswith(b"\n"):
+        byte = os.read(fd, 1)
+        if not byte:
+            break
+        line += byte
+    return msgspec.json.decode(bytes(line), type=WorkerSpec)
+
+
 def main() -> None:
-    spec = msgspec.json.decode(sys.argv[1], type=WorkerSpec)
-    trio.run(run_worker, spec)
+    trio.run(run_worker, _read_spec())
 
 
 if __name__ == "__main__":
