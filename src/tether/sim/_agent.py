@@ -13,7 +13,7 @@ import enum
 import math
 from typing import TYPE_CHECKING
 
-from ._behaviour import Act, Kind, TelemetryWalk
+from ._behaviour import Act, Kind, TelemetryWalk, exit_code_of
 
 if TYPE_CHECKING:
     from ._behaviour import AgentPlan
@@ -48,10 +48,16 @@ class SessionExpect:
     ``status`` is the status the agent's last action implies, since ``since`` (seconds of the
     run). A session left in GRACE_PERIOD is expected DISCONNECTED (``grace_expired``) once
     ``grace`` seconds have passed; ``reasons`` are the acceptable reasons of a final status.
+
+    ``commands`` is the history as the agent made it (commands it reported, run_command frames
+    it answered), in order. What simulated operators add is kept apart, from their side:
+    ``operator_commands`` (command_id, command, exit code, user_email) are the commands the
+    server accepted from them, each of which the history must show as given, and ``clients``
+    is how many of them are attached (none, once the session has ended).
     """
 
-    __slots__ = ("commands", "grace", "kind", "machine_id", "reasons", "session_id", "since",
-                 "status", "telemetry")
+    __slots__ = ("clients", "commands", "grace", "kind", "machine_id", "operator_commands",
+                 "reasons", "session_id", "since", "status", "telemetry")
 
     def __init__(self, session_id: str, machine_id: str, kind: Kind, grace: float,
                  now: float) -> None:
@@ -64,6 +70,8 @@ class SessionExpect:
         self.reasons: tuple[str, ...] = ()
         self.commands: list[tuple[str, str, int]] = []
         self.telemetry: tuple[float, float, float] | None = None
+        self.operator_commands: list[tuple[str, str, int, str]] = []
+        self.clients = 0
 
     def set(self, status: str, now: float, *reasons: str) -> None:
         self.status = status
@@ -84,16 +92,20 @@ class SessionExpect:
     def to_builtins(self) -> list[object]:
         return [self.session_id, self.machine_id, self.kind.value, self.grace, self.status,
                 self.since, list(self.reasons), [list(c) for c in self.commands],
-                None if self.telemetry is None else list(self.telemetry)]
+                None if self.telemetry is None else list(self.telemetry),
+                [list(c) for c in self.operator_commands], self.clients]
 
     @classmethod
     def from_builtins(cls, data: list[object]) -> SessionExpect:
         (session_id, machine_id, kind, grace, status, since, reasons, commands,
-         telemetry) = data
+         telemetry, operator_commands, clients) = data
         e = cls(str(session_id), str(machine_id), Kind(kind), float(grace), float(since))  # type: ignore[arg-type]
         e.set(str(status), float(since), *reasons)  # type: ignore[arg-type,misc]
         e.commands = [(str(c[0]), str(c[1]), int(c[2])) for c in commands]  # type: ignore[attr-defined]
         e.telemetry = None if telemetry is None else tuple(telemetry)  # type: ignore[arg-type,assignment]
+        e.operator_commands = [(str(c[0]), str(c[1]), int(c[2]), str(c[3]))
+                               for c in operator_commands]  # type: ignore[attr-defined]
+        e.clients = int(clients)  # type: ignore[call-overload]
         return e
 
 
@@ -110,6 +122,7 @@ class AgentRun:
         "_offline_fresh",
         "_results",
         "_script_pos",
+        "answered",
         "command",
         "connected",
         "done",
@@ -153,6 +166,7 @@ class AgentRun:
         self._script_pos = 0
         self._results: list[tuple[str, str, int]] = []
         self._cmd_seq = 0
+        self.answered = 0  # run_command frames answered
         self.started_at = plan.start
         self.telemetry: tuple[float, float, float, int, int, int] | None = None
         self.command: tuple[str, str, int] | None = None
@@ -174,6 +188,7 @@ class AgentRun:
                 session.telemetry = (t[0], t[1], t[2])
         elif step is Step.RESULT:
             self.command = result = self._results.pop(0)
+            self.answered += 1
             if session is not None:
                 session.commands.append(result)
         elif step in (Step.HELLO, Step.RESUME):
@@ -283,6 +298,7 @@ class AgentRun:
             if previous is not None and previous.status == "GRACE_PERIOD":
                 # a fresh hello ends a session still in grace (replaced), or it had expired
                 previous.set("DISCONNECTED", now, "grace_expired", "replaced")
+            self._results.clear()  # commands of an ended session are lost with it
             self.session = SessionExpect(session_id, self.plan.machine_id, self.plan.kind,
                                          grace_period, now)
             self.sessions.append(self.session)
@@ -296,10 +312,15 @@ class AgentRun:
         self.next_step, self.due = None, INF
 
     def run_command(self, command_id: str, command: str) -> None:
-        """The server asked the agent to run a command: it answers with exit code 0 at once."""
-        self._results.append((command_id, command, 0))
+        """The server asked the agent to run a command: it answers at once, with the exit code
+        the machine's shell gives that command (:func:`~tether.sim._behaviour.exit_code_of`)."""
+        self._results.append((command_id, command, exit_code_of(command)))
         if self.connected and self.next_step is not Step.RESULT:
             self.next_step, self.due = Step.RESULT, min(self.due, self.next_hb, 0.0)
+
+    def awaiting(self, command_id: str) -> bool:
+        """Whether the agent got ``run_command`` ``command_id`` and has yet to answer it."""
+        return any(r[0] == command_id for r in self._results)
 
     def closed_by_server(self) -> bool:
         """The server closed the socket. True if the agent did not expect it (an error)."""

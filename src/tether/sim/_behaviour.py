@@ -3,8 +3,10 @@
 A fleet is a list of :class:`AgentPlan`: each agent has a *kind* (its behaviour), a start
 offset and a short script of lifecycle actions at fixed times within the run, all drawn from
 one seeded ``random.Random``. Heartbeats are not scripted: an agent heartbeats on a fixed period
-while it is connected. Drivers (in-process, over the wire) turn plans into steps with
-:class:`tether.sim._agent.AgentRun`.
+while it is connected. A share of machines also get operator visits (:class:`OperatorVisit`):
+someone attaches to the machine's session, runs a few commands through the server and detaches.
+Drivers (in-process, over the wire) turn plans into steps with
+:class:`tether.sim._agent.AgentRun` and :class:`tether.sim._operator.OperatorRun`.
 
 Times here are seconds from the start of the run (the simulation's own clock), in steps of
 0.1 s: agents that act at the same instant are served in one pass of a driver, which is what
@@ -98,6 +100,36 @@ class Scripted:
     exit_code: int = 0
 
 
+#: The machines' shell, as far as operators see it: a command and the exit code it ends with.
+#: Operators run these; an agent answers a ``run_command`` with :func:`exit_code_of` its text.
+SHELL: dict[str, int] = {
+    "uptime": 0, "hostname": 0, "df -h /": 0, "systemctl is-active nginx": 3,
+    "grep -q ERROR /var/log/app.log": 1, "test -d /srv/releases/next": 1,
+    "ls /nonexistent": 2, "tail -n 20 /var/log/syslog": 0,
+}
+
+
+def exit_code_of(command: str) -> int:
+    """What a simulated machine's shell exits with for ``command`` (127: not found)."""
+    return SHELL.get(command, 127)
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorVisit:
+    """An operator's visit to a machine's session, ``at`` seconds into the run.
+
+    The operator attaches (as ``user_email``, mode operator), runs ``commands`` one every
+    ``gap`` seconds and detaches ``gap`` seconds after the last. Each command comes with the
+    exit code the machine's shell gives it (:data:`SHELL`), which is what its history entry
+    must show.
+    """
+
+    at: float
+    gap: float
+    user_email: str
+    commands: tuple[tuple[str, int], ...]
+
+
 @dataclass(frozen=True, slots=True)
 class AgentPlan:
     """Everything one agent will do, decided up front from the seed."""
@@ -109,6 +141,7 @@ class AgentPlan:
     start: float
     seed: int
     script: tuple[Scripted, ...] = field(default=())
+    visits: tuple[OperatorVisit, ...] = field(default=())
 
 
 _COMMANDS = ("uptime", "df -h", "systemctl restart nginx", "ls /var/log", "whoami", "free -m",
@@ -145,6 +178,26 @@ def _script(kind: Kind, rng: random.Random, duration: float) -> tuple[Scripted, 
     return ()
 
 
+def _visits(rng: random.Random, index: int, start: float,
+            duration: float) -> tuple[OperatorVisit, ...]:
+    """One or two visits after the agent starts, one after the other, over by 0.9 of the run
+    (a short run's last visit may be cut off by its end: nothing is done at or after it)."""
+    lo, hi = start + 0.05 * duration, 0.7 * duration
+    if lo >= hi:
+        return ()
+    gap = max(0.1, round(min(rng.uniform(0.5, 5.0), 0.04 * duration), 1))
+    commands = list(SHELL)
+    visits = []
+    free = 0.0  # when the previous visit is over
+    for at in sorted(round(rng.uniform(lo, hi), 1) for _ in range(rng.choice((1, 1, 2)))):
+        chosen = tuple((c, SHELL[c]) for c in rng.sample(commands, rng.randint(1, 3)))
+        at = max(at, free)
+        free = round(at + gap * (len(chosen) + 2), 1)
+        visits.append(OperatorVisit(at=at, gap=gap, commands=chosen,
+                                    user_email=f"operator-{index % 7}@sim.tether.test"))
+    return tuple(visits)
+
+
 def plan_fleet(
     agents: int,
     duration: float,
@@ -155,13 +208,18 @@ def plan_fleet(
     prefix: str | None = None,
     first: int = 0,
     count: int | None = None,
+    operators: float = 0.0,
 ) -> list[AgentPlan]:
     """The plans of agents ``first .. first+count`` of a fleet of ``agents``.
 
     The whole fleet is drawn from ``seed`` in index order, so any slice of it (a worker
     process's share) is the same as in a one-process run. Agents start spread uniformly over
-    the first ``ramp`` seconds.
+    the first ``ramp`` seconds. A share ``operators`` (0 to 1) of the machines get operator
+    visits; they are drawn from each agent's own seed, so the rest of a plan is the same
+    whatever the share.
     """
+    if not 0 <= operators <= 1:
+        raise ValueError("the share of operators must be from 0 to 1")
     weights = weights or SCENARIOS["mixed"]
     kinds = [k for k, w in weights.items() if w > 0]
     kind_weights = [weights[k] for k in kinds]
@@ -176,10 +234,15 @@ def plan_fleet(
         if index < first:
             continue
         script = _script(kind, random.Random(agent_seed), duration)
+        visits: tuple[OperatorVisit, ...] = ()
+        if operators > 0:
+            visit_rng = random.Random(agent_seed ^ 0x0BE7A7)
+            if visit_rng.random() < operators:
+                visits = _visits(visit_rng, index, start, duration)
         plans.append(AgentPlan(
             index=index, kind=kind, machine_id=f"{prefix}-{index:06d}",
             machine_hostname=f"{prefix}-host-{index % 100:02d}", start=start, seed=agent_seed,
-            script=script,
+            script=script, visits=visits,
         ))
     return plans
 

@@ -1,4 +1,4 @@
-"""The self-check: what the server shows for a session against what its agent did.
+"""The self-check: what the server shows of a session against what its agent and operators did.
 
 :func:`disagreements` compares one session's expectation with the server's detail and history
 views as JSON (the REST API's shapes; the in-process driver renders the engine's views the same
@@ -44,11 +44,38 @@ def disagreements(
         shown = (t.get("cpu_percent"), t.get("memory_percent"), t.get("disk_percent"))
         if shown != expect.telemetry:
             problems.append(f"telemetry {shown}, expected {expect.telemetry}")
+    clients = detail.get("attached_clients")
+    if isinstance(clients, list):
+        expected = 0 if status in _FINAL else expect.clients
+        if len(clients) != expected:
+            problems.append(f"{len(clients)} attached clients, expected {expected}")
     if history is not None:
         shown_commands = [(h.get("command_id"), h.get("command"), h.get("exit_code"))
                           for h in history]
         if shown_commands != expect.commands:
             problems.append(f"history {shown_commands}, expected {expect.commands}")
+        if expect.operator_commands:
+            problems.extend(_operator_disagreements(expect, history))
+    return problems
+
+
+_FINAL = ("DISCONNECTED", "ERROR")
+
+
+def _operator_disagreements(expect: SessionExpect, history: list[dict[str, Any]]) -> list[str]:
+    """Every command the server accepted from an operator must be in the history as given,
+    with the exit code the machine's shell gives it."""
+    by_id = {h.get("command_id"): h for h in history}
+    problems = []
+    for command_id, command, exit_code, user_email in expect.operator_commands:
+        entry = by_id.get(command_id)
+        if entry is None:
+            problems.append(f"operator command {command_id} ({command!r}) not in history")
+            continue
+        shown = (entry.get("command"), entry.get("exit_code"), entry.get("user_email"))
+        if shown != (command, exit_code, user_email):
+            problems.append(f"operator command {command_id} shown as {shown}, "
+                            f"expected {(command, exit_code, user_email)}")
     return problems
 
 
