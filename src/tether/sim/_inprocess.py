@@ -1,9 +1,10 @@
 """The in-process driver: simulated agents talking to an :class:`~tether.engine.Engine` directly.
 
-Every agent is driven from ONE task with a heap of due steps, so under
+Every agent, and every operator visiting one (``engine.attach_client`` / ``run_command`` /
+``detach_client``), is driven from ONE task with a heap of due steps, so under
 ``trio.testing.MockClock`` a run is reproducible from its seed: trio shuffles the order of ready
-tasks, but there is only one task deciding what agents do and in which order. The engine's
-actors run while this task awaits a lifecycle call or sleeps until the next due step.
+tasks, but there is only one task deciding what agents and operators do and in which order. The
+engine's actors run while this task awaits a lifecycle call or sleeps until the next due step.
 """
 
 from __future__ import annotations
@@ -16,10 +17,18 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import trio
 
-from tether.engine import AgentLinkClosed, SessionNotFound, Telemetry, TetherError
+from tether.engine import (
+    AgentLinkClosed,
+    ClientNotFound,
+    SessionNotActive,
+    SessionNotFound,
+    Telemetry,
+    TetherError,
+)
 
 from ._agent import INF, AgentRun, Step
 from ._check import disagreements
+from ._operator import OperatorRun, OpStep
 from ._result import SimResult
 
 if TYPE_CHECKING:
@@ -53,7 +62,9 @@ class InProcessFleet:
 
     ``run()`` drives them for ``duration`` seconds of the trio clock (plus ``settle`` seconds of
     heartbeats only), then checks every session they made against the engine's views.
-    ``trace`` (if a list) receives ``(time, agent, step)`` for every step taken.
+    Machines whose plans have visits get an :class:`~tether.sim._operator.OperatorRun`.
+    ``trace`` (if a list) receives ``(time, agent, step)`` for every step taken, operators'
+    included.
     """
 
     def __init__(
@@ -69,6 +80,7 @@ class InProcessFleet:
         self.margin = margin
         self.runs = [AgentRun(p, stop_at=duration, heartbeat_every=heartbeat_every)
                      for p in self.plans]
+        self.operators = [OperatorRun(r) if r.plan.visits else None for r in self.runs]
         self.links: list[AgentLink | None] = [None] * len(self.runs)
         self.transports: list[_Transport | None] = [None] * len(self.runs)
         self.trace = trace
@@ -78,7 +90,8 @@ class InProcessFleet:
         self.problems: list[str] = []
         self.connected = 0
         self.connected_peak = 0
-        self._heap: list[tuple[float, int]] = []
+        #: (due, agent index, 0 for the agent or 1 for its operator)
+        self._heap: list[tuple[float, int, int]] = []
         self._start = 0.0
 
     # -- engine callbacks ------------------------------------------------------------------
@@ -87,7 +100,7 @@ class InProcessFleet:
         run = self.runs[transport.index]
         if transport.current:
             run.run_command(command.command_id, command.command)
-            heapq.heappush(self._heap, (run.due, transport.index))
+            heapq.heappush(self._heap, (run.due, transport.index, 0))
 
     def _closed(self, transport: _Transport, reason: str) -> None:
         if not transport.current:
@@ -107,12 +120,13 @@ class InProcessFleet:
     async def run(self) -> SimResult:
         wall = time.perf_counter()
         self._start = start = trio.current_time()
-        heap = self._heap = [(r.due, i) for i, r in enumerate(self.runs)]
+        heap = self._heap = [(r.due, i, 0) for i, r in enumerate(self.runs)]
+        heap.extend((op.due, i, 1) for i, op in enumerate(self.operators) if op is not None)
         heapq.heapify(heap)
         end = self.duration + self.settle
         runs = self.runs
         while heap:
-            due, i = heap[0]
+            due, i, who = heap[0]
             if due >= end:
                 break
             current = trio.current_time()
@@ -121,6 +135,9 @@ class InProcessFleet:
                 continue
             now = max(due, current - start)  # (current - start) may round below due
             heapq.heappop(heap)
+            if who:
+                await self._operator_step(i, due, now)
+                continue
             run = runs[i]
             if run.due != due:
                 continue  # a stale entry: the agent was rescheduled
@@ -138,7 +155,7 @@ class InProcessFleet:
                 if self.connected > self.connected_peak:
                     self.connected_peak = self.connected
             if run.due < INF:
-                heapq.heappush(heap, (run.due, i))
+                heapq.heappush(heap, (run.due, i, 0))
         if trio.current_time() < start + end:
             await trio.sleep_until(start + end)
         checked_at = trio.current_time() - start
@@ -150,13 +167,62 @@ class InProcessFleet:
         kinds: dict[str, int] = {}
         for p in self.plans:
             kinds[p.kind.value] = kinds.get(p.kind.value, 0) + 1
+        ops = [op for op in self.operators if op is not None]
         return SimResult(
             agents=len(runs), connected_peak=self.connected_peak, messages_sent=self.messages,
             messages_per_s=round(self.messages / elapsed, 1) if elapsed > 0 else 0.0,
             errors=self.errors, mismatches=mismatches, sessions=sum(by_status.values()),
             sessions_by_status=by_status, checked=True, duration_s=round(elapsed, 3),
-            wall_s=round(time.perf_counter() - wall, 3), kinds=kinds, problems=self.problems,
+            wall_s=round(time.perf_counter() - wall, 3), kinds=kinds,
+            operator_visits=sum(op.visits for op in ops),
+            operator_commands=sum(op.commands for op in ops),
+            operator_answered=sum(r.answered for r in runs),
+            operator_refused=sum(op.refused_steps for op in ops),
+            operator_skipped=sum(op.skipped for op in ops),
+            problems=self.problems,
         )
+
+    async def _operator_step(self, i: int, due: float, now: float) -> None:
+        op = self.operators[i]
+        assert op is not None
+        if op.due != due:
+            return  # a stale entry
+        step = op.take(now)
+        if step is not None:
+            if self.trace is not None:
+                self.trace.append((round(now, 6), i, step.value))
+            self.digest.update(f"{now:.6f} {i} {step.value}\n".encode())
+            await self._operate(i, op, step)
+        if op.due < INF:
+            heapq.heappush(self._heap, (op.due, i, 1))
+
+    async def _operate(self, i: int, op: OperatorRun, step: OpStep) -> None:
+        """Carry out an operator's step through the engine, as the REST API would."""
+        engine, ws = self.engine, self.workspace_id
+        session = op.session
+        assert session is not None
+        try:
+            if step is OpStep.ATTACH:
+                client = await engine.attach_client(ws, session.session_id, op.user_email,
+                                                    "operator")
+                op.attached(client.client_id)
+            elif step is OpStep.RUN:
+                assert op.client_id is not None and op.command is not None
+                view = await engine.run_command(ws, session.session_id, op.client_id,
+                                                op.command[0])
+                # the engine hands run_command to the agent's transport before it answers
+                if not self.runs[i].awaiting(view.command_id):
+                    self._error(f"agent {i}: no run_command for {view.command_id}")
+                op.accepted(view.command_id)
+            else:
+                assert op.client_id is not None
+                await engine.detach_client(ws, session.session_id, op.client_id)
+                op.detached()
+        except (SessionNotActive, ClientNotFound):
+            op.refused()
+        except TetherError as error:
+            op.failed()
+            self._error(f"operator of agent {i}: {step.value} refused: {error}")
 
     async def _perform(self, i: int, run: AgentRun, step: Step, now: float) -> None:
         link = self.links[i]

@@ -7,7 +7,14 @@ import msgspec
 
 class SimResult(msgspec.Struct, kw_only=True):
     """The summary of one run. ``errors`` counts protocol errors and refused or failed steps;
-    ``mismatches`` counts sessions whose server view disagreed with what their agent did."""
+    ``mismatches`` counts sessions whose server view disagreed with what their agent did.
+
+    Operators: ``operator_visits`` attached a client, ``operator_commands`` were accepted by the
+    server (each must show in its session's history), ``operator_answered`` run_command frames
+    the agents answered, ``operator_refused`` steps the server refused (not errors: the session
+    was no longer CONNECTED), ``operator_skipped`` steps not taken because the agent knew its
+    session was not CONNECTED. ``notes`` say what a run left out and why.
+    """
 
     agents: int
     connected_peak: int
@@ -24,6 +31,12 @@ class SimResult(msgspec.Struct, kw_only=True):
     seed: int = 0
     scenario: str = "mixed"
     kinds: dict[str, int] = msgspec.field(default_factory=dict)
+    operator_visits: int = 0
+    operator_commands: int = 0
+    operator_answered: int = 0
+    operator_refused: int = 0
+    operator_skipped: int = 0
+    notes: list[str] = msgspec.field(default_factory=list)
     problems: list[str] = msgspec.field(default_factory=list)
 
     @property
@@ -38,8 +51,12 @@ class SimResult(msgspec.Struct, kw_only=True):
             f"{self.duration_s:.1f} s)",
             "sessions " + ", ".join(f"{k} {v}" for k, v in sorted(self.sessions_by_status.items()))
             if self.sessions_by_status else f"sessions {self.sessions}",
+            f"operators: {self.operator_visits} visits, {self.operator_commands} commands "
+            f"accepted, {self.operator_answered} answered, {self.operator_refused} refused, "
+            f"{self.operator_skipped} skipped",
             f"errors {self.errors}, mismatches {self.mismatches}"
             + ("" if self.checked else " (not checked: no --api-key)"),
         ]
+        lines.extend(f"note: {n}" for n in self.notes)
         lines.extend(f"  {p}" for p in self.problems[:20])
         return "\n".join(lines)
