@@ -59,6 +59,13 @@ def _count(text: str) -> int:
     return value
 
 
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError("must be from 0 to 1")
+    return value
+
+
 # -- tether serve --------------------------------------------------------------------------------
 
 
@@ -275,6 +282,9 @@ def _add_sim(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--json", action="store_true", help="end with the summary as one JSON line")
     p.add_argument("--api-key", default=None, help="an API key of the same workspace: check "
                    "every session's status, history and telemetry over REST")
+    p.add_argument("--operators", type=_share, default=0.1, metavar="SHARE",
+                   help="share of machines (0 to 1) an operator visits over REST: attach, run "
+                   "commands, detach; needs --api-key (default 0.1)")
     p.add_argument("--heartbeat-every", type=_positive, default=None, metavar="SECONDS",
                    help="heartbeat period (default: the server's heartbeat_interval)")
     p.add_argument("--agents-per-process", type=_count, default=None,
@@ -295,7 +305,7 @@ def _run_sim(args: argparse.Namespace) -> int:
         return 2
     config = SimConfig(
         url=args.url, agent_token=args.agent_token, agents=args.agents, duration=args.duration,
-        scenario=args.scenario, seed=args.seed, api_key=args.api_key,
+        scenario=args.scenario, seed=args.seed, api_key=args.api_key, operators=args.operators,
         heartbeat_every=args.heartbeat_every, agents_per_process=args.agents_per_process,
     )
     result = trio.run(run_sim, config)

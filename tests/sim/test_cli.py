@@ -30,12 +30,16 @@ async def test_sim_cli_json_over_two_processes(server):
         code, summary, err = await tether_sim(
             "--url", server.url, "--agent-token", AGENT_TOKEN, "--agents", "8",
             "--duration", "2", "--heartbeat-every", "0.5", "--scenario", "mixed", "--seed", "3",
-            "--api-key", API_KEY, "--json", "--agents-per-process", "4",
+            "--api-key", API_KEY, "--json", "--agents-per-process", "4", "--operators", "1",
         )
     assert code == 0, err
     assert set(summary) >= KEYS
     assert summary["agents"] == 8 and summary["processes"] == 2
     assert (summary["errors"], summary["mismatches"]) == (0, 0)
+    # operators in both worker processes: accepted commands answered and found in histories
+    assert summary["operator_commands"] >= 4 and summary["notes"] == []
+    assert summary["operator_answered"] == summary["operator_commands"]
+    assert "operators:" in err
     assert summary["checked"] is True and summary["sessions"] >= 8
     assert summary["connected_peak"] >= 6 and summary["messages_sent"] > 8
     assert summary["messages_per_s"] > 0
@@ -50,14 +54,20 @@ async def test_sim_cli_fails_on_protocol_errors(server):
         )
     assert code == 1
     assert summary["errors"] == 3 and summary["connected_peak"] == 0
+    assert summary["notes"] == ["operators skipped: they need --api-key"]
+    assert summary["operator_commands"] == 0
 
 
 def test_sim_cli_flags():
     args = build_parser().parse_args(
         ["sim", "--url", "http://127.0.0.1:1", "--agent-token", "t", "--agents", "5",
-         "--duration", "3", "--scenario", "churn", "--seed", "9", "--json", "--api-key", "k"])
-    assert (args.agents, args.duration, args.scenario, args.seed, args.json, args.api_key) == (
-        5, 3.0, "churn", 9, True, "k")
+         "--duration", "3", "--scenario", "churn", "--seed", "9", "--json", "--api-key", "k",
+         "--operators", "0.25"])
+    assert (args.agents, args.duration, args.scenario, args.seed, args.json, args.api_key,
+            args.operators) == (5, 3.0, "churn", 9, True, "k", 0.25)
+    assert build_parser().parse_args(
+        ["sim", "--url", "u", "--agent-token", "t", "--agents", "1", "--duration", "1"]
+    ).operators == 0.1
 
 
 async def test_sim_cli_unknown_scenario():

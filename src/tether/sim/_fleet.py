@@ -5,6 +5,7 @@ a reserve: every agent is a socket). A fleet that fits runs in this process; a b
 as that many ``tether.sim._worker`` processes, each a slice of the same seeded fleet, and this
 process collects their progress and expectations. Once the run is over (agents still
 heartbeating), the self-check reads every session over REST; then the agents say goodbye.
+With ``api_key``, a share ``operators`` of the machines also get operator visits over REST.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from ._wire import WireConfig, WireFleet
 from ._worker import WorkerSpec, stats
 
 _STATUSES = ("PENDING", "CONNECTED", "BACKGROUND", "GRACE_PERIOD", "DISCONNECTED", "ERROR")
+_OPERATOR_STATS = ("operator_visits", "operator_commands", "operator_answered",
+                   "operator_refused", "operator_skipped")
 _FD_RESERVE = 256
 
 
@@ -41,6 +44,8 @@ class SimConfig(msgspec.Struct, kw_only=True, frozen=True):
     scenario: str = "mixed"
     seed: int = 0
     api_key: str | None = None
+    #: The share of machines that get operator visits (only with ``api_key``).
+    operators: float = 0.1
     heartbeat_every: float | None = None
     ramp: float | None = None  # seconds over which agents start (default: min(5, duration/4))
     agents_per_process: int | None = None
@@ -60,6 +65,7 @@ class _Share:
     def __init__(self) -> None:
         self.stats: dict[str, Any] = {"connected": 0, "connected_peak": 0, "messages": 0,
                                       "errors": 0, "by_status": {}}
+        self.stats.update(dict.fromkeys(_OPERATOR_STATS, 0))
         self.sessions: list[SessionExpect] = []
         self.problems: list[str] = []
         self.offset = 0.0  # the parent's trio time at the share's start
@@ -70,7 +76,8 @@ class _LocalShare(_Share):
     def __init__(self, wire: WireConfig, spec: WorkerSpec) -> None:
         super().__init__()
         plans = plan_fleet(spec.agents, wire.duration, weights=parse_weights(spec.scenario),
-                           seed=spec.seed, ramp=spec.ramp, first=spec.first, count=spec.count)
+                           seed=spec.seed, ramp=spec.ramp, first=spec.first, count=spec.count,
+                           operators=spec.operators)
         self.fleet = WireFleet(wire, plans)
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -113,7 +120,7 @@ class _ProcessShare(_Share):
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )
         assert self.process.stdout is not None and self.process.stdin is not None
-        # on stdin, not in argv: the spec holds the agent token
+        # on stdin, not in argv: the spec holds the agent token and the API key
         await self.process.stdin.send_all(msgspec.json.encode(self.spec) + b"\n")
         started = False
         buffer = b""
@@ -167,14 +174,19 @@ async def run_sim(config: SimConfig, out: TextIO | None = None) -> SimResult:
     out = out or sys.stderr
     parse_weights(config.scenario)  # fail early on a bad name
     ramp = config.ramp if config.ramp is not None else min(5.0, config.duration / 4)
+    operators = config.operators if config.api_key else 0.0
+    notes = []
+    if config.operators > 0 and not config.api_key:
+        notes.append("operators skipped: they need --api-key")
     wire = WireConfig(url=config.url, agent_token=config.agent_token, duration=config.duration,
-                      heartbeat_every=config.heartbeat_every)
+                      heartbeat_every=config.heartbeat_every,
+                      api_key=config.api_key if operators > 0 else None)
     per_process = config.agents_per_process or agents_per_process()
     processes = max(1, math.ceil(config.agents / per_process))
     size = math.ceil(config.agents / processes)
     specs = [WorkerSpec(wire=wire, agents=config.agents, first=k * size,
                         count=min(size, config.agents - k * size), seed=config.seed,
-                        scenario=config.scenario, ramp=ramp)
+                        scenario=config.scenario, ramp=ramp, operators=operators)
              for k in range(processes)]
     shares: list[_LocalShare | _ProcessShare] = (
         [_LocalShare(wire, specs[0])] if processes == 1 else [_ProcessShare(s) for s in specs]
@@ -247,7 +259,9 @@ async def run_sim(config: SimConfig, out: TextIO | None = None) -> SimResult:
         sessions=len(sessions), sessions_by_status=by_status, checked=api is not None,
         duration_s=round(elapsed, 3), wall_s=round(time.perf_counter() - wall, 3),
         processes=processes, seed=config.seed, scenario=config.scenario,
-        kinds={k: kinds[k] for k in sorted(kinds)}, problems=problems[:100],
+        kinds={k: kinds[k] for k in sorted(kinds)},
+        **{k: sum(s.stats.get(k, 0) for s in shares) for k in _OPERATOR_STATS},
+        notes=notes, problems=problems[:100],
     )
 
 

@@ -5,6 +5,11 @@ a reader task (trio-websocket's own background task aside) that answers ``run_co
 notices ``error`` frames and closes the agent did not ask for. Connection attempts are bounded
 (``connect_concurrency``) so a few thousand agents starting at once do not overflow the
 server's listen backlog.
+
+Operators visiting a machine (:class:`~tether.sim._operator.OperatorRun`) use the REST API with
+``api_key`` (without one there are none). Their steps run in the visited agent's task, between
+its own steps: an accepted command is followed by waiting until the agent got its
+``run_command`` (it answers next), so nothing the agent does in between can lose it.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import math
 import time
 from typing import TYPE_CHECKING
 
+import httpx
 import msgspec
 import trio
 import trio_websocket
@@ -20,6 +26,7 @@ import trio_websocket
 from tether import wire
 
 from ._agent import INF, AgentRun, Step
+from ._operator import OperatorRun, OpStep
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -39,6 +46,11 @@ class WireConfig(msgspec.Struct, kw_only=True, frozen=True):
     connect_concurrency: int = 64
     hello_timeout: float = 30.0
     settle: float = 1.0
+    #: An API key of the agents' workspace, for operators; ``None``: no operator activity.
+    api_key: str | None = None
+    #: How long an accepted operator command may take to reach its agent as run_command.
+    run_command_timeout: float = 10.0
+    api_concurrency: int = 32
 
     @property
     def ws_url(self) -> str:
@@ -61,6 +73,15 @@ class WireFleet:
         self.plans = list(plans)
         self.runs = [AgentRun(p, stop_at=config.duration, heartbeat_every=config.heartbeat_every)
                      for p in self.plans]
+        self.notes: list[str] = []
+        visited = sum(1 for p in self.plans if p.visits)
+        if config.api_key is None and visited:
+            self.notes.append(f"operator visits to {visited} machines skipped: no --api-key")
+        self.operators = [
+            OperatorRun(r) if r.plan.visits and config.api_key is not None else None
+            for r in self.runs
+        ]
+        self._api: httpx.AsyncClient | None = None
         self._sockets: list[trio_websocket.WebSocketConnection | None] = [None] * len(self.runs)
         self._wake = [trio.Event() for _ in self.runs]
         self._connect_limit = trio.Semaphore(config.connect_concurrency)
@@ -102,27 +123,48 @@ class WireFleet:
             wake.set()
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        config = self.config
+        if config.api_key is not None and any(op is not None for op in self.operators):
+            limits = httpx.Limits(max_connections=config.api_concurrency,
+                                  max_keepalive_connections=config.api_concurrency)
+            self._api = httpx.AsyncClient(
+                base_url=config.url.rstrip("/"), timeout=30, limits=limits,
+                headers={"Authorization": f"Bearer {config.api_key}"},
+            )
         self.start = trio.current_time()
         self.start_wall = time.time()
         task_status.started()
-        async with trio.open_nursery() as nursery:
-            for i in range(len(self.runs)):
-                nursery.start_soon(self._agent, i)
-            await trio.sleep_until(self.start + self.config.duration + self.config.settle)
-            self.ready.set()
+        try:
+            async with trio.open_nursery() as nursery:
+                for i in range(len(self.runs)):
+                    nursery.start_soon(self._agent, i)
+                await trio.sleep_until(self.start + config.duration + config.settle)
+                self.ready.set()
+        finally:
+            if self._api is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await self._api.aclose()
         self.done.set()
 
     # -- one agent -------------------------------------------------------------------------
 
     async def _agent(self, i: int) -> None:
         run = self.runs[i]
+        op = self.operators[i]
         async with trio.open_nursery() as nursery:
             while not self.finishing:
                 due = run.due
+                if op is not None and op.due < due:
+                    due = op.due
                 if self.start + due > trio.current_time():
                     wake = self._wake[i] = trio.Event()
                     with trio.move_on_at(self.start + due if due < INF else math.inf):
                         await wake.wait()
+                    continue
+                if op is not None and op.due == due and due < run.due:
+                    op_step = op.take(max(due, self.now()))
+                    if op_step is not None:
+                        await self._operate(i, op, op_step)
                     continue
                 now = max(due, self.now())
                 was = run.connected
@@ -201,6 +243,56 @@ class WireFleet:
                                            fatal=True))
             await self._close(i)
 
+    # -- an operator visiting the agent's machine ------------------------------------------
+
+    async def _operate(self, i: int, op: OperatorRun, step: OpStep) -> None:
+        """Carry out an operator's step over REST; report how the server answered."""
+        api = self._api
+        session = op.session
+        assert api is not None and session is not None
+        base = f"/v1/sessions/{session.session_id}"
+        try:
+            if step is OpStep.ATTACH:
+                r = await api.post(f"{base}/clients",
+                                   json={"user_email": op.user_email, "mode": "operator"})
+                if r.status_code == 201:
+                    op.attached(r.json()["data"]["client_id"])
+                    return
+            elif step is OpStep.RUN:
+                assert op.command is not None
+                r = await api.post(f"{base}/commands",
+                                   json={"client_id": op.client_id, "command": op.command[0]})
+                if r.status_code == 202:
+                    command_id = r.json()["data"]["command_id"]
+                    op.accepted(command_id)
+                    await self._await_run_command(i, command_id)
+                    return
+            else:
+                r = await api.delete(f"{base}/clients/{op.client_id}")
+                if r.status_code == 204:
+                    op.detached()
+                    return
+        except (httpx.HTTPError, ValueError, KeyError) as error:
+            op.failed()
+            self._error(f"operator of agent {i}: {step.value} failed: {error!r}")
+            return
+        code = _error_code(r)
+        if (r.status_code, code) in _REFUSALS:
+            op.refused()
+        else:
+            op.failed()
+            self._error(f"operator of agent {i}: {step.value} answered {r.status_code} {code}")
+
+    async def _await_run_command(self, i: int, command_id: str) -> None:
+        """Wait until the agent got run_command ``command_id`` (it answers it next)."""
+        run = self.runs[i]
+        with trio.move_on_after(self.config.run_command_timeout):
+            while not run.awaiting(command_id) and run.connected and not self.finishing:
+                wake = self._wake[i] = trio.Event()
+                await wake.wait()
+        if not run.awaiting(command_id) and not self.finishing:
+            self._error(f"agent {i}: no run_command for accepted command {command_id}")
+
     async def _hello(self, nursery: trio.Nursery, i: int, run: AgentRun, step: Step) -> None:
         plan = run.plan
         hello = wire.Hello(
@@ -258,8 +350,9 @@ class WireFleet:
             while True:
                 frame = wire.decode_server_frame(await ws.get_message())
                 if isinstance(frame, wire.RunCommand):
-                    run.run_command(frame.command_id, frame.command)
-                    self._wake[i].set()
+                    if self._sockets[i] is ws:  # not on a socket the agent has let go of
+                        run.run_command(frame.command_id, frame.command)
+                        self._wake[i].set()
                 elif isinstance(frame, wire.Error):
                     self._error(f"agent {i}: the server says {frame.code}: {frame.message}")
         except trio_websocket.ConnectionClosed as closed:
@@ -270,3 +363,16 @@ class WireFleet:
                     self._error(f"agent {i}: the server closed its socket ({closed.reason})")
         except (msgspec.DecodeError, msgspec.ValidationError) as error:
             self._error(f"agent {i}: undecodable frame from the server: {error}")
+
+
+#: Answers to an operator's step that mean "not now": the session is not CONNECTED (409), or
+#: it ended and took the operator's client with it (404 client_not_found).
+_REFUSALS = {(409, "session_not_active"), (404, "client_not_found")}
+
+
+def _error_code(r: httpx.Response) -> str | None:
+    try:
+        code = r.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return code if isinstance(code, str) else None

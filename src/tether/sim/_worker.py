@@ -2,8 +2,8 @@
 
     python -m tether.sim._worker    # stdin: the WorkerSpec as one JSON line, later "finish"
 
-The spec comes on stdin, not in argv: it holds the agent token, and a process's arguments
-are visible to every local user. The worker prints JSON lines on stdout:
+The spec comes on stdin, not in argv: it holds the agent token and the API key, and a
+process's arguments are visible to every local user. The worker prints JSON lines on stdout:
 ``{"started": ...}`` once, ``{"progress": ...}`` every ``progress_every`` seconds,
 ``{"ready": ..., "sessions": [...]}`` when the run is over (its agents go on heartbeating), and
 ``{"final": ...}`` after the parent writes ``finish`` on its stdin (its agents say goodbye and
@@ -32,13 +32,20 @@ class WorkerSpec(msgspec.Struct, kw_only=True, frozen=True):
     seed: int
     scenario: str
     ramp: float
+    operators: float = 0.0
     progress_every: float = 0.5
 
 
 def stats(fleet: WireFleet) -> dict[str, object]:
+    ops = [op for op in fleet.operators if op is not None]
     return {"connected": fleet.connected, "connected_peak": fleet.connected_peak,
             "messages": fleet.messages, "errors": fleet.errors,
-            "by_status": fleet.by_status()}
+            "by_status": fleet.by_status(),
+            "operator_visits": sum(op.visits for op in ops),
+            "operator_commands": sum(op.commands for op in ops),
+            "operator_answered": sum(r.answered for r in fleet.runs),
+            "operator_refused": sum(op.refused_steps for op in ops),
+            "operator_skipped": sum(op.skipped for op in ops)}
 
 
 def _emit(obj: object) -> None:
@@ -48,7 +55,8 @@ def _emit(obj: object) -> None:
 
 async def run_worker(spec: WorkerSpec) -> None:
     plans = plan_fleet(spec.agents, spec.wire.duration, weights=parse_weights(spec.scenario),
-                       seed=spec.seed, ramp=spec.ramp, first=spec.first, count=spec.count)
+                       seed=spec.seed, ramp=spec.ramp, first=spec.first, count=spec.count,
+                       operators=spec.operators)
     fleet = WireFleet(spec.wire, plans)
     stdin = trio.lowlevel.FdStream(0)
 
