@@ -20,6 +20,7 @@ import trio
 
 from tether.engine import Engine, EngineConfig, TetherError
 from tether.http import (
+    DEFAULT_GC_YOUNG,
     DEFAULT_WORKSPACE,
     HttpSettings,
     KeyStore,
@@ -27,6 +28,7 @@ from tether.http import (
     create_key,
     serve,
     server_config,
+    tune_gc,
 )
 from tether.webhooks import WebhookConfig, Webhooks
 
@@ -56,6 +58,13 @@ def _count(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
     return value
 
 
@@ -113,6 +122,9 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--drain-timeout", type=_positive, default=10.0, metavar="SECONDS",
                    help="on SIGTERM/SIGINT: how long to let agents be told, sessions end and "
                    "their events reach the feed and webhooks before exiting (10)")
+    p.add_argument("--gc-young", type=_non_negative, default=DEFAULT_GC_YOUNG, metavar="N",
+                   help="allocations between young garbage collections (0: Python's 700); "
+                   f"see benchmarks/README.md, load ({DEFAULT_GC_YOUNG})")
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
     p.add_argument("--access-log", action="store_true", help="log every request to stdout")
@@ -197,6 +209,7 @@ async def _serve(
                     engine.shutdown()  # sessions end; their agents are told and closed
 
         services.start_soon(on_signal)
+        tune_gc(args.gc_young)  # start-up is done: freeze it, and collect young objects less often
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(partial(serve, app, config, shutdown_trigger=stop.wait))
             log.info("serving on %s", ", ".join(binds))

@@ -73,6 +73,13 @@ def test_env_keys(tmp_path, monkeypatch, capsys):
         load_keys(tmp_path / "keys.json")
 
 
+def test_serve_refuses_a_negative_gc_threshold(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--gc-young", "-1"])
+    assert exited.value.code == 2
+    assert "--gc-young: must be 0 or more" in capsys.readouterr().err
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -85,7 +92,8 @@ async def test_serve_process_and_clean_shutdown(tmp_path, signum):
     env = {**os.environ, "TETHER_API_KEYS": "cmd_proc=ws_p", "TETHER_AGENT_TOKENS": ""}
     proc = await trio.lowlevel.open_process(
         [sys.executable, "-m", "tether.cli", "serve", "--port", str(port), "--grace-period",
-         "7", "--keys", str(tmp_path / "keys.json"), "--log-level", "WARNING"],
+         "7", "--keys", str(tmp_path / "keys.json"), "--log-level", "WARNING",
+         "--gc-young", "20000"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     try:
