@@ -14,8 +14,12 @@ import trio
 from tether.engine import Engine, EngineConfig, SessionNotActive
 from tether.sim import (
     SHELL,
+    AgentRun,
     InProcessFleet,
     Kind,
+    OperatorRun,
+    OpStep,
+    Step,
     WireConfig,
     WireFleet,
     check_over_rest,
@@ -182,6 +186,29 @@ def test_shell_exit_codes():
     assert exit_code_of("no-such-command") == 127
 
 
+def test_steps_due_before_the_end_but_taken_after_it_are_cut_off():
+    """A late driver (a loaded server) takes nothing scripted, agent's or operator's, at or
+    after the end of the run, so the expectations read then hold still."""
+    plan = next(p for p in plan_fleet(40, 100, weights={Kind.COMMANDS: 1}, seed=2, ramp=1,
+                                      operators=1) if p.visits)
+    agent = AgentRun(plan, stop_at=100, heartbeat_every=1000)
+    op = OperatorRun(agent)
+    t0 = plan.start
+    assert agent.take(t0) is Step.HELLO
+    agent.welcomed(t0, "sess_1", "tok", 30.0, 30.0, resumed=False)
+    assert agent.take(t0) is Step.HEARTBEAT
+    session = agent.session
+    # a reported command and an operator visit are due before the end ...
+    assert agent.next_step is Step.COMMAND and agent.due < 100 and op.due < 100
+    # ... the driver gets to them at the end: they are not done, nor expected
+    assert agent.take(100.0) is None and agent.next_step is Step.HEARTBEAT
+    assert op.take(100.0) is None and op.step is None and op.skipped == 1
+    assert (session.commands, session.operator_commands, session.clients) == ([], [], 0)
+    # on time, a visit happens
+    fresh = OperatorRun(agent)
+    assert fresh.take(fresh.due) is OpStep.ATTACH and fresh.session is session
+
+
 # -- over the wire ---------------------------------------------------------------------------
 
 
@@ -227,3 +254,41 @@ async def test_no_api_key_no_operators(server, autojump_clock):
     assert fleet.errors == 0 and all(op is None for op in fleet.operators)
     assert fleet.notes == ["operator visits to 6 machines skipped: no --api-key"]
     assert all(not s.operator_commands and not s.commands for s in fleet.sessions())
+
+
+async def test_late_operators_stop_at_the_end_and_are_waited_for(server, autojump_clock):
+    """A slow API (every operator step takes 8 s here) makes operators, and the agents whose
+    tasks they run in, fall behind: nothing starts after the run's end, the run is not ready
+    while a step is under way, and the expectations stay exact."""
+    duration = 60
+    config = WireConfig(url=server.url, agent_token=AGENT_TOKEN, duration=duration,
+                        api_key=API_KEY, heartbeat_every=5)
+    plans = plan_fleet(12, duration, weights={Kind.STEADY: 2, Kind.COMMANDS: 1}, seed=6,
+                       ramp=2, operators=1)
+    fleet = WireFleet(config, plans)
+    operate = fleet._operate
+    late_steps: list[float] = []
+
+    async def slow_operate(i, op, step):
+        await trio.sleep(8)
+        late_steps.append(fleet.now())
+        await operate(i, op, step)
+
+    fleet._operate = slow_operate
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fleet.run)
+        await fleet.ready.wait()
+        ready_at = fleet.now()
+        problems: list[str] = []
+        mismatches = await check_over_rest(
+            server.url, API_KEY, fleet.sessions(), fleet.now, margin=1.0,
+            report=lambda e, found: problems.append(f"{e.kind.value}: {found}"),
+        )
+        fleet.finish()
+    assert fleet.problems == [] and fleet.errors == 0
+    assert (mismatches, problems) == (0, [])
+    assert max(late_steps) > duration + config.settle  # a step was under way at the end ...
+    assert ready_at >= max(late_steps)  # ... and the run waited for it
+    ops = [op for op in fleet.operators if op is not None]
+    assert sum(op.skipped for op in ops) > 0  # steps cut off by the end
+    assert sum(op.commands for op in ops) == sum(r.answered for r in fleet.runs) > 0

@@ -195,6 +195,9 @@ class AgentRun:
             self.next_step = None  # wait for welcomed() / hello_failed()
             self.due = INF
             return step
+        elif now >= self.stop_at:  # a late driver: the script ends with the run, as planned
+            self._script_pos = len(self.plan.script)
+            step = None
         else:
             self._scripted(now, session)
             step = self.next_step

@@ -144,6 +144,8 @@ class InProcessFleet:
             was_connected = run.connected
             step = run.take(now)
             if step is None:
+                if run.due < INF and run.due != due:  # rescheduled without a step
+                    heapq.heappush(heap, (run.due, i, 0))
                 continue
             if self.trace is not None:
                 self.trace.append((round(now, 6), i, step.value))

@@ -36,7 +36,7 @@ class OperatorRun:
     """One machine's operator visits (:attr:`AgentPlan.visits`) through a run.
 
     A visit is ATTACH at ``at``, one RUN every ``gap`` seconds, DETACH ``gap`` after the last.
-    Nothing is due at or after ``stop_at`` (the end of the run). A visit whose attach is
+    Nothing is done at or after ``stop_at`` (the end of the run). A visit whose attach is
     skipped or refused is over; a visit's later steps go on after a refused RUN (the session
     may be CONNECTED again by the next one), and its DETACH is tried while the client may
     still be attached.
@@ -85,9 +85,18 @@ class OperatorRun:
     # -- the driver's questions ------------------------------------------------------------
 
     def take(self, now: float) -> OpStep | None:
-        """The step to carry out now (``None``: nothing is due, or it was skipped)."""
+        """The step to carry out now (``None``: nothing is due, or it was skipped).
+
+        A driver running late (a loaded server) may get here at or after ``stop_at`` for a
+        step due before it: the operators stop there, as planned steps after it would, and an
+        attached client stays attached (the expectations say so).
+        """
         step = self.step
         if step is None or now < self.due:
+            return None
+        if now >= self.stop_at:
+            self.skipped += 1
+            self.step, self.due = None, INF
             return None
         agent = self.agent
         on_session = (agent.connected and not agent.in_background

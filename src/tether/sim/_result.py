@@ -13,7 +13,8 @@ class SimResult(msgspec.Struct, kw_only=True):
     server (each must show in its session's history), ``operator_answered`` run_command frames
     the agents answered, ``operator_refused`` steps the server refused (not errors: the session
     was no longer CONNECTED), ``operator_skipped`` steps not taken because the agent knew its
-    session was not CONNECTED. ``notes`` say what a run left out and why.
+    session was not CONNECTED or, for a late driver, the run was over. ``notes`` say what a run
+    left out and why.
     """
 
     agents: int

@@ -9,7 +9,9 @@ server's listen backlog.
 Operators visiting a machine (:class:`~tether.sim._operator.OperatorRun`) use the REST API with
 ``api_key`` (without one there are none). Their steps run in the visited agent's task, between
 its own steps: an accepted command is followed by waiting until the agent got its
-``run_command`` (it answers next), so nothing the agent does in between can lose it.
+``run_command`` (it answers next), so nothing the agent does in between can lose it. A loaded
+server makes operators late: none starts a step after the run's end, and the run is not
+:attr:`~WireFleet.ready` (its expectations are not read) while a step is still under way.
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ class WireFleet:
             for r in self.runs
         ]
         self._api: httpx.AsyncClient | None = None
+        self._operating = 0  # operator steps under way
+        self._operated = trio.Event()  # set when the last step under way is over
         self._sockets: list[trio_websocket.WebSocketConnection | None] = [None] * len(self.runs)
         self._wake = [trio.Event() for _ in self.runs]
         self._connect_limit = trio.Semaphore(config.connect_concurrency)
@@ -139,6 +143,9 @@ class WireFleet:
                 for i in range(len(self.runs)):
                     nursery.start_soon(self._agent, i)
                 await trio.sleep_until(self.start + config.duration + config.settle)
+                while self._operating:  # none starts after the end: this drains
+                    self._operated = trio.Event()
+                    await self._operated.wait()
                 self.ready.set()
         finally:
             if self._api is not None:
@@ -164,7 +171,13 @@ class WireFleet:
                 if op is not None and op.due == due and due < run.due:
                     op_step = op.take(max(due, self.now()))
                     if op_step is not None:
-                        await self._operate(i, op, op_step)
+                        self._operating += 1
+                        try:
+                            await self._operate(i, op, op_step)
+                        finally:
+                            self._operating -= 1
+                            if not self._operating:
+                                self._operated.set()
                     continue
                 now = max(due, self.now())
                 was = run.connected
