@@ -90,7 +90,9 @@ async def check_over_rest(
     concurrency: int = 16,
     report: Callable[[SessionExpect, list[str]], None] | None = None,
 ) -> int:
-    """Read every session over REST; return how many disagree (after ``retries`` re-reads)."""
+    """Read every session over REST; return how many disagree (after ``retries`` re-reads).
+
+    A session that cannot be read (HTTP errors, every attempt) counts as disagreeing."""
     mismatches = 0
     todo = list(sessions)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -112,10 +114,14 @@ async def check_over_rest(
             nonlocal mismatches
             problems: list[str] = []
             for attempt in range(retries + 1):
-                detail, history = await views(expect.session_id)
-                problems = disagreements(expect, detail, history, now(), margin)
-                if not problems:
-                    return
+                try:
+                    detail, history = await views(expect.session_id)
+                except httpx.HTTPError as error:  # a loaded server may reset a connection
+                    problems = [f"could not read it: {error!r}"]
+                else:
+                    problems = disagreements(expect, detail, history, now(), margin)
+                    if not problems:
+                        return
                 if attempt < retries:
                     await trio.sleep(0.05 * (attempt + 1))
             mismatches += 1
