@@ -10,7 +10,15 @@ from __future__ import annotations
 
 import trio
 
-from tether.sim import SCENARIOS, Kind, WireConfig, WireFleet, check_over_rest, plan_fleet
+from tether.sim import (
+    SCENARIOS,
+    Kind,
+    SessionExpect,
+    WireConfig,
+    WireFleet,
+    check_over_rest,
+    plan_fleet,
+)
 
 from .conftest import AGENT_TOKEN, API_KEY
 
@@ -70,3 +78,15 @@ async def test_wire_check_catches_a_wrong_expectation(server, autojump_clock):
     assert mismatches == 1
     assert found == ["status CONNECTED (reason connected), expected BACKGROUND"] or \
         found[0].startswith("status CONNECTED")
+
+
+async def test_check_counts_a_session_it_cannot_read():
+    """Nothing listens on port 1: every read fails, the session counts, nothing raises."""
+    sessions = [SessionExpect("sess_unreadable", "m-1", Kind.STEADY, 30.0, 0.0)]
+    found: list[str] = []
+    mismatches = await check_over_rest(
+        "http://127.0.0.1:1", API_KEY, sessions, lambda: 0.0, retries=1,
+        report=lambda e, problems: found.extend(problems),
+    )
+    assert mismatches == 1
+    assert len(found) == 1 and found[0].startswith("could not read it: ConnectError")
