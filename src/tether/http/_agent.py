@@ -187,31 +187,40 @@ class AgentSocket:
                 return None
             welcome = link.welcome
             assert welcome is not None
-            await websocket.send(wire.encode(wire.Welcome(
-                session_id=welcome.session_id, resume_token=welcome.resume_token,
-                heartbeat_interval=welcome.heartbeat_interval,
-                heartbeat_timeout=welcome.heartbeat_timeout, grace_period=welcome.grace_period,
-                resumed=welcome.resumed,
-            )).decode())
+            with contextlib.suppress(trio.BusyResourceError):  # closing: see _send_loop
+                await websocket.send(wire.encode(wire.Welcome(
+                    session_id=welcome.session_id, resume_token=welcome.resume_token,
+                    heartbeat_interval=welcome.heartbeat_interval,
+                    heartbeat_timeout=welcome.heartbeat_timeout,
+                    grace_period=welcome.grace_period, resumed=welcome.resumed,
+                )).decode())
             return link
         await self._refuse("hello_timeout", "No hello in time")
         return None
 
     async def _refuse(self, code: str, message: str) -> None:
-        with trio.move_on_after(5):
+        with trio.move_on_after(5), contextlib.suppress(trio.BusyResourceError):  # see below
             await websocket.send(_error_frame(code, message))
             await websocket.close(_CLOSE_POLICY, code)
 
     # -- after welcome -----------------------------------------------------------------------
 
     async def _send_loop(self, transport: SocketTransport, scope: trio.CancelScope) -> None:
-        async for item in transport.outbox:
-            if isinstance(item, _Close):
-                with trio.move_on_after(5):
-                    await websocket.close(item.code, item.reason)
-                scope.cancel()
-                return
-            await websocket.send(item)
+        # Hypercorn's trio server half-closes a connection the peer is closing (``send_eof``)
+        # outside the lock its own sends take, so a send racing it raises BusyResourceError
+        # (seen under load: agents hanging up as they were answered). The connection is
+        # going away either way: end this socket's tasks as if it had closed.
+        try:
+            async for item in transport.outbox:
+                if isinstance(item, _Close):
+                    with trio.move_on_after(5):
+                        await websocket.close(item.code, item.reason)
+                    return
+                await websocket.send(item)
+        except trio.BusyResourceError:
+            log.debug("agent socket closed underneath a send")
+        finally:
+            scope.cancel()
 
     async def _receive_loop(self, link: AgentLink, transport: SocketTransport) -> None:
         max_frame = self.settings.max_frame_bytes
