@@ -115,8 +115,10 @@ class _ProcessShare(_Share):
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         import subprocess
 
+        # ``-c``, not ``-m tether.sim._worker``: the package imports that module, and runpy
+        # warns (on every worker) when it runs a module already imported as ``__main__``.
         self.process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "tether.sim._worker"],
+            [sys.executable, "-c", "from tether.sim._worker import main; main()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )
         assert self.process.stdout is not None and self.process.stdin is not None
