@@ -78,7 +78,8 @@ def render(figures: dict[str, Any], outcomes: dict[str, Any]) -> list[str]:
         statuses = ", ".join(f"{k}: {_n(v)}" for k, v in sorted(fuzz["statuses"].items()))
         lines.append(
             f"- **API fuzzing** (Schemathesis from the served `/openapi.json`, "
-            f"{fuzz['operations']} operations, authenticated, seed {fuzz['seed']}): "
+            f"{fuzz['operations']} operations: every one but the document itself, which it "
+            f"reads as the schema; authenticated, seed {fuzz['seed']}): "
             f"**{_n(fuzz['cases'])} cases, {fuzz['failures']} failures**. Statuses: {statuses}.")
     probes = figures["probes"]
     if probes:

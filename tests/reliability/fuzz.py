@@ -61,7 +61,12 @@ def error_envelope(ctx: Any, response: Any, case: Any) -> bool | None:
     """Every error answer carries the envelope ``{"error": {"code", "message", "details"}}``."""
     if response.status_code < 400:
         return None
-    body = response.json()
+    try:
+        body = response.json()
+    except ValueError:
+        raise AssertionError(
+            f"error body is not JSON: {response.status_code} {response.text[:200]!r} "
+            f"for {response.request.method} {response.request.url[:300]}") from None
     if not (isinstance(body, dict) and set(body) == {"error"}):
         raise AssertionError(f"error body is not the envelope: {response.text[:200]!r}")
     error = body["error"]

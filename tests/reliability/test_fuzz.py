@@ -137,14 +137,17 @@ async def test_fuzz_every_operation():
                                   negative=NEGATIVE, refresh=refresh)
         )
         nursery.cancel_scope.cancel()
+    fuzzed: dict[str, int] = {}
+    for name, cases in result.per_operation.items():  # "<operation> [<mode>]"
+        operation = name.rpartition(" [")[0]
+        fuzzed[operation] = fuzzed.get(operation, 0) + cases
     report = os.environ.get("TETHER_RELIABILITY_REPORT")
     if report:
         with open(f"{report}.fuzz.json", "w") as out:
             json.dump({"seed": result.seed, "cases": result.cases,
                        "failures": len(result.failures), "statuses": result.statuses,
-                       "operations": len({name.rpartition(" [")[0]  # "<op> [mode]"
-                                          for name in result.per_operation})}, out)
+                       "operations": len(fuzzed), "cases_per_operation": fuzzed}, out)
     print(f"fuzz seed={result.seed} cases={result.cases} failures={len(result.failures)} "
-          f"statuses={dict(sorted(result.statuses.items()))}")
+          f"statuses={dict(sorted(result.statuses.items()))} per operation={fuzzed}")
     assert not result.failures, "\n\n".join(result.failures)
     assert result.cases >= 2000

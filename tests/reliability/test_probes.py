@@ -317,23 +317,52 @@ async def test_huge_and_hostile_query_strings():
                 assert "x-injected" not in r.headers
                 _count(f"hostile query: {name}")
         # past the server's request-head limit (64 KiB; httpx will not even build such a URL):
-        # refused before the app, not a 500
-        host, port = server.url.removeprefix("http://").split(":")
-        stream = await trio.open_tcp_stream(host, int(port))
-        async with stream:
-            await stream.send_all(b"GET /v1/sessions?machine_id=" + b"m" * 100_000
-                                  + b" HTTP/1.1\r\nHost: x\r\n\r\n")
-            head = b""
-            with trio.fail_after(10):
-                while b"\r\n" not in head:
-                    chunk = await stream.receive_some()
-                    if not chunk:
-                        break
-                    head += chunk
-        status = int(head.split(b" ", 2)[1]) if head else None
-        assert status is None or 400 <= status < 500, head[:200]
+        # refused by the HTTP layer before the app, still with the envelope
+        status, body = await _raw_request(server, b"GET /v1/sessions?machine_id="
+                                          + b"m" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert 400 <= status < 500 and set(json.loads(body)["error"]) == {
+            "code", "message", "details"}, (status, body[:200])
         _count("hostile query: over the request-head limit")
         assert (await api.get("/healthz")).status_code == 200
+
+
+async def _raw_request(server, request: bytes) -> tuple[int, bytes]:
+    """Send bytes no HTTP client would; the answer's status and body (``Content-Length``)."""
+    host, port = server.url.removeprefix("http://").split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    answer = b""
+    async with stream:
+        await stream.send_all(request)
+        with trio.fail_after(10):
+            while b"\r\n\r\n" not in answer:
+                answer += await stream.receive_some()
+            head, _, body = answer.partition(b"\r\n\r\n")
+            length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+            assert length, head
+            while len(body) < int(length.group(1)):
+                body += await stream.receive_some()
+    return int(head.split(b" ", 2)[1]), body
+
+
+async def test_requests_http_itself_refuses_get_the_envelope():
+    """Malformed HTTP never reaches the app; Hypercorn's answer still carries the envelope
+    (the fuzzer found ``Content-Length: 8G&G`` answered with an empty 400)."""
+    async with running_server() as server:
+        for name, request in {
+            "non-numeric Content-Length": b"GET /v1/sessions HTTP/1.1\r\nHost: x\r\n"
+                                          b"Content-Length: 8G&G\r\n\r\n",
+            "two Content-Lengths": b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\n"
+                                   b"Content-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+            "broken request line": b"GET  HTTP/1.1 extra\r\nHost: x\r\n\r\n",
+            "header without a colon": b"GET /healthz HTTP/1.1\r\nHost: x\r\nnonsense\r\n\r\n",
+            "space before a colon": b"GET /healthz HTTP/1.1\r\nHost : x\r\n\r\n",
+        }.items():
+            status, body = await _raw_request(server, request)
+            assert status == 400, (name, status, body)
+            error = json.loads(body)["error"]
+            assert error == {"code": "bad_request", "message": "Malformed HTTP request",
+                             "details": {}}, (name, body)
+            _count(f"malformed HTTP: {name}")
 
 
 async def test_header_injection_never_reaches_a_response_header():

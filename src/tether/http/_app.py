@@ -13,7 +13,7 @@ from quart_trio import QuartTrio
 
 from tether.engine import InvalidParameter
 
-from . import _errors
+from . import _errors, _malformed
 from ._agent import AgentSocket
 from ._openapi import openapi_document
 from ._routes import OPERATIONS
@@ -136,7 +136,11 @@ async def serve(
     shutdown_trigger: Callable[..., Awaitable[Any]] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``app`` until ``shutdown_trigger`` returns; ``task_status`` gets the bound URLs."""
+    """Serve ``app`` until ``shutdown_trigger`` returns; ``task_status`` gets the bound URLs.
+
+    Requests HTTP itself refuses are answered with the error envelope (:mod:`._malformed`).
+    """
+    _malformed.install()
     await hypercorn_serve(
         app,
         config,
