@@ -12,9 +12,12 @@ import trio
 
 from tether.engine import Engine, EngineConfig, WallClock
 from tether.http import HttpSettings, KeyStore, create_app, serve, server_config
+from tether.sim import check_over_rest
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+    from tether.sim import WireFleet
 
 #: trio time 0 of the engine's clock is this wall time (2026-02-14T10:00:00Z).
 EPOCH = 1771063200.0
@@ -55,3 +58,19 @@ async def server() -> AsyncIterator[Server]:
         )
         yield Server(url=binds[0], engine=engine)
         nursery.cancel_scope.cancel()
+
+
+async def run_and_check(server: Server, fleet: WireFleet) -> tuple[int, list[str], float]:
+    """Run ``fleet`` against ``server`` to its end, then check it over REST: the mismatches,
+    what each disagreement was, and the fleet's clock when it was ready to be checked."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fleet.run)
+        await fleet.ready.wait()
+        ready_at = fleet.now()
+        problems: list[str] = []
+        mismatches = await check_over_rest(
+            server.url, API_KEY, fleet.sessions(), fleet.now, margin=1.0,
+            report=lambda e, found: problems.append(f"{e.kind.value}: {found}"),
+        )
+        fleet.finish()
+    return mismatches, problems, ready_at

@@ -22,13 +22,12 @@ from tether.sim import (
     Step,
     WireConfig,
     WireFleet,
-    check_over_rest,
     exit_code_of,
     plan_fleet,
 )
 from tether.sim import _agent as sim_agent
 
-from .conftest import AGENT_TOKEN, API_KEY, WORKSPACE, engine_clock
+from .conftest import AGENT_TOKEN, API_KEY, WORKSPACE, engine_clock, run_and_check
 
 
 async def run_fleet(agents, duration, *, seed=1, operators=0.5, trace=None, prepare=None,
@@ -219,15 +218,7 @@ async def test_operators_over_rest_against_a_real_server(server, autojump_clock)
     plans = plan_fleet(24, duration, weights={k: 1 for k in Kind}, seed=4, ramp=5,
                        operators=0.7)
     fleet = WireFleet(config, plans)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(fleet.run)
-        await fleet.ready.wait()
-        problems: list[str] = []
-        mismatches = await check_over_rest(
-            server.url, API_KEY, fleet.sessions(), fleet.now, margin=1.0,
-            report=lambda e, found: problems.append(f"{e.kind.value}: {found}"),
-        )
-        fleet.finish()
+    mismatches, problems, _ = await run_and_check(server, fleet)
     assert fleet.problems == [] and fleet.errors == 0
     assert (mismatches, problems) == (0, [])
     ops = [op for op in fleet.operators if op is not None]
@@ -275,16 +266,7 @@ async def test_late_operators_stop_at_the_end_and_are_waited_for(server, autojum
         await operate(i, op, step)
 
     fleet._operate = slow_operate
-    async with trio.open_nursery() as nursery:
-        await nursery.start(fleet.run)
-        await fleet.ready.wait()
-        ready_at = fleet.now()
-        problems: list[str] = []
-        mismatches = await check_over_rest(
-            server.url, API_KEY, fleet.sessions(), fleet.now, margin=1.0,
-            report=lambda e, found: problems.append(f"{e.kind.value}: {found}"),
-        )
-        fleet.finish()
+    mismatches, problems, ready_at = await run_and_check(server, fleet)
     assert fleet.problems == [] and fleet.errors == 0
     assert (mismatches, problems) == (0, [])
     assert max(late_steps) > duration + config.settle  # a step was under way at the end ...

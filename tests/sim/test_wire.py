@@ -20,21 +20,13 @@ from tether.sim import (
     plan_fleet,
 )
 
-from .conftest import AGENT_TOKEN, API_KEY
+from .conftest import AGENT_TOKEN, API_KEY, run_and_check
 
 
 async def run_wire_fleet(server, agents, duration, seed, weights=None):
     config = WireConfig(url=server.url, agent_token=AGENT_TOKEN, duration=duration)
     fleet = WireFleet(config, plan_fleet(agents, duration, weights=weights, seed=seed, ramp=5))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(fleet.run)
-        await fleet.ready.wait()
-        problems: list[str] = []
-        mismatches = await check_over_rest(
-            server.url, API_KEY, fleet.sessions(), fleet.now, margin=1.0,
-            report=lambda e, found: problems.append(f"{e.kind.value}: {found}"),
-        )
-        fleet.finish()
+    mismatches, problems, _ = await run_and_check(server, fleet)
     return fleet, mismatches, problems
 
 
