@@ -249,9 +249,13 @@ class Engine:
                 await trio.sleep_until(due)  # later entries end later: nothing can come sooner
                 continue
             ended.popleft()
-            rec = self._records.pop(session_id, None)
-            if rec is not None:
-                self._index.remove(rec)
+            self._purge(session_id)
+
+    def _purge(self, session_id: str) -> None:
+        # Its own frame: a local of ``_purge_ended`` would keep the last purged record alive.
+        rec = self._records.pop(session_id, None)
+        if rec is not None:
+            self._index.remove(rec)
 
     # -- handlers run inside actors --------------------------------------------------------
 

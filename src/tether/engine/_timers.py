@@ -43,10 +43,15 @@ class Timekeeper:
     async def run(self) -> None:
         heap = self._heap
         while True:
-            now = trio.current_time()
-            while heap and heap[0][0] <= now:
-                when, _, owner = heapq.heappop(heap)
-                owner.on_timer(when, now)
+            self._fire_due(trio.current_time())
             self._sleeping_until = heap[0][0] if heap else math.inf
             with trio.move_on_at(self._sleeping_until):
                 await self._lot.park()
+
+    def _fire_due(self, now: float) -> None:
+        # Its own frame: a local of ``run`` would keep the last actor it woke (and that
+        # actor's session) alive for as long as the timekeeper sleeps.
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            when, _, owner = heapq.heappop(heap)
+            owner.on_timer(when, now)
