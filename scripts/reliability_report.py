@@ -125,7 +125,9 @@ def render(figures: dict[str, Any], outcomes: dict[str, Any]) -> list[str]:
             f"{_n(sum(f['sessions'] for f in faults))} sessions, "
             f"{_n(sum(f['events'] for f in faults))} events, "
             f"**{_n(sum(totals.values()))} faults injected, {violations} invariant "
-            f"violations**.")
+            f"violations**; after retention, "
+            f"{sum(f.get('left_in_memory', 0) for f in faults)} session records, actors or "
+            "links left in memory.")
         lines.append("  Faults: " + ", ".join(f"{k} {_n(v)}" for k, v in sorted(
             totals.items())) + ".")
         if hooks:

@@ -30,6 +30,7 @@ def test_invariants_hold_under_faults(seed, agents, duration):
             json.dump({"seed": seed, "agents": agents, "actions": report.actions,
                        "sessions": report.sessions, "events": report.events,
                        "faults": report.faults, "webhooks": report.webhooks,
+                       "left_in_memory": sum(report.memory.values()),
                        "violations": len(report.violations)}, f)
 
 
@@ -56,3 +57,13 @@ def test_the_checks_catch_a_socket_left_open(monkeypatch):
     monkeypatch.setattr(faults.FakeTransport, "close", lambda self, reason: None)
     report = run_faults(1, 300, 200.0)
     assert any("socket was never closed" in v for v in report.violations)
+
+
+def test_the_checks_catch_sessions_left_in_memory(monkeypatch):
+    """Something holding ended sessions' links (here: the driver, told not to let go) is
+    caught by the memory check after retention."""
+    from tether.sim import faults
+
+    monkeypatch.setattr(faults.Driver, "forget", lambda self: None)
+    report = run_faults(1, 300, 200.0)
+    assert any("AgentLink objects in memory" in v for v in report.violations)

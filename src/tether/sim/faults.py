@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import gc
 import hashlib
 import heapq
 import itertools
@@ -34,12 +35,15 @@ import trio
 import trio.testing
 
 from tether.engine import (
+    AgentLink,
     Engine,
     EngineConfig,
     ResumeRejected,
     RunCommand,
     TetherError,
 )
+from tether.engine._actor import SessionActor
+from tether.engine._record import SessionRecord
 from tether.webhooks import WebhookConfig, Webhooks
 
 from ._receivers import FAILING, FLAKY, HANGING, HEALTHY, Receiver, Receivers
@@ -47,7 +51,7 @@ from ._receivers import FAILING, FLAKY, HANGING, HEALTHY, Receiver, Receivers
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
-    from tether.engine import AgentLink, Event
+    from tether.engine import Event
 
 WORKSPACES = ("ws_a", "ws_b")
 TERMINAL = ("session.disconnected", "session.error")
@@ -109,6 +113,8 @@ class FaultReport:
     faults: dict[str, int] = field(default_factory=dict)
     sessions: int = 0
     events: int = 0
+    #: Engine objects left in memory after retention (records, actors, links): 0 when idle.
+    memory: dict[str, int] = field(default_factory=dict)
     #: Per endpoint name: events accepted (2xx), deliveries failed, attempts, disabled or not.
     webhooks: dict[str, dict[str, int]] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
@@ -144,6 +150,13 @@ class Driver:
 
     def later(self, low: float, high: float, action: Callable[[], Awaitable[None]]) -> None:
         self.at(trio.current_time() + self.rng.uniform(low, high), action)
+
+    def forget(self) -> None:
+        """Let go of every link, socket and pending action (what the check may not count)."""
+        self.heap.clear()
+        self.transports.clear()
+        for agent in self.agents:
+            agent.link = agent.transport = None
 
     async def run(self, until: float) -> None:
         heap = self.heap
@@ -391,6 +404,27 @@ def check_invariants(engine: Engine, report: FaultReport,
     return feed
 
 
+def check_memory(engine: Engine, report: FaultReport) -> None:
+    """Past their retention, ended sessions are gone: the engine keeps records of live
+    sessions only, and no record, actor or link of an ended one is left anywhere in the heap
+    (counted by the garbage collector, after a full collection)."""
+    bad = report.violations.append
+    records = engine._records
+    live = sum(1 for rec in records.values() if not rec.status.final)
+    if len(records) != live:
+        bad(f"{len(records) - live} ended sessions kept past their retention")
+    gc.collect()
+    alive = {SessionRecord: 0, SessionActor: 0, AgentLink: 0}
+    for obj in gc.get_objects():
+        kind = type(obj)
+        if kind in alive:
+            alive[kind] += 1
+    report.memory = {kind.__name__: count for kind, count in alive.items()}
+    for kind, count in alive.items():
+        if count > live:
+            bad(f"{count} {kind.__name__} objects in memory for {live} live sessions")
+
+
 def _deliveries(hooks: Webhooks, workspace: str, webhook_id: str) -> list[Any]:
     """Every delivery in the endpoint's log, through the public paginated reader."""
     found: list[Any] = []
@@ -509,6 +543,11 @@ async def _simulate(seed: int, agents: int, report: FaultReport, duration: float
                 await trio.sleep(10)
         feed = check_invariants(engine, report, driver.transports)
         check_deliveries(hooks, hook_ids, receivers, feed, report)
+        del feed
+        # ... and once their retention has passed, nothing of an ended session is in memory
+        driver.forget()
+        await trio.sleep(config.retention + 1)
+        check_memory(engine, report)
         nursery.cancel_scope.cancel()
         engine.shutdown()
     if engine.live_sessions:
