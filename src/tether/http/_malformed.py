@@ -30,7 +30,7 @@ _ORIGINAL = H11Protocol._send_error_response
 
 
 def envelope_body(status: int) -> bytes:
-    code, message = _MESSAGES.get(status, ("bad_request", "Malformed HTTP request"))
+    code, message = _MESSAGES.get(status, _MESSAGES[400])
     return msgspec.json.encode({"error": {"code": code, "message": message, "details": {}}})
 
 
