@@ -123,7 +123,10 @@ async def test_internal_targets_are_400_without_allow_private(server):
         for url in ("http://127.0.0.1:9/hook", "http://169.254.169.254/", "http://10.0.0.1/"):
             r = await api.post("/v1/webhooks", json={"url": url, "events": ["*"]})
             assert r.status_code == 400
-            assert r.json()["error"]["details"]["parameter"] == "url"
+            error = r.json()["error"]
+            assert error["details"]["parameter"] == "url"
+            # the refusal says how to allow it: nobody should have to search for the flag
+            assert "--allow-private-webhooks" in error["message"]
 
 
 async def test_unauthenticated_requests_are_401_and_keep_the_connection(server):

@@ -39,6 +39,13 @@ def parse_url(url: object) -> tuple[str, int]:
     return host, port if port is not None else (443 if parts.scheme == "https" else 80)
 
 
+#: How a refused private target can be allowed, named in the refusal so nobody has to search.
+PRIVATE_HINT = (
+    "start the server with `tether serve --allow-private-webhooks` to allow loopback and "
+    "private targets (development and tests)"
+)
+
+
 def internal_reason(address: IPAddress) -> str | None:
     """Why ``address`` is not a public unicast address, or ``None`` if it is one."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
@@ -95,7 +102,8 @@ async def approved_addresses(url: object, allow_private: bool) -> tuple[str, ...
         reason = internal_reason(address)
         if reason is not None:
             raise InvalidParameter(
-                "url", f"host '{host}' resolves to a {reason} address ({address}), refused"
+                "url", f"host '{host}' resolves to a {reason} address ({address}), refused; "
+                f"{PRIVATE_HINT}",
             )
     return tuple(dict.fromkeys(str(a) for a in addresses))
 
