@@ -15,6 +15,7 @@ from tether.engine import InvalidParameter
 
 from . import _errors, _malformed
 from ._agent import AgentSocket
+from ._asgi import HTTPConnection
 from ._openapi import openapi_document
 from ._routes import OPERATIONS
 from ._settings import HttpSettings
@@ -88,6 +89,7 @@ def create_app(
     socket, and (given the running service) the webhooks API."""
     settings = settings or HttpSettings()
     app = QuartTrio("tether")
+    app.asgi_http_class = HTTPConnection
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.before_request(_drain_body)
