@@ -153,10 +153,13 @@ def load_keys(path: Path, out: TextIO | None = None) -> KeyStore:
 
 
 async def _drain(engine: Engine, webhooks: Webhooks, deadline: float) -> None:
-    """Wait (until ``deadline``) for every session to end and every webhook to go out.
+    """Wait (until ``deadline``) for every session to end and every webhook to go out, then
+    end the event streams.
 
     The feed needs no wait: a session's events are in the log the moment it ends. Webhook
-    deliveries get until the deadline; what is still undelivered then is logged.
+    deliveries get until the deadline; what is still undelivered then is logged. Once both are
+    done no event can come, so the event log is closed: open event streams (SSE) send what they
+    have not sent yet and end, instead of holding the exit until the deadline.
     """
     with trio.move_on_at(deadline):
         while engine.live_sessions:
@@ -165,6 +168,7 @@ async def _drain(engine: Engine, webhooks: Webhooks, deadline: float) -> None:
         while quiet < 3:  # the consumer takes events from its subscription a little later
             quiet = quiet + 1 if webhooks.undelivered == 0 else 0
             await trio.sleep(0.02)
+        engine.events.close()
     if engine.live_sessions or webhooks.undelivered:
         log.warning("drain timeout: %d sessions still live, %d webhook deliveries undelivered",
                     engine.live_sessions, webhooks.undelivered)

@@ -200,3 +200,42 @@ async def test_drain_flushes_the_feed_and_stops_accepting(tmp_path):
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_idle_clients_and_event_streams_do_not_hold_the_exit(tmp_path):
+    """An idle keep-alive REST client is closed at once and an event stream ends once its last
+    events are out: the exit does not wait for the whole ``--drain-timeout``."""
+    port = _free_port()
+    drain = 10.0
+    env = {**os.environ, "TETHER_API_KEYS": f"{API}=ws_s", "TETHER_AGENT_TOKENS": ""}
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "tether.cli", "serve", "--port", str(port),
+         "--keys", str(tmp_path / "keys.json"), "--log-level", "WARNING",
+         "--drain-timeout", str(drain)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        headers = {"Authorization": f"Bearer {API}"}
+        async with httpx.AsyncClient(base_url=base, timeout=20, headers=headers) as idle, \
+                httpx.AsyncClient(base_url=base, timeout=20, headers=headers) as feed:
+            await _wait_ready(idle)
+            r = await idle.post("/v1/sessions", json={"machine_id": "m", "machine_hostname": "h"})
+            assert r.status_code == 201  # this client now holds an idle keep-alive connection
+            types = []
+            async with feed.stream("GET", "/v1/events/stream", params={"after": ""}) as stream:
+                started = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                async for line in stream.aiter_lines():  # ends when the server ends it
+                    if line.startswith("event: "):
+                        types.append(line[7:])
+            assert types == ["session.disconnected"]
+            with trio.fail_after(drain):
+                code = await proc.wait()
+            elapsed = time.monotonic() - started
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert code == 0
+    assert elapsed < 3, f"exit took {elapsed:.1f} s of a {drain} s drain"
