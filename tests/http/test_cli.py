@@ -51,9 +51,11 @@ def test_first_run_creates_default_keys(tmp_path, monkeypatch, capsys):
     agent_token = next(w for w in out.split() if w.startswith("agt_"))
     assert keys.workspace("api", f"Bearer {api_key}") == "ws_default"
     assert keys.workspace("agent", f"Bearer {agent_token}") == "ws_default"
-    # a second run finds them and prints nothing
+    assert f"Keys: {path} (1 API key, 1 agent token)" in out
+    # a second run finds them, says which file it uses, and shows no credential
     load_keys(path)
-    assert capsys.readouterr().out == ""
+    out = capsys.readouterr().out
+    assert out == f"Keys: {path} (1 API key, 1 agent token)\n"
 
 
 def test_env_keys(tmp_path, monkeypatch, capsys):
@@ -61,7 +63,8 @@ def test_env_keys(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TETHER_AGENT_TOKENS", "agt_one=ws_a")
     keys = load_keys(tmp_path / "keys.json")
     assert not (tmp_path / "keys.json").exists()  # env keys count: no first-run file
-    assert capsys.readouterr().out == ""
+    assert capsys.readouterr().out == (f"Keys: {tmp_path / 'keys.json'}, not found: environment"
+                                       " keys only (2 API keys, 1 agent token)\n")
     assert keys.workspace("api", "Bearer cmd_two") == "ws_b"
     assert keys.workspace("api", "bearer cmd_one") == "ws_a"
     assert keys.workspace("agent", "Bearer agt_one") == "ws_a"

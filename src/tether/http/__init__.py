@@ -8,19 +8,34 @@ Always imported by its full name, ``tether.http``; it never shadows the standard
 """
 
 from ._app import create_app, serve, server_config
-from ._auth import DEFAULT_WORKSPACE, KeyStore, create_key, new_key, read_keys_file
+from ._auth import KeysFileWatcher, KeyStore
 from ._gc import DEFAULT_GC_YOUNG, tune_gc
+from ._keysfile import (
+    DEFAULT_WORKSPACE,
+    KeyKind,
+    KeysFile,
+    StoredKey,
+    create_key,
+    new_key,
+    read_keys_file,
+    revoke_key,
+)
 from ._settings import HttpSettings
 
 __all__ = [
     "DEFAULT_GC_YOUNG",
     "DEFAULT_WORKSPACE",
     "HttpSettings",
+    "KeyKind",
     "KeyStore",
+    "KeysFile",
+    "KeysFileWatcher",
+    "StoredKey",
     "create_app",
     "create_key",
     "new_key",
     "read_keys_file",
+    "revoke_key",
     "serve",
     "server_config",
     "tune_gc",

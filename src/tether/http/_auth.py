@@ -1,64 +1,34 @@
-"""Credentials: API keys (``cmd_...``) for the REST API, agent tokens (``agt_...``) for agents.
+"""Who a bearer credential belongs to: the keys a running server trusts, and keeping them
+current while it runs.
 
-Each credential belongs to one workspace. The keys file stores only SHA-256 hashes of them (they
-are 256-bit random strings, so a plain hash is enough; nothing to salt or stretch). A presented
-key is hashed, looked up by its hash, and the stored hash compared with ``hmac.compare_digest``:
-the time taken depends on the hash, never on how much of a real key a guess shares. Keys are
-never logged.
+Each credential belongs to one workspace. A presented key is hashed, looked up by its hash, and
+the stored hash compared with ``hmac.compare_digest``: the time taken depends on the hash,
+never on how much of a real key a guess shares. Keys are never logged. Lookup: the first 4
+bytes of the hash pick a bucket (almost always of one entry), and the full hash is compared
+against each entry of that bucket.
 
-Lookup: the first 4 bytes of the hash pick a bucket (almost always of one entry), and the full
-hash is compared with ``hmac.compare_digest`` against each entry of that bucket.
-
-Keys file (JSON)::
-
-    {"keys": [{"kind": "api", "workspace_id": "ws_default", "hash": "sha256:<hex>",
-               "hint": "cmd_AbC", "created_at": "2026-02-14T10:00:00Z"}]}
+The keys come from the environment (``TETHER_API_KEYS``, ``TETHER_AGENT_TOKENS``) and the keys
+file (:mod:`._keysfile`). :class:`KeysFileWatcher` re-reads them when the file changes (it
+looks every second) or on demand (``tether serve`` asks on SIGHUP), and swaps them in whole,
+so a key revoked with ``tether keys revoke`` stops working within about a second. A file
+that cannot be read then leaves the keys as they were (and says so in the log).
 """
 
 from __future__ import annotations
 
-import datetime
-import hashlib
 import hmac
+import logging
 import os
-import secrets
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-import msgspec
+import trio
+
+from ._keysfile import PREFIXES, KeyKind, check_workspace, digest, read_keys_file
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-KeyKind = Literal["api", "agent"]
-PREFIXES: dict[str, str] = {"api": "cmd_", "agent": "agt_"}
-DEFAULT_WORKSPACE = "ws_default"
-
-
-class StoredKey(msgspec.Struct, kw_only=True, frozen=True):
-    """One credential as the keys file holds it: its hash, never the key."""
-
-    kind: KeyKind
-    workspace_id: str
-    hash: str
-    hint: str
-    created_at: str
-
-
-class KeysFile(msgspec.Struct, kw_only=True):
-    keys: list[StoredKey] = msgspec.field(default_factory=list)
-
-
-def _digest(key: str) -> str:
-    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
-
-
-def new_key(kind: KeyKind) -> str:
-    """A fresh random credential with its kind's prefix."""
-    return PREFIXES[kind] + secrets.token_urlsafe(32)
-
-
-def _workspace_ok(workspace_id: str) -> bool:
-    return 0 < len(workspace_id) <= 256 and workspace_id.isprintable() and "," not in workspace_id
+log = logging.getLogger("tether.keys")
 
 
 class KeyStore:
@@ -71,16 +41,18 @@ class KeyStore:
     def __len__(self) -> int:
         return sum(len(b) for table in self._tables.values() for b in table.values())
 
-    def add_hash(self, kind: KeyKind, digest: str, workspace_id: str) -> None:
-        self._tables[kind].setdefault(digest[:15], []).append((digest, workspace_id))
+    def count(self, kind: KeyKind) -> int:
+        return sum(len(bucket) for bucket in self._tables[kind].values())
+
+    def add_hash(self, kind: KeyKind, hashed: str, workspace_id: str) -> None:
+        self._tables[kind].setdefault(hashed[:15], []).append((hashed, workspace_id))
 
     def add_key(self, kind: KeyKind, key: str, workspace_id: str) -> None:
         """Trust a plain key (from the environment, or one just made)."""
         if not key.startswith(PREFIXES[kind]):
             raise ValueError(f"{kind} keys start with {PREFIXES[kind]!r}")
-        if not _workspace_ok(workspace_id):
-            raise ValueError(f"invalid workspace id {workspace_id!r}")
-        self.add_hash(kind, _digest(key), workspace_id)
+        check_workspace(workspace_id)
+        self.add_hash(kind, digest(key), workspace_id)
 
     def workspace(self, kind: KeyKind, authorization: str | None) -> str | None:
         """The workspace of an ``Authorization: Bearer <key>`` header, or ``None``."""
@@ -89,14 +61,28 @@ class KeyStore:
         key = authorization[7:].strip()
         if not key.startswith(PREFIXES[kind]) or len(key) > 512:
             return None
-        digest = _digest(key)
+        presented = digest(key)
         found = None
-        for stored, workspace_id in self._tables[kind].get(digest[:15], ()):
-            if hmac.compare_digest(stored, digest):
+        for stored, workspace_id in self._tables[kind].get(presented[:15], ()):
+            if hmac.compare_digest(stored, presented):
                 found = workspace_id
         return found
 
     # -- loading -------------------------------------------------------------------------------
+
+    @classmethod
+    def read(cls, path: Path | None,
+             environ: os._Environ[str] | dict[str, str] | None = None) -> KeyStore:
+        """The keys of the environment and of the keys file ``path`` (if it exists)."""
+        keys = cls()
+        keys.load_env(environ)
+        if path is not None and path.exists():
+            keys.load_file(path)
+        return keys
+
+    def replace_with(self, other: KeyStore) -> None:
+        """Trust exactly ``other``'s keys from now on (one assignment: no request sees a mix)."""
+        self._tables = other._tables
 
     def load_file(self, path: Path) -> None:
         for stored in read_keys_file(path).keys:
@@ -119,31 +105,43 @@ class KeyStore:
                     raise ValueError(f"{var}: {error}") from None
 
 
-# -- the keys file -------------------------------------------------------------------------------
+class KeysFileWatcher:
+    """Keeps ``keys`` equal to the environment's keys and the keys file's, re-reading the file
+    when its inode, size or modification time changes (looked at every ``interval`` seconds;
+    0: only when :meth:`reload` is called)."""
 
+    def __init__(self, keys: KeyStore, path: Path, interval: float = 1.0) -> None:
+        self.keys = keys
+        self.path = path
+        self.interval = interval
+        self._seen = self._stamp()
 
-def read_keys_file(path: Path) -> KeysFile:
-    try:
-        return msgspec.json.decode(path.read_bytes(), type=KeysFile)
-    except msgspec.ValidationError as error:
-        raise ValueError(f"{path}: not a Tether keys file: {error}") from None
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
 
+    def reload(self) -> bool:
+        """Re-read the keys now; ``False`` (and the old keys stay) if they cannot be read."""
+        self._seen = self._stamp()
+        try:
+            fresh = KeyStore.read(self.path)
+        except (OSError, ValueError) as error:
+            log.error("keys not reloaded, the %d loaded before stay: %s", len(self.keys), error)
+            return False
+        self.keys.replace_with(fresh)
+        log.info("keys reloaded from %s: %d API keys, %d agent tokens", self.path,
+                 fresh.count("api"), fresh.count("agent"))
+        return True
 
-def create_key(path: Path, kind: KeyKind, workspace_id: str) -> str:
-    """Make a credential, store its hash in ``path`` (created if missing, mode 0600), return it."""
-    if not _workspace_ok(workspace_id):
-        raise ValueError(f"invalid workspace id {workspace_id!r}")
-    keys_file = read_keys_file(path) if path.exists() else KeysFile()
-    key = new_key(kind)
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    keys_file.keys.append(
-        StoredKey(kind=kind, workspace_id=workspace_id, hash=_digest(key), hint=key[:7],
-                  created_at=now)
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(msgspec.json.format(msgspec.json.encode(keys_file)) + b"\n")
-    os.replace(tmp, path)
-    return key
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        task_status.started()
+        if not self.interval > 0:
+            return
+        while True:
+            await trio.sleep(self.interval)
+            if self._stamp() != self._seen:
+                self.reload()

@@ -1,0 +1,194 @@
+"""``tether keys list | revoke``, ``tether --version`` and ``serve --help``, and a running server
+picking up a changed keys file (file watch under MockClock; SIGHUP and revoke on a real process).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import httpx
+import msgspec
+import pytest
+import trio
+import trio.testing
+
+from tether import __version__
+from tether.cli import main
+from tether.http import (
+    KeysFile,
+    KeysFileWatcher,
+    KeyStore,
+    StoredKey,
+    create_key,
+    read_keys_file,
+)
+
+
+def _bearer(key: str) -> str:
+    return f"Bearer {key}"
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"tether {__version__}"
+
+
+def test_serve_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("--port PORT port to listen on (default: 8080)",
+                  "(default: 127.0.0.1)", "before its session ends (default: 30.0)",
+                  "(default: 60.0)", "(default: 300.0)", "(default: 3600.0)",
+                  "(default: 86400.0)", "(default: 1048576)", "(default: 65536)",
+                  "(default: 100.0)", "(default: 200)", "(default: 5.0)", "(default: 20)",
+                  "(default: 10.0)", "(default: 50000)", "(default: INFO)", "(default: 1.0)",
+                  "--allow-private-webhooks"):
+        assert shown in text, shown
+
+
+def test_keys_list_shows_fingerprints_never_keys(tmp_path, capsys):
+    path = tmp_path / "keys.json"
+    api_key = create_key(path, "api", "ws_acme")
+    agent_token = create_key(path, "agent", "ws_ops")
+    assert main(["keys", "list", "--keys", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["WORKSPACE", "KIND", "FINGERPRINT", "CREATED"]
+    stored = read_keys_file(path).keys
+    assert [line.split() for line in lines[1:]] == [
+        [k.workspace_id, k.kind, k.fingerprint, k.created_at] for k in stored]
+    assert [k.kind for k in stored] == ["api", "agent"]
+    assert all(len(k.fingerprint) == 12 for k in stored)
+    text = "\n".join(lines)
+    for secret in (api_key, agent_token):
+        assert secret not in text and secret[:7] not in text  # not even the stored hint
+
+
+def test_keys_list_of_a_missing_file(tmp_path, capsys):
+    assert main(["keys", "list", "--keys", str(tmp_path / "none.json")]) == 0
+    assert "no keys in" in capsys.readouterr().err
+
+
+def test_keys_revoke(tmp_path, capsys):
+    path = tmp_path / "keys.json"
+    keep = create_key(path, "api", "ws_acme")
+    gone = create_key(path, "api", "ws_acme")
+    fingerprint = read_keys_file(path).keys[1].fingerprint
+    assert main(["keys", "revoke", fingerprint[:6], "--keys", str(path)]) == 0
+    assert f"revoked api key {fingerprint} of ws_acme" in capsys.readouterr().out
+    keys = KeyStore.read(path, environ={})
+    assert keys.workspace("api", _bearer(keep)) == "ws_acme"
+    assert keys.workspace("api", _bearer(gone)) is None
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.parametrize(("fingerprint", "message"), [
+    ("abc", "a fingerprint is 6 to 12 hex digits"),
+    ("zzzzzzzz", "a fingerprint is 6 to 12 hex digits"),
+    ("000000000000", "no key in"),
+])
+def test_keys_revoke_refusals_are_one_line(tmp_path, capsys, fingerprint, message):
+    path = tmp_path / "keys.json"
+    create_key(path, "api", "ws_acme")
+    if read_keys_file(path).keys[0].fingerprint == fingerprint:  # pragma: no cover
+        pytest.skip("the random key happens to have this fingerprint")
+    assert main(["keys", "revoke", fingerprint, "--keys", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tether keys revoke: ") and message in err
+    assert err.count("\n") == 1
+    assert len(read_keys_file(path).keys) == 1
+
+
+def test_keys_revoke_an_ambiguous_prefix(tmp_path, capsys):
+    path = tmp_path / "keys.json"
+    twins = [StoredKey(kind="api", workspace_id="ws", hash="sha256:abcdef" + tail * 58,
+                       hint="cmd_xyz", created_at="2026-02-14T10:00:00Z") for tail in "01"]
+    path.write_bytes(msgspec.json.encode(KeysFile(keys=twins)))
+    assert main(["keys", "revoke", "abcdef", "--keys", str(path)]) == 2
+    assert "2 keys in" in capsys.readouterr().err
+    assert main(["keys", "revoke", "abcdef1", "--keys", str(path)]) == 0
+    assert [k.hash for k in read_keys_file(path).keys] == [twins[0].hash]
+
+
+async def test_a_running_server_follows_the_keys_file(tmp_path, monkeypatch):
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    monkeypatch.delenv("TETHER_API_KEYS", raising=False)
+    monkeypatch.delenv("TETHER_AGENT_TOKENS", raising=False)
+    path = tmp_path / "keys.json"
+    first = create_key(path, "api", "ws_acme")
+
+    async def scenario() -> None:
+        keys = KeyStore.read(path)
+        watcher = KeysFileWatcher(keys, path, interval=1.0)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(watcher.run)
+            second = create_key(path, "api", "ws_acme")
+            assert keys.workspace("api", _bearer(second)) is None  # not yet looked at
+            await trio.sleep(1.01)
+            assert keys.workspace("api", _bearer(second)) == "ws_acme"
+            assert main(["keys", "revoke", read_keys_file(path).keys[0].fingerprint,
+                         "--keys", str(path)]) == 0
+            await trio.sleep(1.01)
+            assert keys.workspace("api", _bearer(first)) is None
+            assert keys.workspace("api", _bearer(second)) == "ws_acme"
+            path.write_text("{not json")  # a broken file: the keys stay as they were
+            await trio.sleep(1.01)
+            assert keys.workspace("api", _bearer(second)) == "ws_acme"
+            nursery.cancel_scope.cancel()
+
+    await trio.to_thread.run_sync(lambda: trio.run(scenario, clock=clock))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("how", ["file_watch", "sighup"])
+async def test_a_revoked_key_stops_working_on_a_real_server(tmp_path, how):
+    path = tmp_path / "keys.json"
+    key = create_key(path, "api", "ws_acme")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
+    interval = "1" if how == "file_watch" else "0"  # 0: only SIGHUP reloads
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "tether.cli", "serve", "--port", str(port), "--keys", str(path),
+         "--keys-reload-interval", interval, "--log-level", "WARNING"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10,
+                                     headers={"Authorization": _bearer(key)}) as api:
+            with trio.fail_after(15):
+                while True:
+                    try:
+                        await api.get("/healthz")
+                        break
+                    except httpx.TransportError:
+                        await trio.sleep(0.05)
+            assert (await api.get("/v1/sessions")).status_code == 200
+            fingerprint = read_keys_file(path).keys[0].fingerprint
+            result = await trio.run_process(
+                [sys.executable, "-m", "tether.cli", "keys", "revoke", fingerprint,
+                 "--keys", str(path)], capture_stdout=True, capture_stderr=True)
+            assert result.returncode == 0, result.stderr
+            if how == "sighup":
+                proc.send_signal(signal.SIGHUP)
+            with trio.fail_after(5):  # "within seconds"
+                while (await api.get("/v1/sessions")).status_code != 401:
+                    await trio.sleep(0.1)
+            assert proc.returncode is None  # SIGHUP reloads; it does not stop the server
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(15):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
