@@ -5,7 +5,8 @@
     result = await run_sim(SimConfig(url=..., agent_token=..., agents=1000, duration=60))
 
 The behaviours (``_behaviour.py``, ``_agent.py``, and ``_operator.py`` for operators who
-attach to a share of the sessions and run commands on them) are a pure model; the in-process
+attach to a share of the sessions and run commands on them) are a pure model, and so is the
+machines' shell (``_shell.py``: what a command exits with, tabled there); the in-process
 driver (``_inprocess.py``) runs it against an engine from one task, the wire driver
 (``_wire.py``, ``_fleet.py``) over real WebSockets (and the REST API, for operators) from one or
 several processes. Both check the server against what the agents and operators did
@@ -21,7 +22,6 @@ from ._behaviour import (
     Kind,
     OperatorVisit,
     Scripted,
-    exit_code_of,
     parse_weights,
     plan_fleet,
 )
@@ -30,6 +30,7 @@ from ._fleet import SimConfig, agents_per_process, run_sim
 from ._inprocess import InProcessFleet
 from ._operator import OperatorRun, OpStep
 from ._result import SimResult
+from ._shell import exit_code_of
 from ._wire import WireConfig, WireFleet
 
 __all__ = [

@@ -13,7 +13,8 @@ import enum
 import math
 from typing import TYPE_CHECKING
 
-from ._behaviour import Act, Kind, TelemetryWalk, exit_code_of
+from ._behaviour import Act, Kind, TelemetryWalk
+from ._shell import exit_code_of
 
 if TYPE_CHECKING:
     from ._behaviour import AgentPlan
@@ -316,7 +317,7 @@ class AgentRun:
 
     def run_command(self, command_id: str, command: str) -> None:
         """The server asked the agent to run a command: it answers at once, with the exit code
-        the machine's shell gives that command (:func:`~tether.sim._behaviour.exit_code_of`)."""
+        the machine's shell gives that command (:func:`~tether.sim._shell.exit_code_of`)."""
         self._results.append((command_id, command, exit_code_of(command)))
         if self.connected and self.next_step is not Step.RESULT:
             self.next_step, self.due = Step.RESULT, min(self.due, self.next_hb, 0.0)

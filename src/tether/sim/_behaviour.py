@@ -19,6 +19,8 @@ import enum
 import random
 from dataclasses import dataclass, field
 
+from ._shell import exit_code_of
+
 
 class Kind(enum.StrEnum):
     """An agent's behaviour over the run."""
@@ -100,18 +102,15 @@ class Scripted:
     exit_code: int = 0
 
 
-#: The machines' shell, as far as operators see it: a command and the exit code it ends with.
-#: Operators run these; an agent answers a ``run_command`` with :func:`exit_code_of` its text.
+#: What simulated operators run on the machines they visit, each with the exit code the machines'
+#: shell gives it (:func:`~tether.sim._shell.exit_code_of`, whose docstring tables every code).
+#: An agent answers a ``run_command`` with :func:`exit_code_of` its text, whatever the text.
 SHELL: dict[str, int] = {
-    "uptime": 0, "hostname": 0, "df -h /": 0, "systemctl is-active nginx": 3,
-    "grep -q ERROR /var/log/app.log": 1, "test -d /srv/releases/next": 1,
-    "ls /nonexistent": 2, "tail -n 20 /var/log/syslog": 0,
+    command: exit_code_of(command)
+    for command in ("uptime", "hostname", "df -h /", "systemctl is-active nginx",
+                    "grep -q ERROR /var/log/app.log", "test -d /srv/releases/next",
+                    "ls /nonexistent", "tail -n 20 /var/log/syslog")
 }
-
-
-def exit_code_of(command: str) -> int:
-    """What a simulated machine's shell exits with for ``command`` (127: not found)."""
-    return SHELL.get(command, 127)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,8 +143,12 @@ class AgentPlan:
     visits: tuple[OperatorVisit, ...] = field(default=())
 
 
+#: What agents of kind COMMANDS report they ran: mostly everyday commands, and some that fail
+#: (exit codes as the machines' shell gives them: 1, 2, 3).
 _COMMANDS = ("uptime", "df -h", "systemctl restart nginx", "ls /var/log", "whoami", "free -m",
-             "journalctl -n 50", "docker ps")
+             "journalctl -n 50", "docker ps", "ls -la", "cat /etc/hostname",
+             "systemctl is-active nginx", "grep -c ERROR /var/log/app.log",
+             "ls /srv/releases/next")
 
 
 def _script(kind: Kind, rng: random.Random, duration: float) -> tuple[Scripted, ...]:
@@ -154,10 +157,10 @@ def _script(kind: Kind, rng: random.Random, duration: float) -> tuple[Scripted, 
 
     if kind is Kind.COMMANDS:
         times = sorted(when(0.05, 0.85) for _ in range(rng.randint(1, 5)))
+        commands = [rng.choice(_COMMANDS) for _ in times]
         return tuple(
-            Scripted(at=t, act=Act.COMMAND, command=rng.choice(_COMMANDS),
-                     exit_code=rng.choice((0, 0, 0, 1, 2)))
-            for t in times
+            Scripted(at=t, act=Act.COMMAND, command=c, exit_code=exit_code_of(c))
+            for t, c in zip(times, commands, strict=True)
         )
     if kind is Kind.CYCLER:
         times = sorted(when(0.05, 0.85) for _ in range(rng.randint(1, 4)))
