@@ -9,22 +9,28 @@ import signal
 import socket
 import subprocess
 import sys
+from functools import partial
 
 import httpx
 import msgspec
 import pytest
 import trio
 import trio.testing
+import trio_websocket
 
-from tether import __version__
+from tether import __version__, wire
 from tether.cli import main
+from tether.engine import Engine
 from tether.http import (
     KeysFile,
     KeysFileWatcher,
     KeyStore,
     StoredKey,
+    create_app,
     create_key,
     read_keys_file,
+    serve,
+    server_config,
 )
 
 
@@ -192,3 +198,46 @@ async def test_a_revoked_key_stops_working_on_a_real_server(tmp_path, how):
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_a_revoked_agent_token_closes_its_open_sockets(tmp_path):
+    """A socket outlives the token check made when it opened: revoking the token closes it."""
+    revoked, kept = "agt_revoked_test_token_0123456789", "agt_kept_test_token_0123456789"
+    keys = KeyStore()
+    keys.add_key("agent", revoked, "ws_acme")
+    keys.add_key("agent", kept, "ws_acme")
+    async with Engine() as engine, trio.open_nursery() as nursery:
+        binds = await nursery.start(partial(serve, create_app(engine, keys),
+                                            server_config("127.0.0.1", 0),
+                                            shutdown_trigger=trio.sleep_forever))
+        ws_url = "ws" + binds[0].removeprefix("http") + "/v1/agent"
+
+        def agent(token: str):
+            return trio_websocket.open_websocket_url(
+                ws_url, extra_headers=[(b"authorization", _bearer(token).encode())])
+
+        async with agent(revoked) as ws, agent(kept) as other:
+            for n, socket_ in enumerate((ws, other)):
+                await socket_.send_message(wire.encode(wire.Hello(
+                    machine_id=f"m{n}", machine_hostname="h")).decode())
+                assert isinstance(wire.decode_server_frame(await socket_.get_message()),
+                                  wire.Welcome)
+            survivor = KeyStore()
+            survivor.add_key("agent", kept, "ws_acme")
+            keys.replace_with(survivor)  # what a reload does when the token left the file
+            with trio.fail_after(5):
+                frame = wire.decode_server_frame(await ws.get_message())
+                assert isinstance(frame, wire.Error) and frame.code == "token_revoked"
+                with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                    await ws.get_message()
+            assert closed.value.reason.code == 1008
+            with trio.fail_after(5):
+                while engine.list_sessions("ws_acme", status="GRACE_PERIOD").meta.total != 1:
+                    await trio.sleep(0.01)
+            # the other token's agent is untouched
+            await other.send_message(wire.encode(wire.Heartbeat()).decode())
+            assert engine.list_sessions("ws_acme", status="CONNECTED").meta.total == 1
+        with pytest.raises(trio_websocket.HandshakeError):
+            async with agent(revoked):
+                pass
+        nursery.cancel_scope.cancel()

@@ -140,13 +140,27 @@ class AgentSocket:
         self.engine = engine
         self.keys = keys
         self.settings = settings
+        #: The open sockets by the hash of the agent token they were opened with.
+        self._by_token: dict[str, set[SocketTransport]] = {}
+        keys.on_revocation(self._revoked)
+
+    def _revoked(self, hashes: frozenset[str]) -> None:
+        """A revoked agent token's sockets are closed; their sessions enter GRACE_PERIOD, and
+        the agent cannot resume them with that token."""
+        for hashed in hashes:
+            for transport in self._by_token.pop(hashed, ()):
+                transport.push(_error_frame("token_revoked", "The agent token was revoked"))
+                transport.close("token_revoked", _CLOSE_POLICY)
 
     async def serve(self) -> Response | None:
-        workspace_id = self.keys.workspace("agent", websocket.headers.get("Authorization"))
-        if workspace_id is None:
+        credential = self.keys.credential("agent", websocket.headers.get("Authorization"))
+        if credential is None:
             return error_response(Unauthorized())  # an HTTP 401 instead of the upgrade
+        token_hash, workspace_id = credential
         await websocket.accept()
         transport = SocketTransport(self.settings.agent_send_queue)
+        sockets = self._by_token.setdefault(token_hash, set())
+        sockets.add(transport)
         link: AgentLink | None = None
         try:
             with transport.cancel_scope:
@@ -157,6 +171,9 @@ class AgentSocket:
                     nursery.start_soon(self._send_loop, transport, nursery.cancel_scope)
                     await self._receive_loop(link, transport)
         finally:
+            sockets.discard(transport)
+            if not sockets and self._by_token.get(token_hash) is sockets:
+                del self._by_token[token_hash]
             if link is not None:
                 link.transport_lost()
         return None

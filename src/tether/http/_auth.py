@@ -26,6 +26,7 @@ import trio
 from ._keysfile import PREFIXES, KeyKind, check_workspace, digest, read_keys_file
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 log = logging.getLogger("tether.keys")
@@ -37,6 +38,7 @@ class KeyStore:
     def __init__(self) -> None:
         # kind -> hash prefix -> [(hash, workspace)]
         self._tables: dict[str, dict[str, list[tuple[str, str]]]] = {"api": {}, "agent": {}}
+        self._revocation_listeners: list[Callable[[frozenset[str]], None]] = []
 
     def __len__(self) -> int:
         return sum(len(b) for table in self._tables.values() for b in table.values())
@@ -56,6 +58,11 @@ class KeyStore:
 
     def workspace(self, kind: KeyKind, authorization: str | None) -> str | None:
         """The workspace of an ``Authorization: Bearer <key>`` header, or ``None``."""
+        found = self.credential(kind, authorization)
+        return None if found is None else found[1]
+
+    def credential(self, kind: KeyKind, authorization: str | None) -> tuple[str, str] | None:
+        """The stored hash and the workspace of an ``Authorization: Bearer <key>`` header."""
         if not authorization or authorization[:7].lower() != "bearer ":
             return None
         key = authorization[7:].strip()
@@ -65,8 +72,17 @@ class KeyStore:
         found = None
         for stored, workspace_id in self._tables[kind].get(presented[:15], ()):
             if hmac.compare_digest(stored, presented):
-                found = workspace_id
+                found = (stored, workspace_id)
         return found
+
+    def on_revocation(self, listener: Callable[[frozenset[str]], None]) -> None:
+        """Call ``listener`` with the hashes of the keys a reload took away (to close what
+        was opened with them: an agent's socket outlives the check made when it opened)."""
+        self._revocation_listeners.append(listener)
+
+    def _hashes(self) -> set[str]:
+        return {h for table in self._tables.values() for bucket in table.values()
+                for h, _ in bucket}
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -81,8 +97,13 @@ class KeyStore:
         return keys
 
     def replace_with(self, other: KeyStore) -> None:
-        """Trust exactly ``other``'s keys from now on (one assignment: no request sees a mix)."""
+        """Trust exactly ``other``'s keys from now on (one assignment: no request sees a mix),
+        and tell the revocation listeners which keys are gone."""
+        gone = frozenset(self._hashes() - other._hashes())
         self._tables = other._tables
+        if gone:
+            for listener in self._revocation_listeners:
+                listener(gone)
 
     def load_file(self, path: Path) -> None:
         for stored in read_keys_file(path).keys:
