@@ -67,6 +67,7 @@ RULES = [
     ("grep", 2), ("grep -q root /etc/passwd /nonexistent", 0),
     ("grep root /etc/passwd /nonexistent", 2), ("test 1 -eq a", 2), ("[ -d /tmp", 2),
     ("[ a b ]", 2), ("exit abc", 2), ("printf", 2), (".", 2), ("python3 missing.py", 2),
+    ("make test", 2), ("make", 2), ("touch Makefile && make", 0),
     ('echo "unclosed', 2), ("ls |", 2), ("uptime &&", 2), ("|| uptime", 2), ("a ;; b", 2),
     ("if true; then uptime; fi", 2), ("for f in a b; do echo $f; done", 2), ("(cd /tmp)", 2),
     ("{ uptime; }", 2), ("cat <<EOF", 2),

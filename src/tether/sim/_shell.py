@@ -30,7 +30,8 @@ code  when
       ``grep`` of a missing file or directory, or with a bad pattern (with ``-q``, a
       selected line still gives 0); ``test``/``[ ]`` that cannot be parsed, ``[``
       without ``]``; ``exit`` with a non-numeric argument; ``printf`` or ``.`` without
-      arguments; ``python3`` of a missing script; a syntax error (an unclosed quote, a
+      arguments; ``python3`` of a missing script; ``make`` (no Makefile on the
+      machine, as make says for ``make test``); a syntax error (an unclosed quote, a
       dangling ``|``/``&&``/``||``, ``;;``); shell syntax outside the model (``if``,
       ``for``, ``while``, ``case``, ``( )``, ``{ }``, a here-document)
 3     ``systemctl is-active`` or ``systemctl status`` of a stopped unit (``nginx``),
@@ -842,6 +843,15 @@ def _python(m: _Machine, args: list[str], stdin: str) -> _Result:
     return 0, ""
 
 
+def _make(m: _Machine, args: list[str], stdin: str) -> _Result:
+    _, given, _ = _options(args, "fCjIoWl", ("file", "directory", "jobs"))
+    folder = m.path(given.get("C", given.get("directory", ".")))
+    makefiles = [given[k] for k in ("f", "file") if k in given] or [
+        "GNUmakefile", "makefile", "Makefile"]
+    found = any(m.is_file(m.path(f if f.startswith("/") else f"{folder}/{f}")) for f in makefiles)
+    return (0 if found else 2), ""  # make: *** No rule to make target ... Stop.
+
+
 def _source(m: _Machine, args: list[str], stdin: str) -> _Result:
     if not args:
         return 2, ""
@@ -1073,6 +1083,7 @@ _PROGRAMS: dict[str, Callable[[_Machine, list[str], str], _Result]] = {
     "bash": _shell,
     "sh": _shell,
     "python3": _python,
+    "make": _make,
     "exit": _exit,
     "kill": _kill,
     # services
