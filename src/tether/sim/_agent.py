@@ -3,8 +3,15 @@ to show for each of its sessions. Pure: no trio, no sockets, no engine.
 
 A driver asks :attr:`AgentRun.due` when the agent next acts, calls :meth:`AgentRun.take` at
 that time to learn what to do, carries it out, and reports back what only the server can say
-(:meth:`welcomed`, :meth:`hello_failed`, :meth:`run_command`). :meth:`take` updates the
-agent's expectations as it hands out the step: sending a frame is the action.
+(:meth:`welcomed`, :meth:`hello_failed`, :meth:`run_command`, :meth:`ended_by_server`,
+:meth:`resume_refused`). :meth:`take` updates the agent's expectations as it hands out the
+step: sending a frame is the action.
+
+A session the server ends under its agent (the API terminated it, or another hello for the
+machine replaced it: the socket closes with that reason) is something a fleet meets in real
+life, not an error: the agent, as a real one would, says a fresh hello without its old resume
+token after a short backoff and goes on with its plan on the new session. So does an agent
+whose resume the server refuses (the session ended while it was away).
 """
 
 from __future__ import annotations
@@ -20,6 +27,14 @@ if TYPE_CHECKING:
     from ._behaviour import AgentPlan
 
 INF = math.inf
+
+#: Close reasons with which the server ends a live session under its agent: the API terminated
+#: it (``DELETE /v1/sessions/{id}``), or another hello for the machine replaced it.
+SERVER_ENDS = frozenset({"terminated", "replaced"})
+#: How long an agent waits before its fresh hello after the server ended its session: doubled
+#: for each further end in the run, up to the cap.
+RECONNECT_BACKOFF = 1.0
+RECONNECT_BACKOFF_MAX = 30.0
 
 
 def _tick(t: float) -> float:
@@ -55,10 +70,18 @@ class SessionExpect:
     ``operator_commands`` (command_id, command, exit code, user_email) are the commands the
     server accepted from them, each of which the history must show as given, and ``clients``
     is how many of them are attached (none, once the session has ended).
+
+    ``server_ended``: the server ended the session (``terminated``, ``replaced``) at a moment
+    the agent cannot place among its own last frames, so the server may have applied only the
+    frames sent before it: the history may be a prefix of ``commands``, an operator's command
+    may be lost unanswered, and the telemetry shown may be any sample sent on the session
+    (``telemetry_sent``) or none. ``first_sample`` is how many telemetry samples the agent had
+    drawn when the session started.
     """
 
-    __slots__ = ("clients", "commands", "grace", "kind", "machine_id", "operator_commands",
-                 "reasons", "session_id", "since", "status", "telemetry")
+    __slots__ = ("clients", "commands", "first_sample", "grace", "kind", "machine_id",
+                 "operator_commands", "reasons", "server_ended", "session_id", "since",
+                 "status", "telemetry", "telemetry_sent")
 
     def __init__(self, session_id: str, machine_id: str, kind: Kind, grace: float,
                  now: float) -> None:
@@ -73,6 +96,9 @@ class SessionExpect:
         self.telemetry: tuple[float, float, float] | None = None
         self.operator_commands: list[tuple[str, str, int, str]] = []
         self.clients = 0
+        self.server_ended = False
+        self.first_sample = 0
+        self.telemetry_sent: list[tuple[float, float, float]] = []
 
     def set(self, status: str, now: float, *reasons: str) -> None:
         self.status = status
@@ -94,12 +120,13 @@ class SessionExpect:
         return [self.session_id, self.machine_id, self.kind.value, self.grace, self.status,
                 self.since, list(self.reasons), [list(c) for c in self.commands],
                 None if self.telemetry is None else list(self.telemetry),
-                [list(c) for c in self.operator_commands], self.clients]
+                [list(c) for c in self.operator_commands], self.clients, self.server_ended,
+                [list(t) for t in self.telemetry_sent]]
 
     @classmethod
     def from_builtins(cls, data: list[object]) -> SessionExpect:
         (session_id, machine_id, kind, grace, status, since, reasons, commands,
-         telemetry, operator_commands, clients) = data
+         telemetry, operator_commands, clients, server_ended, telemetry_sent) = data
         e = cls(str(session_id), str(machine_id), Kind(kind), float(grace), float(since))  # type: ignore[arg-type]
         e.set(str(status), float(since), *reasons)  # type: ignore[arg-type,misc]
         e.commands = [(str(c[0]), str(c[1]), int(c[2])) for c in commands]  # type: ignore[attr-defined]
@@ -107,6 +134,8 @@ class SessionExpect:
         e.operator_commands = [(str(c[0]), str(c[1]), int(c[2]), str(c[3]))
                                for c in operator_commands]  # type: ignore[attr-defined]
         e.clients = int(clients)  # type: ignore[call-overload]
+        e.server_ended = bool(server_ended)
+        e.telemetry_sent = [tuple(t) for t in telemetry_sent]  # type: ignore[attr-defined]
         return e
 
 
@@ -116,6 +145,9 @@ class AgentRun:
     ``heartbeat_every`` overrides the welcome's heartbeat interval. Nothing scripted happens at
     or after ``stop_at`` (the end of the run); heartbeats go on until the driver stops asking,
     repeating the last telemetry sample, so the expectations hold still while they are checked.
+
+    ``server_ends`` counts the sessions the server ended under the agent (or, as a refused
+    resume showed, while it was away); ``server_replaced`` those of them ``replaced``.
     """
 
     __slots__ = (
@@ -137,6 +169,8 @@ class AgentRun:
         "plan",
         "reconnect_at",
         "resume_token",
+        "server_ends",
+        "server_replaced",
         "session",
         "sessions",
         "started_at",
@@ -168,6 +202,8 @@ class AgentRun:
         self._results: list[tuple[str, str, int]] = []
         self._cmd_seq = 0
         self.answered = 0  # run_command frames answered
+        self.server_ends = 0
+        self.server_replaced = 0
         self.started_at = plan.start
         self.telemetry: tuple[float, float, float, int, int, int] | None = None
         self.command: tuple[str, str, int] | None = None
@@ -209,6 +245,12 @@ class AgentRun:
         item = self.plan.script[self._script_pos]
         self._script_pos += 1
         act = item.act
+        if (act is Act.FOREGROUND and not self.in_background) or (
+                act is Act.BACKGROUND and self.in_background):
+            # a session started after the server ended the last one starts in the foreground:
+            # the app is already where this step would take it
+            self.next_step = None
+            return
         if act is Act.COMMAND:
             self._cmd_seq += 1
             self.command = (f"{self.plan.machine_id}-c{self._cmd_seq}", item.command,
@@ -305,6 +347,7 @@ class AgentRun:
             self._results.clear()  # commands of an ended session are lost with it
             self.session = SessionExpect(session_id, self.plan.machine_id, self.plan.kind,
                                          grace_period, now)
+            self.session.first_sample = self.walk.samples
             self.sessions.append(self.session)
         self.next_hb = _tick(now)  # heartbeat (with telemetry) right away
         self._schedule(now)
@@ -325,6 +368,50 @@ class AgentRun:
     def awaiting(self, command_id: str) -> bool:
         """Whether the agent got ``run_command`` ``command_id`` and has yet to answer it."""
         return any(r[0] == command_id for r in self._results)
+
+    def ended_by_server(self, now: float, reason: str) -> bool:
+        """The server closed the socket with a reason of :data:`SERVER_ENDS`: it ended the live
+        session. The agent reconnects (a fresh hello, after :meth:`_backoff`) if the run is
+        still on. True if this is news to the agent (it was connected): count it once."""
+        if not self.connected:
+            return False
+        session = self.session
+        self.connected = False
+        self.in_background = False
+        self.next_hb = INF
+        if session is not None:
+            session.set("DISCONNECTED", now, reason)
+        self._server_end(now, reason)
+        return True
+
+    def resume_refused(self, now: float) -> None:
+        """The server refused the resume token: the session ended while the agent was away
+        (the API terminated it; the check holds the server to that). As the protocol asks,
+        the agent says a fresh hello without a token, after :meth:`_backoff`."""
+        session = self.session
+        if session is not None:
+            session.set("DISCONNECTED", now, "terminated")
+        self._server_end(now, "terminated")
+
+    def _server_end(self, now: float, reason: str) -> None:
+        session = self.session
+        if session is not None:
+            session.server_ended = True
+            session.telemetry_sent = TelemetryWalk.replay(
+                self.plan.seed, session.first_sample, self.walk.samples)
+        self.session = None
+        self._results.clear()  # commands of an ended session are lost with it
+        self.server_ends += 1
+        if reason == "replaced":
+            self.server_replaced += 1
+        self._offline_fresh = True
+        at = now + self._backoff()
+        self.reconnect_at = _tick(at) if at < self.stop_at else INF
+        self._schedule(now)
+
+    def _backoff(self) -> float:
+        """:data:`RECONNECT_BACKOFF`, doubled for each earlier end in the run, capped."""
+        return min(RECONNECT_BACKOFF * 2.0 ** (self.server_ends - 1), RECONNECT_BACKOFF_MAX)
 
     def closed_by_server(self) -> bool:
         """The server closed the socket. True if the agent did not expect it (an error)."""

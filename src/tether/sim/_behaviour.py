@@ -253,7 +253,7 @@ def plan_fleet(
 class TelemetryWalk:
     """Changing telemetry: CPU and memory wander, disk fills slowly, counters grow."""
 
-    __slots__ = ("cpu", "disk", "memory", "rng", "rx", "tx")
+    __slots__ = ("cpu", "disk", "memory", "rng", "rx", "samples", "tx")
 
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed ^ 0x5EED)
@@ -262,9 +262,23 @@ class TelemetryWalk:
         self.disk = round(self.rng.uniform(10, 90), 1)
         self.rx = 0
         self.tx = 0
+        self.samples = 0  # drawn so far
+
+    @classmethod
+    def replay(cls, seed: int, first: int, last: int) -> list[tuple[float, float, float]]:
+        """CPU, memory and disk of samples ``first + 1 .. last`` (counted from 1) of the walk
+        of ``seed``, drawn again."""
+        walk = cls(seed)
+        shown = []
+        for k in range(1, last + 1):
+            cpu, memory, disk, *_ = walk.sample(0)
+            if k > first:
+                shown.append((cpu, memory, disk))
+        return shown
 
     def sample(self, uptime: float) -> tuple[float, float, float, int, int, int]:
         """The next sample: cpu, memory and disk percent, rx and tx bytes, uptime seconds."""
+        self.samples += 1
         r = self.rng.random()
         self.cpu = round(min(100.0, max(0.0, self.cpu + (r - 0.5) * 20)), 1)
         self.memory = round(min(100.0, max(0.0, self.memory + (r - 0.5) * 4)), 1)
