@@ -31,6 +31,8 @@ from ._worker import WorkerSpec, stats
 _STATUSES = ("PENDING", "CONNECTED", "BACKGROUND", "GRACE_PERIOD", "DISCONNECTED", "ERROR")
 _OPERATOR_STATS = ("operator_visits", "operator_commands", "operator_answered",
                    "operator_refused", "operator_skipped")
+#: Counts summed over the shares into the summary under the same names.
+_SUMMED_STATS = (*_OPERATOR_STATS, "ended_by_server")
 _FD_RESERVE = 256
 
 
@@ -65,7 +67,7 @@ class _Share:
     def __init__(self) -> None:
         self.stats: dict[str, Any] = {"connected": 0, "connected_peak": 0, "messages": 0,
                                       "errors": 0, "by_status": {}}
-        self.stats.update(dict.fromkeys(_OPERATOR_STATS, 0))
+        self.stats.update(dict.fromkeys((*_SUMMED_STATS, "server_replaced"), 0))
         self.sessions: list[SessionExpect] = []
         self.problems: list[str] = []
         self.offset = 0.0  # the parent's trio time at the share's start
@@ -253,6 +255,10 @@ async def run_sim(config: SimConfig, out: TextIO | None = None) -> SimResult:
         kinds[p.kind.value] = kinds.get(p.kind.value, 0) + 1
     for share in shares:
         problems.extend(share.problems)
+    replaced = sum(s.stats.get("server_replaced", 0) for s in shares)
+    if replaced:
+        notes.append(f"{replaced} sessions were replaced under their agents: another hello for "
+                     "the same machine (another tether sim with the same --seed?)")
     return SimResult(
         agents=config.agents,
         connected_peak=sum(s.stats["connected_peak"] for s in shares),
@@ -263,7 +269,7 @@ async def run_sim(config: SimConfig, out: TextIO | None = None) -> SimResult:
         duration_s=round(elapsed, 3), wall_s=round(time.perf_counter() - wall, 3),
         processes=processes, seed=config.seed, scenario=config.scenario,
         kinds={k: kinds[k] for k in sorted(kinds)},
-        **{k: sum(s.stats.get(k, 0) for s in shares) for k in _OPERATOR_STATS},
+        **{k: sum(s.stats.get(k, 0) for s in shares) for k in _SUMMED_STATS},
         notes=notes, problems=problems[:100],
     )
 
@@ -281,6 +287,7 @@ async def _progress(
         last_messages, last_at = messages, now
         connected = sum(s.stats["connected"] for s in shares)
         errors = sum(s.stats["errors"] for s in shares)
+        ended = sum(s.stats.get("ended_by_server", 0) for s in shares)
         source, counts = "agents' view", _merge(s.stats["by_status"] for s in shares)
         if api is not None:
             try:
@@ -291,7 +298,8 @@ async def _progress(
                 pass
         shown = " ".join(f"{k}={v}" for k, v in counts.items() if v)
         print(f"[{now - start:6.1f}s] connected {connected}  msgs/s {rate:8.1f}  "
-              f"errors {errors}  sessions ({source}): {shown}", file=out, flush=True)
+              f"errors {errors}  {f'ended by server {ended}  ' if ended else ''}"
+              f"sessions ({source}): {shown}", file=out, flush=True)
 
 
 def _merge(items: Any) -> dict[str, int]:

@@ -5,6 +5,10 @@ Every agent, and every operator visiting one (``engine.attach_client`` / ``run_c
 ``trio.testing.MockClock`` a run is reproducible from its seed: trio shuffles the order of ready
 tasks, but there is only one task deciding what agents and operators do and in which order. The
 engine's actors run while this task awaits a lifecycle call or sleeps until the next due step.
+
+A session ended under its agent by someone else (``engine.terminate`` from another task, as
+the REST API's DELETE does) closes the agent's transport with that reason: the agent counts it
+(``ended_by_server``), and this task wakes to carry out its reconnect when it is due.
 """
 
 from __future__ import annotations
@@ -20,13 +24,14 @@ import trio
 from tether.engine import (
     AgentLinkClosed,
     ClientNotFound,
+    ResumeRejected,
     SessionNotActive,
     SessionNotFound,
     Telemetry,
     TetherError,
 )
 
-from ._agent import INF, AgentRun, Step
+from ._agent import INF, SERVER_ENDS, AgentRun, Step
 from ._check import disagreements
 from ._operator import OperatorRun, OpStep
 from ._result import SimResult
@@ -90,9 +95,11 @@ class InProcessFleet:
         self.problems: list[str] = []
         self.connected = 0
         self.connected_peak = 0
+        self._counted = [False] * len(self.runs)  # counted in ``connected``
         #: (due, agent index, 0 for the agent or 1 for its operator)
         self._heap: list[tuple[float, int, int]] = []
         self._start = 0.0
+        self._wake = trio.Event()  # set when an agent is rescheduled from outside this task
 
     # -- engine callbacks ------------------------------------------------------------------
 
@@ -106,9 +113,26 @@ class InProcessFleet:
         if not transport.current:
             return
         transport.current = False
-        if self.runs[transport.index].closed_by_server():
-            self.connected -= 1
-            self._error(f"agent {transport.index}: the engine closed its link ({reason})")
+        i = transport.index
+        run = self.runs[i]
+        if reason in SERVER_ENDS:
+            if run.ended_by_server(trio.current_time() - self._start, reason):
+                self._recount(i)
+                if run.due < INF:
+                    heapq.heappush(self._heap, (run.due, i, 0))
+                    self._wake.set()
+        elif run.closed_by_server():
+            self._recount(i)
+            self._error(f"agent {i}: the engine closed its link ({reason})")
+
+    def _recount(self, i: int) -> None:
+        """Keep ``connected`` in step with agent ``i``, whoever changed it."""
+        now = self.runs[i].connected
+        if now != self._counted[i]:
+            self._counted[i] = now
+            self.connected += 1 if now else -1
+            if self.connected > self.connected_peak:
+                self.connected_peak = self.connected
 
     def _error(self, text: str) -> None:
         self.errors += 1
@@ -131,7 +155,10 @@ class InProcessFleet:
                 break
             current = trio.current_time()
             if start + due > current:
-                await trio.sleep_until(start + due)
+                with trio.move_on_at(start + due):
+                    await self._wake.wait()
+                if self._wake.is_set():
+                    self._wake = trio.Event()
                 continue
             now = max(due, current - start)  # (current - start) may round below due
             heapq.heappop(heap)
@@ -141,7 +168,6 @@ class InProcessFleet:
             run = runs[i]
             if run.due != due:
                 continue  # a stale entry: the agent was rescheduled
-            was_connected = run.connected
             step = run.take(now)
             if step is None:
                 if run.due < INF and run.due != due:  # rescheduled without a step
@@ -152,10 +178,7 @@ class InProcessFleet:
             self.digest.update(f"{now:.6f} {i} {step.value}\n".encode())
             self.messages += 1
             await self._perform(i, run, step, now)
-            if run.connected != was_connected:
-                self.connected += 1 if run.connected else -1
-                if self.connected > self.connected_peak:
-                    self.connected_peak = self.connected
+            self._recount(i)
             if run.due < INF:
                 heapq.heappush(heap, (run.due, i, 0))
         if trio.current_time() < start + end:
@@ -170,6 +193,11 @@ class InProcessFleet:
         for p in self.plans:
             kinds[p.kind.value] = kinds.get(p.kind.value, 0) + 1
         ops = [op for op in self.operators if op is not None]
+        notes = []
+        replaced = sum(r.server_replaced for r in runs)
+        if replaced:
+            notes.append(f"{replaced} sessions were replaced under their agents: another "
+                         "hello for the same machine")
         return SimResult(
             agents=len(runs), connected_peak=self.connected_peak, messages_sent=self.messages,
             messages_per_s=round(self.messages / elapsed, 1) if elapsed > 0 else 0.0,
@@ -181,7 +209,8 @@ class InProcessFleet:
             operator_answered=sum(r.answered for r in runs),
             operator_refused=sum(op.refused_steps for op in ops),
             operator_skipped=sum(op.skipped for op in ops),
-            problems=self.problems,
+            ended_by_server=sum(r.server_ends for r in runs),
+            notes=notes, problems=self.problems,
         )
 
     async def _operator_step(self, i: int, due: float, now: float) -> None:
@@ -213,7 +242,9 @@ class InProcessFleet:
                 view = await engine.run_command(ws, session.session_id, op.client_id,
                                                 op.command[0])
                 # the engine hands run_command to the agent's transport before it answers
-                if not self.runs[i].awaiting(view.command_id):
+                # (unless the session has ended meanwhile, taking the command with it)
+                run = self.runs[i]
+                if run.session is session and not run.awaiting(view.command_id):
                     self._error(f"agent {i}: no run_command for {view.command_id}")
                 op.accepted(view.command_id)
             else:
@@ -287,6 +318,10 @@ class InProcessFleet:
                 machine_hostname=plan.machine_hostname,
                 resume_token=run.resume_token if step is Step.RESUME else None,
             )
+        except ResumeRejected:
+            transport.current = False
+            run.resume_refused(now)  # the session ended while the agent was away
+            return
         except TetherError as error:
             transport.current = False
             run.hello_failed(now)

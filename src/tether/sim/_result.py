@@ -15,6 +15,12 @@ class SimResult(msgspec.Struct, kw_only=True):
     was no longer CONNECTED), ``operator_skipped`` steps not taken because the agent knew its
     session was not CONNECTED or, for a late driver, the run was over. ``notes`` say what a run
     left out and why.
+
+    ``ended_by_server`` counts sessions the server ended under their agents (closed with reason
+    ``terminated``: ``DELETE /v1/sessions/{id}``, or ``replaced``: another hello for the
+    machine), or while they were away (a refused resume): not errors, as for a real fleet. The
+    agents said a fresh hello after a short backoff; the check holds each ended session to its
+    reason and expects the new one.
     """
 
     agents: int
@@ -37,6 +43,7 @@ class SimResult(msgspec.Struct, kw_only=True):
     operator_answered: int = 0
     operator_refused: int = 0
     operator_skipped: int = 0
+    ended_by_server: int = 0
     notes: list[str] = msgspec.field(default_factory=list)
     problems: list[str] = msgspec.field(default_factory=list)
 
@@ -55,6 +62,8 @@ class SimResult(msgspec.Struct, kw_only=True):
             f"operators: {self.operator_visits} visits, {self.operator_commands} commands "
             f"accepted, {self.operator_answered} answered, {self.operator_refused} refused, "
             f"{self.operator_skipped} skipped",
+            f"sessions ended by the server {self.ended_by_server} (terminated or replaced: "
+            "not errors, their agents reconnect)",
             f"errors {self.errors}, mismatches {self.mismatches}"
             + ("" if self.checked else " (not checked: no --api-key)"),
         ]

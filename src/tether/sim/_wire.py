@@ -12,6 +12,10 @@ its own steps: an accepted command is followed by waiting until the agent got it
 ``run_command`` (it answers next), so nothing the agent does in between can lose it. A loaded
 server makes operators late: none starts a step after the run's end, and the run is not
 :attr:`~WireFleet.ready` (its expectations are not read) while a step is still under way.
+
+A close with reason ``terminated`` or ``replaced`` (the server ended the session under the
+agent), or a refused resume, is counted apart from errors (:attr:`AgentRun.server_ends`); the
+agent says a fresh hello after a short backoff, as a real agent would.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import trio_websocket
 
 from tether import wire
 
-from ._agent import INF, AgentRun, Step
+from ._agent import INF, SERVER_ENDS, AgentRun, Step
 from ._operator import OperatorRun, OpStep
 
 if TYPE_CHECKING:
@@ -95,6 +99,7 @@ class WireFleet:
         self.problems: list[str] = []
         self.connected = 0
         self.connected_peak = 0
+        self._counted = [False] * len(self.runs)  # counted in ``connected``
         self.start = 0.0
         self.start_wall = 0.0
         self.finishing = False
@@ -180,16 +185,20 @@ class WireFleet:
                                 self._operated.set()
                     continue
                 now = max(due, self.now())
-                was = run.connected
                 step = run.take(now)
                 if step is None:
                     continue
                 try:
                     await self._perform(nursery, i, run, step, now)
                 except (trio_websocket.ConnectionClosed, trio.BrokenResourceError) as error:
-                    if run.closed_by_server():
+                    ws = self._sockets[i]
+                    self._sockets[i] = None  # the reader now ignores the close
+                    reason = _close_reason(error, ws)
+                    if reason in SERVER_ENDS:
+                        run.ended_by_server(self.now(), reason)
+                    elif run.closed_by_server():
                         self._error(f"agent {i}: {step.value}: connection closed ({error})")
-                self._count(was, run.connected)
+                self._recount(i)
             ws = self._sockets[i]
             if ws is not None and run.connected:
                 self._sockets[i] = None
@@ -200,11 +209,15 @@ class WireFleet:
                     except trio_websocket.ConnectionClosed:
                         pass
                     await ws.aclose()
-                self._count(True, False)
+                self._recount(i, False)
             nursery.cancel_scope.cancel()
 
-    def _count(self, was: bool, now: bool) -> None:
-        if was != now:
+    def _recount(self, i: int, connected: bool | None = None) -> None:
+        """Keep ``connected`` in step with agent ``i`` (or with ``connected``), whichever task
+        noticed the change."""
+        now = self.runs[i].connected if connected is None else connected
+        if now != self._counted[i]:
+            self._counted[i] = now
             self.connected += 1 if now else -1
             if self.connected > self.connected_peak:
                 self.connected_peak = self.connected
@@ -299,11 +312,13 @@ class WireFleet:
     async def _await_run_command(self, i: int, command_id: str) -> None:
         """Wait until the agent got run_command ``command_id`` (it answers it next)."""
         run = self.runs[i]
+        session = run.session
         with trio.move_on_after(self.config.run_command_timeout):
             while not run.awaiting(command_id) and run.connected and not self.finishing:
                 wake = self._wake[i] = trio.Event()
                 await wake.wait()
-        if not run.awaiting(command_id) and not self.finishing:
+        # a session the server ended meanwhile took the command with it: not an error
+        if not run.awaiting(command_id) and not self.finishing and run.session is session:
             self._error(f"agent {i}: no run_command for accepted command {command_id}")
 
     async def _hello(self, nursery: trio.Nursery, i: int, run: AgentRun, step: Step) -> None:
@@ -336,6 +351,10 @@ class WireFleet:
             return
         if not isinstance(frame, wire.Welcome):
             await self._close(i)
+            if (step is Step.RESUME and isinstance(frame, wire.Error)
+                    and frame.code == "resume_rejected"):
+                run.resume_refused(self.now())  # the session ended while the agent was away
+                return
             run.hello_failed(self.now())
             self._error(f"agent {i}: {step.value} refused: {frame}")
             return
@@ -366,13 +385,18 @@ class WireFleet:
                     if self._sockets[i] is ws:  # not on a socket the agent has let go of
                         run.run_command(frame.command_id, frame.command)
                         self._wake[i].set()
-                elif isinstance(frame, wire.Error):
+                elif isinstance(frame, wire.Error) and frame.code not in SERVER_ENDS:
                     self._error(f"agent {i}: the server says {frame.code}: {frame.message}")
         except trio_websocket.ConnectionClosed as closed:
             if self._sockets[i] is ws and not self.finishing:
                 self._sockets[i] = None
-                if run.closed_by_server():
-                    self._count(True, False)
+                reason = _close_reason(closed, ws)
+                if reason in SERVER_ENDS:
+                    if run.ended_by_server(self.now(), reason):
+                        self._recount(i)
+                        self._wake[i].set()  # its reconnect is due soon
+                elif run.closed_by_server():
+                    self._recount(i)
                     self._error(f"agent {i}: the server closed its socket ({closed.reason})")
         except (msgspec.DecodeError, msgspec.ValidationError) as error:
             self._error(f"agent {i}: undecodable frame from the server: {error}")
@@ -381,6 +405,16 @@ class WireFleet:
 #: Answers to an operator's step that mean "not now": the session is not CONNECTED (409), or
 #: it ended and took the operator's client with it (404 client_not_found).
 _REFUSALS = {(409, "session_not_active"), (404, "client_not_found")}
+
+
+def _close_reason(error: BaseException, ws: trio_websocket.WebSocketConnection | None
+                  ) -> str | None:
+    """The reason the server gave for closing the socket, if it gave one."""
+    closed = getattr(error, "reason", None)
+    if closed is None and ws is not None:
+        closed = ws.closed
+    reason = getattr(closed, "reason", None)
+    return reason if isinstance(reason, str) else None
 
 
 def _error_code(r: httpx.Response) -> str | None:

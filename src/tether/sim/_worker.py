@@ -45,7 +45,9 @@ def stats(fleet: WireFleet) -> dict[str, object]:
             "operator_commands": sum(op.commands for op in ops),
             "operator_answered": sum(r.answered for r in fleet.runs),
             "operator_refused": sum(op.refused_steps for op in ops),
-            "operator_skipped": sum(op.skipped for op in ops)}
+            "operator_skipped": sum(op.skipped for op in ops),
+            "ended_by_server": sum(r.server_ends for r in fleet.runs),
+            "server_replaced": sum(r.server_replaced for r in fleet.runs)}
 
 
 def _emit(obj: object) -> None:
