@@ -11,24 +11,11 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 
-from tether.engine import Engine, EngineConfig, RunCommand, WallClock
+from tether.engine import Engine, EngineConfig, WallClock
+from tether.engine.testing import RecordingTransport
 
 #: trio time 0 is 2026-02-14T10:00:00Z, the seed's examples' morning.
 EPOCH = 1771063200.0
-
-
-class RecordingTransport:
-    """An agent transport that remembers what the engine told it."""
-
-    def __init__(self) -> None:
-        self.commands: list[RunCommand] = []
-        self.closed: str | None = None
-
-    def send_run_command(self, command: RunCommand) -> None:
-        self.commands.append(command)
-
-    def close(self, reason: str) -> None:
-        self.closed = reason
 
 
 def stamp(seconds: float) -> str:

@@ -18,6 +18,7 @@ from tether.engine import (
     SessionNotFound,
     Status,
 )
+from tether.engine.testing import FailingTransport
 
 from .conftest import event_log, hello, stamp
 
@@ -203,3 +204,24 @@ async def test_create_refuses_a_machine_with_a_live_session_and_bad_names(
     for machine, host in (("", "h"), ("m", ""), ("m" * 300, "h"), ("m\n", "h")):
         with pytest.raises(InvalidParameter):
             await engine.create_session("ws_acme", machine, host)
+
+
+async def test_an_unreachable_agent_puts_its_session_in_grace(
+        engine: Engine, autojump_clock: MockClock) -> None:
+    """A transport that fails to send is as good as closed: the command stays pending (and is
+    lost if the agent never returns), the session enters GRACE_PERIOD, the caller gets its
+    command, and a transport that also fails to close does not stop the session ending."""
+    transport = FailingTransport(fail_close=True)
+    link = await engine.agent_hello("ws_acme", transport, machine_id="m", machine_hostname="h")
+    client = await engine.attach_client("ws_acme", link.session_id, "alice@acme.io", "operator")
+    view = await engine.run_command("ws_acme", link.session_id, client.client_id, "uptime")
+    assert view.state == "pending"
+    detail = engine.get_session("ws_acme", link.session_id)
+    assert (detail.status, detail.reason) == (Status.GRACE_PERIOD, "transport_closed")
+    assert transport.closed == "transport_closed" and not link.active
+    await trio.sleep(engine.config.grace_period + 1)
+    assert engine.get_session("ws_acme", link.session_id).status is Status.DISCONNECTED
+    lost = engine.get_command("ws_acme", link.session_id, view.command_id)
+    assert lost.state == "lost"
+    assert [t for t, _, _ in event_log(engine)][-2:] == ["session.client_detached",
+                                                          "session.disconnected"]

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import gc
-
 import trio
 from trio.testing import MockClock
 
 from tether.engine import Engine
-from tether.engine._actor import SessionActor
-from tether.engine._link import AgentLink
-from tether.engine._record import SessionRecord
+from tether.engine.testing import heap_objects
 
 from .conftest import hello
-
-
-def _alive() -> dict[str, int]:
-    gc.collect()
-    counts = {SessionRecord: 0, SessionActor: 0, AgentLink: 0}
-    for obj in gc.get_objects():
-        if type(obj) in counts:
-            counts[type(obj)] += 1
-    return {kind.__name__: n for kind, n in counts.items()}
 
 
 async def test_nothing_of_an_ended_session_outlives_its_retention(
@@ -38,4 +25,4 @@ async def test_nothing_of_an_ended_session_outlives_its_retention(
     await trio.sleep(engine.config.retention + 1)
     assert engine.retained_sessions == 0
     # not even the last record purged, nor the last actor the timekeeper woke
-    assert _alive() == {"SessionRecord": 0, "SessionActor": 0, "AgentLink": 0}
+    assert heap_objects() == {"SessionRecord": 0, "SessionActor": 0, "AgentLink": 0}

@@ -30,7 +30,7 @@ from ._errors import (
     TetherError,
 )
 from ._events import EventsMissed, Subscription
-from ._link import AgentLink, AgentTransport
+from ._link import AgentLink
 from ._models import (
     CLIENT_MODES,
     EVENT_TYPES,
@@ -57,6 +57,7 @@ from ._models import (
     TelemetrySummary,
     Welcome,
 )
+from ._ports import AgentTransport
 
 __all__ = [
     "CLIENT_MODES",

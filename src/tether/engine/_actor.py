@@ -1,4 +1,4 @@
-"""The session actor: the thin trio adapter around the pure lifecycle in ``_lifecycle.py``.
+"""The session actor: one trio task per live session, running its lifecycle requests in turn.
 
 One actor task per live session. Lifecycle inputs reach it through its inbox and run one at a
 time, so a session's transitions are serialised; heartbeats and telemetry never come here.
@@ -12,7 +12,7 @@ here, a channel pair costs ~2.4 KB per session, a third of the per-session memor
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import outcome
 import trio
@@ -23,10 +23,27 @@ from ._lifecycle import Input, deadline, timeout
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ._engine import Engine
+    from ._config import EngineConfig
     from ._record import SessionRecord
+    from ._timers import Timekeeper
 
 log = logging.getLogger("tether.engine")
+
+T = TypeVar("T")
+
+
+class ActorHost(Protocol):
+    """What an actor needs of the engine: its timings, the timekeeper, and what to do when
+    its session's deadline comes."""
+
+    @property
+    def config(self) -> EngineConfig: ...
+
+    @property
+    def timekeeper(self) -> Timekeeper: ...
+
+    def expire(self, rec: SessionRecord, inp: Input) -> None:
+        """``rec``'s deadline has passed: apply ``inp`` (its status's timeout)."""
 
 
 class _Call:
@@ -54,10 +71,10 @@ class _Call:
 class SessionActor:
     """Owns one session's lifecycle while it is live."""
 
-    __slots__ = ("_closed", "_due", "_inbox", "_parked", "_timer_at", "engine", "record")
+    __slots__ = ("_closed", "_due", "_inbox", "_parked", "_timer_at", "host", "record")
 
-    def __init__(self, engine: Engine, record: SessionRecord) -> None:
-        self.engine = engine
+    def __init__(self, host: ActorHost, record: SessionRecord) -> None:
+        self.host = host
         self.record = record
         self._inbox: list[_Call] | None = None
         self._parked: trio.lowlevel.Task | None = None
@@ -67,16 +84,17 @@ class SessionActor:
 
     # -- from other tasks ------------------------------------------------------------------
 
-    def post(self, handler: Callable[..., Any], *args: Any) -> None:
+    def post(self, handler: Callable[..., object], *args: Any) -> None:
         """Queue ``handler(*args)`` to run in the actor; nobody waits for it."""
         self._enqueue(_Call(handler, args))
 
-    async def call(self, handler: Callable[..., Any], *args: Any) -> Any:
+    async def call(self, handler: Callable[..., T], *args: Any) -> T:
         """Run ``handler(*args)`` in the actor and return (or raise) what it does."""
         message = _Call(handler, args)
         self._enqueue(message)
         message.task = trio.lowlevel.current_task()
-        return await trio.lowlevel.wait_task_rescheduled(message.abort)
+        result: T = await trio.lowlevel.wait_task_rescheduled(message.abort)
+        return result
 
     def _enqueue(self, message: _Call) -> None:
         if self._closed:
@@ -94,7 +112,7 @@ class SessionActor:
             return  # superseded by an earlier entry, or the session ended
         self._timer_at = None
         rec = self.record
-        due = deadline(rec.status, rec.status_since, rec.last_heartbeat, self.engine.config)
+        due = deadline(rec.status, rec.status_since, rec.last_heartbeat, self.host.config)
         if due is None:
             return
         if due > now:  # heartbeats moved it: sleep on
@@ -166,7 +184,7 @@ class SessionActor:
 
     def _arm_for_status(self) -> None:
         rec = self.record
-        due = deadline(rec.status, rec.status_since, rec.last_heartbeat, self.engine.config)
+        due = deadline(rec.status, rec.status_since, rec.last_heartbeat, self.host.config)
         if due is not None:
             self._arm(due)
 
@@ -174,15 +192,13 @@ class SessionActor:
         # Keep one live heap entry, the earliest; a later deadline is found when it fires.
         if self._timer_at is None or due < self._timer_at:
             self._timer_at = due
-            self.engine.timekeeper.schedule(due, self)
+            self.host.timekeeper.schedule(due, self)
 
     def _check_deadline(self) -> None:
         rec = self.record
-        due = deadline(rec.status, rec.status_since, rec.last_heartbeat, self.engine.config)
+        due = deadline(rec.status, rec.status_since, rec.last_heartbeat, self.host.config)
         if due is not None and due <= trio.current_time():
             inp = timeout(rec.status)
             assert inp is not None
-            self.engine.transition(rec, inp)
+            self.host.expire(rec, inp)
 
-
-__all__ = ["Input", "SessionActor"]

@@ -1,9 +1,17 @@
-"""The session lifecycle as a pure transition function: no trio, no I/O, no clock.
+"""The session lifecycle as a pure function: state and input in, new state and effects out.
 
-``step(status, input)`` says what a lifecycle input does to a session in ``status``;
-``deadline(...)`` says when the session's current status times out, and ``timeout(status)``
-which input that timeout is. The actor (``_actor.py``) is the thin adapter that feeds inputs,
-applies the transitions and sleeps until the deadline. This table is design.md's, row for row.
+No trio, no I/O, no clock: ``step(state, inp, now)`` is given the time. It holds every
+lifecycle rule of design.md, row for row: which input moves which status where, with which
+event and reason; that entering a final status detaches every client first (one
+``client_detached`` each) and then emits the one terminal event, releases the agent's link,
+marks pending commands lost and frees the machine; that final statuses are absorbing; that
+only a CONNECTED session takes clients, and only an attached operator's command runs. What
+changes a session is returned as :data:`Effect` values, in the order they must happen; the
+engine's adapter (``_apply.py``) interprets them on the session's record, its indexes and the
+event log, and does nothing the effects do not say.
+
+``deadline(...)`` says when a session's current status times out and ``timeout(status)`` which
+input that is; the actor sleeps until then.
 """
 
 from __future__ import annotations
@@ -11,8 +19,14 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING, NamedTuple
 
-from ._errors import ProtocolViolation, SessionNotActive
-from ._models import Status
+from ._errors import (
+    ClientNotFound,
+    ClientNotOperator,
+    InvalidParameter,
+    ProtocolViolation,
+    SessionNotActive,
+)
+from ._models import MAX_DETAIL, AttachedClient, ClientMode, Status
 
 if TYPE_CHECKING:
     from ._config import EngineConfig
@@ -38,13 +52,120 @@ class Input(enum.Enum):
     SERVER_SHUTDOWN = "server_shutdown"
 
 
-class Transition(NamedTuple):
-    """The outcome of an input: the new status, the event to emit and the reason to record."""
+# -- the state ---------------------------------------------------------------------------------
+
+
+class SessionState(NamedTuple):
+    """The lifecycle part of a session, as a value (the record holds it field by field)."""
 
     status: Status
-    event: str
+    status_since: float
+    reason: str | None = None
+    reason_detail: str | None = None  # the agent's own words for the change
+    connected_at: float | None = None
+    ended_at: float | None = None
+    clients: tuple[tuple[str, ClientMode], ...] = ()  # (client id, mode), in attach order
+
+
+# -- inputs besides lifecycle Inputs -----------------------------------------------------------
+
+
+class Change(NamedTuple):
+    """A lifecycle input, with the agent's own words for it (a goodbye reason, an error)."""
+
+    input: Input
+    detail: str | None = None
+
+
+class Attach(NamedTuple):
+    """A client asks to attach."""
+
+    client: AttachedClient
+
+
+class Detach(NamedTuple):
+    """A client asks to detach."""
+
+    client_id: str
+
+
+class RequestCommand(NamedTuple):
+    """An attached client asks the agent to run ``command`` (as ``command_id``)."""
+
+    client_id: str
+    command_id: str
+    command: str
+
+
+Request = Change | Attach | Detach | RequestCommand
+
+
+# -- effects -----------------------------------------------------------------------------------
+
+
+class Reindex(NamedTuple):
+    """Move the session in the read index: it left ``previous`` for the state's status."""
+
+    previous: Status
+
+
+class AddClient(NamedTuple):
+    """Store the client and emit ``session.client_attached``."""
+
+    client: AttachedClient
+
+
+class RemoveClient(NamedTuple):
+    """Remove the client and emit ``session.client_detached`` (``reason``), showing the
+    session as it was when the client left (in ``status``)."""
+
+    client_id: str
+    reason: str
+    status: Status
+
+
+class ReleaseLink(NamedTuple):
+    """The agent's link no longer carries the session: tell its transport to close."""
+
     reason: str
 
+
+class LoseCommands(NamedTuple):
+    """Operator commands still waiting for their result will never get one."""
+
+
+class End(NamedTuple):
+    """The session has ended: the machine is free, the resume token forgotten, and the
+    retention clock starts."""
+
+
+class Emit(NamedTuple):
+    """Emit ``type`` for the session as it now is, coming from ``previous``."""
+
+    type: str
+    previous: Status | None
+    reason: str | None
+    detail: str | None = None
+
+
+class SendCommand(NamedTuple):
+    """Record the command as pending and send the agent a ``run_command`` on behalf of the
+    client (an operator)."""
+
+    client_id: str
+    command_id: str
+    command: str
+
+
+Effect = Reindex | AddClient | RemoveClient | ReleaseLink | LoseCommands | End | Emit | SendCommand
+
+
+class Outcome(NamedTuple):
+    state: SessionState
+    effects: list[Effect]
+
+
+# -- the table ---------------------------------------------------------------------------------
 
 _P, _C, _B, _G = Status.PENDING, Status.CONNECTED, Status.BACKGROUND, Status.GRACE_PERIOD
 _D, _E = Status.DISCONNECTED, Status.ERROR
@@ -74,22 +195,100 @@ for _live in (_P, _C, _B, _G):
     for _fatal in (Input.AGENT_ERROR, Input.PROTOCOL_ERROR):
         _TABLE[(_live, _fatal)] = (_E, "session.error")
 
+#: Why a client is detached when its session ends.
+SESSION_ENDED = "session_ended"
 
-def step(status: Status, inp: Input) -> Transition:
-    """The transition ``inp`` causes in a session in ``status``.
 
-    Raises :class:`SessionNotActive` for a final session (final states are absorbing) and
-    :class:`ProtocolViolation` for an input the status does not allow.
+def step(state: SessionState, request: Request, now: float) -> Outcome:
+    """What ``request`` does to a session in ``state`` at time ``now``.
+
+    Raises (and changes nothing) when the request is refused: :class:`SessionNotActive` for a
+    final session (final states are absorbing) or a client request outside CONNECTED,
+    :class:`ProtocolViolation` for an input the status does not allow, and
+    :class:`ClientNotFound` / :class:`ClientNotOperator` for a client that may not do it.
     """
+    if isinstance(request, Change):
+        return _change(state, request.input, request.detail, now)
+    if isinstance(request, Attach):
+        return _attach(state, request.client)
+    if isinstance(request, Detach):
+        return _detach(state, request.client_id)
+    return _request_command(state, request)
+
+
+def _change(state: SessionState, inp: Input, detail: str | None, now: float) -> Outcome:
+    status = state.status
     if status.final:
         required = "CONNECTED" if inp in (Input.BACKGROUND, Input.FOREGROUND) else "an active"
         raise SessionNotActive(status.value, required)
     found = _TABLE.get((status, inp))
     if found is None:
-        raise ProtocolViolation(
-            f"'{inp.value}' is not allowed in status {status.value}", status.value
-        )
-    return Transition(found[0], found[1], inp.value)
+        raise ProtocolViolation(f"'{inp.value}' is not allowed in status {status.value}",
+                                status.value)
+    new_status, event = found
+    reason = inp.value
+    detail = None if detail is None else detail[:MAX_DETAIL]
+    effects: list[Effect] = []
+    final = new_status.final
+    if final:
+        effects += [RemoveClient(client_id, SESSION_ENDED, status) for client_id, _ in
+                    state.clients]
+    if new_status is not status:
+        effects.append(Reindex(status))
+    if new_status is _G or final:
+        effects.append(ReleaseLink(reason))
+    if final:
+        effects += [LoseCommands(), End()]
+    effects.append(Emit(event, status, reason, detail))
+    connected_at = state.connected_at
+    if new_status is _C and connected_at is None:
+        connected_at = now
+    return Outcome(
+        SessionState(
+            status=new_status,
+            status_since=now,
+            reason=reason,
+            reason_detail=detail,
+            connected_at=connected_at,
+            ended_at=now if final else None,
+            clients=() if final else state.clients,
+        ),
+        effects,
+    )
+
+
+def _attach(state: SessionState, client: AttachedClient) -> Outcome:
+    if state.status is not _C:
+        raise SessionNotActive(state.status.value)
+    if any(client_id == client.client_id for client_id, _ in state.clients):
+        raise InvalidParameter("client_id", "is already attached")
+    return Outcome(state._replace(clients=(*state.clients, (client.client_id, client.mode))),
+                   [AddClient(client)])
+
+
+def _detach(state: SessionState, client_id: str) -> Outcome:
+    if state.status.final:
+        raise SessionNotActive(state.status.value, "an active")
+    remaining = tuple(c for c in state.clients if c[0] != client_id)
+    if len(remaining) == len(state.clients):
+        raise ClientNotFound(client_id)
+    return Outcome(state._replace(clients=remaining),
+                   [RemoveClient(client_id, "detached", state.status)])
+
+
+def _request_command(state: SessionState, request: RequestCommand) -> Outcome:
+    if state.status is not _C:
+        raise SessionNotActive(state.status.value)
+    client_id = request.client_id
+    mode = next((m for c, m in state.clients if c == client_id), None)
+    if mode is None:
+        raise ClientNotFound(client_id)
+    if mode != "operator":
+        raise ClientNotOperator(client_id)
+    return Outcome(state, [SendCommand(client_id, request.command_id, request.command)])
+
+
+# -- deadlines ---------------------------------------------------------------------------------
 
 
 def timeout(status: Status) -> Input | None:

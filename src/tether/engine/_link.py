@@ -14,7 +14,7 @@ Heartbeats and telemetry carry no text and pay nothing for this.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -23,28 +23,37 @@ from ._lifecycle import Input
 from ._models import MAX_COMMAND, MAX_DETAIL, MAX_EMAIL, check_text
 
 if TYPE_CHECKING:
-    from ._engine import Engine
-    from ._models import RunCommand, Telemetry, Welcome
+    from ._models import Telemetry, Welcome
+    from ._ports import AgentTransport
     from ._record import SessionRecord
 
 
-class AgentTransport(Protocol):
-    """What the engine needs from whatever carries an agent's messages. Neither call blocks."""
+class LinkHost(Protocol):
+    """What a link needs of the engine: somewhere to report its agent's lifecycle inputs and
+    commands (each runs in the session's actor)."""
 
-    def send_run_command(self, command: RunCommand) -> None:
-        """Deliver a ``run_command`` to the agent."""
+    def report_input(self, link: AgentLink, inp: Input, detail: str | None = None) -> None: ...
 
-    def close(self, reason: str) -> None:
-        """The session no longer uses this transport (``reason`` says why): close it."""
+    def report_command(
+        self,
+        link: AgentLink,
+        command_id: str | None,
+        command: str,
+        exit_code: int,
+        executed_at: float | None,
+        user_email: str | None,
+    ) -> str: ...
+
+    def report_result(self, link: AgentLink, command_id: str, exit_code: int) -> None: ...
 
 
 class AgentLink:
     """The handle through which one transport reports its agent's messages."""
 
-    __slots__ = ("_engine", "_record", "transport", "welcome")
+    __slots__ = ("_host", "_record", "transport", "welcome")
 
-    def __init__(self, engine: Engine, record: SessionRecord, transport: AgentTransport) -> None:
-        self._engine = engine
+    def __init__(self, host: LinkHost, record: SessionRecord, transport: AgentTransport) -> None:
+        self._host = host
         self._record = record
         self.transport = transport
         self.welcome: Welcome | None = None
@@ -88,29 +97,34 @@ class AgentLink:
 
     # -- lifecycle, through the actor ------------------------------------------------------
 
-    async def _call(self, handler: Any, *args: Any) -> Any:
+    async def _input(self, inp: Input, detail: str | None = None) -> None:
         rec = self._check()
-        return await rec.actor.call(handler, self, *args)
+        assert rec.actor is not None  # a session with a link is live
+        await rec.actor.call(self._host.report_input, self, inp, detail)
 
     async def background(self) -> None:
-        await self._call(self._engine.link_input, Input.BACKGROUND)
+        await self._input(Input.BACKGROUND)
 
     async def foreground(self) -> None:
-        await self._call(self._engine.link_input, Input.FOREGROUND)
+        await self._input(Input.FOREGROUND)
 
     async def goodbye(self, reason: str | None = None) -> None:
         """The agent leaves: the session ends, keeping ``reason`` as its ``reason_detail``."""
         if reason is not None:
             check_text("reason", reason, MAX_DETAIL)
-        await self._call(self._engine.link_input, Input.GOODBYE, reason)
+        await self._input(Input.GOODBYE, reason)
 
     async def fatal_error(self, code: str, message: str) -> None:
-        """The agent reports a fatal error: the session ends in ERROR."""
-        await self._call(self._engine.link_input, Input.AGENT_ERROR, f"{code}: {message}")
+        """The agent reports a fatal error: the session ends in ERROR, keeping
+        ``"code: message"`` as its ``reason_detail`` (held to the text rules like any text
+        an agent reports, so it is refused before anything is stored)."""
+        check_text("code", code)
+        check_text("message", message, MAX_DETAIL)
+        await self._input(Input.AGENT_ERROR, f"{code}: {message}")
 
     async def protocol_violation(self, message: str) -> None:
         """The transport gave up on the agent's messages: the session ends in ERROR."""
-        await self._call(self._engine.link_input, Input.PROTOCOL_ERROR, message)
+        await self._input(Input.PROTOCOL_ERROR, message)
 
     async def report_command(
         self,
@@ -127,15 +141,17 @@ class AgentLink:
             check_text("command_id", command_id)
         if user_email is not None:
             check_text("user_email", user_email, MAX_EMAIL)
-        result: str = await self._call(
-            self._engine.link_command, command_id, command, exit_code, executed_at, user_email
-        )
-        return result
+        rec = self._check()
+        assert rec.actor is not None
+        return await rec.actor.call(self._host.report_command, self, command_id, command,
+                                    exit_code, executed_at, user_email)
 
     async def command_result(self, command_id: str, exit_code: int) -> None:
         """The outcome of a ``run_command`` this agent was sent."""
         check_text("command_id", command_id)
-        await self._call(self._engine.link_command_result, command_id, exit_code)
+        rec = self._check()
+        assert rec.actor is not None
+        await rec.actor.call(self._host.report_result, self, command_id, exit_code)
 
     def transport_lost(self) -> None:
         """The transport is gone. Never blocks, so it is safe in a ``finally`` while cancelled.
@@ -144,4 +160,4 @@ class AgentLink:
         """
         rec = self._record
         if rec.link is self and rec.actor is not None:
-            rec.actor.post(self._engine.link_input, self, Input.TRANSPORT_CLOSED)
+            rec.actor.post(self._host.report_input, self, Input.TRANSPORT_CLOSED)

@@ -12,6 +12,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ._errors import CommandNotFound, InvalidParameter
+from ._lifecycle import SessionState
 from ._models import (
     AttachedClient,
     CommandEntry,
@@ -31,6 +32,7 @@ from ._models import (
 
 if TYPE_CHECKING:
     from ._clock import WallClock
+    from ._ports import AgentCarrier, SessionInbox
 
 
 class OperatorCommand:
@@ -123,8 +125,32 @@ class SessionRecord:
         self.history: deque[CommandEntry] | None = None
         self.history_index: dict[str, int] | None = None
         self.history_first = 0
-        self.link: Any = None  # the AgentLink that currently carries the session
-        self.actor: Any = None  # the SessionActor, while the session is live
+        self.link: AgentCarrier | None = None  # the AgentLink that carries the session
+        self.actor: SessionInbox | None = None  # the SessionActor, while the session is live
+
+    # -- the lifecycle state (``_lifecycle.py``) ---------------------------------------------
+
+    def state(self) -> SessionState:
+        """The record's lifecycle state as the pure core takes it."""
+        clients = self.clients
+        return SessionState(
+            status=self.status,
+            status_since=self.status_since,
+            reason=self.reason,
+            reason_detail=self.reason_detail,
+            connected_at=self.connected_at,
+            ended_at=self.ended_at,
+            clients=tuple((c, a.mode) for c, a in clients.items()) if clients else (),
+        )
+
+    def enter(self, state: SessionState) -> None:
+        """Take the core's new state; the clients themselves change through its effects."""
+        self.status = state.status
+        self.status_since = state.status_since
+        self.reason = state.reason
+        self.reason_detail = state.reason_detail
+        self.connected_at = state.connected_at
+        self.ended_at = state.ended_at
 
     # -- command history -------------------------------------------------------------------
 
@@ -246,11 +272,17 @@ class SessionRecord:
         )
 
     def event_data(
-        self, clock: WallClock, previous_status: Status | None, reason: str | None, **extra: Any
+        self,
+        clock: WallClock,
+        previous_status: Status | None,
+        reason: str | None,
+        status: Status | None = None,
+        **extra: Any,
     ) -> EventData:
+        """The event payload: the session as it is now (or in ``status``, if given)."""
         return EventData(
             session_id=self.session_id,
-            status=self.status,
+            status=self.status if status is None else status,
             machine_id=self.machine_id,
             machine_hostname=self.machine_hostname,
             workspace_id=self.workspace_id,

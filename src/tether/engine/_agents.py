@@ -1,0 +1,231 @@
+"""The agent protocol's side of the engine: hello, resume and replace, and what a link reports.
+
+A hello without a resume token connects the machine's PENDING session, or ends the machine's
+other live session (``replaced``) and starts a new one: one active session per machine. A hello
+with a token resumes the session it names, on the new transport. What a connected agent
+reports through its :class:`~tether.engine.AgentLink` (lifecycle inputs, commands it ran, the
+results of commands it was sent) runs here, inside the session's actor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import secrets
+from typing import TYPE_CHECKING
+
+import trio
+
+from ._apply import close_transport
+from ._errors import (
+    AgentLinkClosed,
+    DuplicateCommand,
+    InvalidParameter,
+    ResumeRejected,
+    SessionNotActive,
+)
+from ._ids import random_id
+from ._lifecycle import Input
+from ._link import AgentLink
+from ._models import CommandEntry, EventCommand, Status, Welcome, check_text
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ._apply import Applier
+    from ._clock import WallClock
+    from ._config import EngineConfig
+    from ._ports import AgentTransport
+    from ._record import SessionRecord
+    from ._table import SessionTable
+
+_RESUMABLE = (Status.CONNECTED, Status.BACKGROUND, Status.GRACE_PERIOD)
+
+
+class AgentDesk:
+    """Agents' hellos, and the reports of their links (it is every link's ``LinkHost``)."""
+
+    def __init__(
+        self,
+        table: SessionTable,
+        applier: Applier,
+        config: EngineConfig,
+        clock: WallClock,
+        new_session: Callable[[str, str, str], SessionRecord],
+        spawn: Callable[[SessionRecord], None],
+    ) -> None:
+        self.table = table
+        self.applier = applier
+        self.config = config
+        self.clock = clock
+        self._new_session = new_session
+        self._spawn = spawn
+
+    # -- hello -------------------------------------------------------------------------------
+
+    async def hello(
+        self,
+        workspace_id: str,
+        transport: AgentTransport,
+        machine_id: str,
+        machine_hostname: str,
+        resume_token: str | None,
+        agent_version: str | None,
+    ) -> AgentLink:
+        check_text("machine_id", machine_id)
+        check_text("machine_hostname", machine_hostname)
+        if agent_version is not None:
+            check_text("agent_version", agent_version)
+        if resume_token is not None:
+            return await self._resume(workspace_id, transport, machine_id, resume_token)
+        active = self.table.active
+        while True:
+            existing = active.get((workspace_id, machine_id))
+            if existing is None:
+                break
+            actor = existing.actor
+            if existing.status is Status.PENDING and actor is not None:
+                link = AgentLink(self, existing, transport)
+                try:
+                    await actor.call(self._connect, link, agent_version)
+                except SessionNotActive:
+                    continue  # it timed out or ended meanwhile: look again
+                return link
+            if actor is not None:
+                # End the old session first, then look again: another hello may have raced us.
+                with contextlib.suppress(SessionNotActive):
+                    await actor.call(self._replace, existing)
+            else:
+                await trio.lowlevel.checkpoint()
+        rec = self._new_session(workspace_id, machine_id, machine_hostname)
+        link = AgentLink(self, rec, transport)
+        self._connect(link, agent_version)
+        self._spawn(rec)
+        return link
+
+    def _replace(self, rec: SessionRecord) -> None:
+        self.applier.end(rec, Input.REPLACED, trio.current_time())
+
+    def _connect(self, link: AgentLink, agent_version: str | None) -> None:
+        rec = link._record
+        self.applier.change(rec, Input.AGENT_CONNECTED, trio.current_time())
+        rec.agent_version = agent_version
+        self._bind(rec, link, resumed=False)
+
+    def _bind(self, rec: SessionRecord, link: AgentLink, *, resumed: bool) -> None:
+        previous = rec.link
+        rec.link = link
+        if previous is not None and previous is not link:
+            close_transport(previous.transport, "resumed_elsewhere")
+        rec.resume_secret = secrets.token_urlsafe(24)
+        config = self.config
+        link.welcome = Welcome(
+            session_id=rec.session_id,
+            resume_token=f"rt_{rec.session_id}.{rec.resume_secret}",
+            heartbeat_interval=config.heartbeat_interval,
+            heartbeat_timeout=config.heartbeat_timeout,
+            grace_period=config.grace_period,
+            resumed=resumed,
+        )
+
+    async def _resume(
+        self, workspace_id: str, transport: AgentTransport, machine_id: str, token: str
+    ) -> AgentLink:
+        rec = self._resumable(workspace_id, machine_id, token)
+        actor = None if rec is None else rec.actor
+        if rec is None or actor is None:
+            await trio.lowlevel.checkpoint()
+            raise ResumeRejected()
+        link = AgentLink(self, rec, transport)
+        await actor.call(self._resume_in_actor, link, token)
+        return link
+
+    def _resumable(self, workspace_id: str, machine_id: str, token: str) -> SessionRecord | None:
+        session_id, dot, secret = token.removeprefix("rt_").partition(".")
+        rec = self.table.records.get(session_id) if dot and token.startswith("rt_") else None
+        if (
+            rec is None
+            or rec.resume_secret is None
+            or rec.workspace_id != workspace_id
+            or rec.machine_id != machine_id
+            or rec.status not in _RESUMABLE
+            or not hmac.compare_digest(secret.encode(), rec.resume_secret.encode())
+        ):
+            return None
+        return rec
+
+    def _resume_in_actor(self, link: AgentLink, token: str) -> None:
+        rec = link._record
+        # Re-check inside the actor: the session may have moved on since the hello arrived.
+        if self._resumable(rec.workspace_id, rec.machine_id, token) is not rec:
+            raise ResumeRejected()
+        self.applier.change(rec, Input.RESUMED, trio.current_time())
+        self._bind(rec, link, resumed=True)
+
+    # -- what links report (LinkHost), inside the session's actor -----------------------------
+
+    def report_input(self, link: AgentLink, inp: Input, detail: str | None = None) -> None:
+        rec = link._record
+        if rec.link is not link:
+            if inp is Input.TRANSPORT_CLOSED:
+                return  # the session already moved on; nothing to do
+            raise AgentLinkClosed(rec.session_id, rec.status.value)
+        self.applier.change(rec, inp, trio.current_time(), detail)
+
+    def report_command(
+        self,
+        link: AgentLink,
+        command_id: str | None,
+        command: str,
+        exit_code: int,
+        executed_at: float | None,
+        user_email: str | None,
+    ) -> str:
+        rec = link._check()
+        now = trio.current_time()
+        if command_id is None:
+            command_id = random_id("cmd_")
+        elif rec.has_command_id(command_id):
+            raise DuplicateCommand(command_id)
+        self._record_executed(rec, CommandEntry(
+            command_id=command_id,
+            command=command,
+            exit_code=exit_code,
+            executed_at=self.clock.rfc3339(now if executed_at is None else executed_at),
+            user_email=user_email,
+        ), now)
+        return command_id
+
+    def report_result(self, link: AgentLink, command_id: str, exit_code: int) -> None:
+        rec = link._check()
+        pending = None if rec.commands is None else rec.commands.get(command_id)
+        if pending is None or pending.state != "pending":
+            raise InvalidParameter("command_id", "no pending command with this id")
+        now = trio.current_time()
+        pending.state = "completed" if exit_code == 0 else "failed"
+        pending.exit_code = exit_code
+        pending.completed_at = now
+        self._record_executed(rec, CommandEntry(
+            command_id=command_id,
+            command=pending.command,
+            exit_code=exit_code,
+            executed_at=self.clock.rfc3339(now),
+            user_email=pending.user_email,
+        ), now)
+
+    def _record_executed(self, rec: SessionRecord, entry: CommandEntry, now: float) -> None:
+        rec.record_command(entry, self.config.history_cap)
+        rec.version += 1
+        self.applier.emit(
+            rec,
+            "command.completed" if entry.exit_code == 0 else "command.failed",
+            rec.status,
+            None,
+            now,
+            command=EventCommand(
+                command_id=entry.command_id,
+                command=entry.command,
+                exit_code=entry.exit_code,
+                user_email=entry.user_email,
+            ),
+        )

@@ -1,0 +1,114 @@
+"""Where sessions are kept: every retained record, the machine -> active session map, the read
+index, and the queue of ended sessions waiting out their retention.
+
+One :class:`SessionTable` per engine. It answers "which record" questions (scoped to a
+workspace: another workspace's session is "not found"), and the purger task drops ended
+sessions once their retention has passed, oldest first.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+import trio
+
+from ._errors import NoActiveSession, SessionNotActive, SessionNotFound
+from ._ids import MonotonicIds
+from ._index import ReadIndex
+from ._models import Status, check_text
+from ._record import SessionRecord
+
+if TYPE_CHECKING:
+    from ._clock import WallClock
+    from ._ports import SessionInbox
+
+
+class SessionTable:
+    """Records by session id, live ones by (workspace, machine), and the read index over them."""
+
+    def __init__(self, clock: WallClock, retention: float) -> None:
+        self.clock = clock
+        self.retention = retention
+        self.records: dict[str, SessionRecord] = {}
+        self.index = ReadIndex(self.records)
+        self.active: dict[tuple[str, str], SessionRecord] = {}  # (workspace, machine) -> live
+        self._ended: deque[tuple[float, str]] = deque()  # (ended_at, session_id), in end order
+        self._purge_lot = trio.lowlevel.ParkingLot()
+        self._session_ids = MonotonicIds("sess_")
+
+    # -- adding and ending ---------------------------------------------------------------------
+
+    def add(self, workspace_id: str, machine_id: str, machine_hostname: str,
+            now: float) -> SessionRecord:
+        """A new PENDING record, the machine's active session from now on."""
+        check_text("workspace_id", workspace_id)
+        check_text("machine_id", machine_id)
+        check_text("machine_hostname", machine_hostname)
+        rec = SessionRecord(
+            self._session_ids.next(self.clock.wall_ms(now)),
+            workspace_id,
+            machine_id,
+            machine_hostname,
+            now,
+        )
+        rec.reason = "created"
+        self.records[rec.session_id] = rec
+        self.active[(workspace_id, machine_id)] = rec
+        self.index.add(rec)
+        return rec
+
+    def finish(self, rec: SessionRecord, now: float) -> None:
+        """``rec`` has ended: its machine is free, and its retention starts now."""
+        key = (rec.workspace_id, rec.machine_id)
+        if self.active.get(key) is rec:
+            del self.active[key]
+        was_empty = not self._ended
+        self._ended.append((now, rec.session_id))
+        if was_empty:
+            self._purge_lot.unpark_all()
+
+    async def run_purger(self) -> None:
+        """Drop ended sessions once their retention has passed (later entries end later)."""
+        ended = self._ended
+        while True:
+            if not ended:
+                await self._purge_lot.park()
+                continue
+            at, session_id = ended[0]
+            due = at + self.retention
+            if trio.current_time() < due:
+                await trio.sleep_until(due)
+                continue
+            ended.popleft()
+            self._purge(session_id)
+
+    def _purge(self, session_id: str) -> None:
+        # Its own frame: a local of ``run_purger`` would keep the last purged record alive.
+        rec = self.records.pop(session_id, None)
+        if rec is not None:
+            self.index.remove(rec)
+
+    # -- lookups -------------------------------------------------------------------------------
+
+    def get(self, workspace_id: str, session_id: str) -> SessionRecord:
+        rec = self.records.get(session_id)
+        if rec is None or rec.workspace_id != workspace_id:
+            raise SessionNotFound(session_id)
+        return rec
+
+    def live(
+        self, workspace_id: str, session_id: str, required: str = "an active"
+    ) -> tuple[SessionRecord, SessionInbox]:
+        """A live session and its actor (``required="CONNECTED"``: a CONNECTED one)."""
+        rec = self.get(workspace_id, session_id)
+        actor = rec.actor
+        if actor is None or (required == "CONNECTED" and rec.status is not Status.CONNECTED):
+            raise SessionNotActive(rec.status.value, required)
+        return rec, actor
+
+    def active_session(self, workspace_id: str, machine_id: str) -> SessionRecord:
+        rec = self.active.get((workspace_id, machine_id))
+        if rec is None:
+            raise NoActiveSession(machine_id)
+        return rec
