@@ -32,6 +32,7 @@ from typing import Any
 import trio
 
 from tether.engine import Engine, EngineConfig, Status
+from tether.engine.testing import RecordingTransport, session_facts
 
 WORKSPACE = "ws_bench"
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -61,21 +62,6 @@ def pct(values: list[float], q: float) -> float:
         return math.nan
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
-
-
-class Transport:
-    """The trivial transport an agent's connection would be."""
-
-    __slots__ = ("closed",)
-
-    def __init__(self) -> None:
-        self.closed: str | None = None
-
-    def send_run_command(self, cmd: Any) -> None:
-        pass
-
-    def close(self, reason: str) -> None:
-        self.closed = reason
 
 
 class Stalls:
@@ -138,7 +124,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     async with Engine(config) as engine, trio.open_nursery() as nursery:
         nursery.start_soon(stalls.run)
         # Everything the benchmark itself owns is made before the "before" RSS reading.
-        transports = [Transport() for _ in range(n)]
+        transports = [RecordingTransport() for _ in range(n)]
         machine_ids = [f"mach_{i:07d}" for i in range(n)]
         hostnames = [f"host-{i:04d}.prod.example.com" for i in range(hosts)]
         links: list[Any] = [None] * n
@@ -313,12 +299,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
         # -- 4. mass transport loss and grace expiry on the real clock --------------------
         stalls.phase = "transport_lost"  # includes the benchmark's one-instant posting loop
-        # Exact transition times come from the records themselves (trio time, read-only):
+        # Exact transition times come from the engine's own facts (trio time, read-only):
         # ``status_since`` when a session entered GRACE_PERIOD, ``ended_at`` when it became
         # DISCONNECTED. The subscriber reads them as the events arrive (the grace record is
         # still in GRACE_PERIOD then: it lasts seconds), and also notes when each event
         # reached it, so the event path's own delay is visible too.
-        records = engine._records  # read-only: the engine keeps no precise time in its views
         grace_start: dict[str, float] = {}
         ended: dict[str, float] = {}
         grace_rx: dict[str, float] = {}
@@ -331,15 +316,17 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             async for event in sub:
                 sid = event.session_id
                 if event.type == "session.grace_period":
-                    rec = records[sid]
+                    rec = session_facts(engine, sid)
                     grace_rx[sid] = trio.current_time()
-                    if rec.status is Status.GRACE_PERIOD:
+                    if rec is not None and rec.status is Status.GRACE_PERIOD:
                         grace_start[sid] = rec.status_since
                     if len(grace_rx) == n:
                         all_grace.set()
                 elif event.type == "session.disconnected":
                     ended_rx[sid] = trio.current_time()
-                    ended[sid] = records[sid].ended_at
+                    facts = session_facts(engine, sid)
+                    if facts is not None and facts.ended_at is not None:
+                        ended[sid] = facts.ended_at
                     if len(ended_rx) == n:
                         all_ended.set()
                         return

@@ -41,22 +41,13 @@ from functools import partial
 
 import trio
 
-from tether.engine import Engine, EngineConfig, RunCommand
+from tether.engine import Engine, EngineConfig
+from tether.engine.testing import NullTransport
 from tether.http import HttpSettings, KeyStore, create_app, serve, server_config
 
 API_KEY = "cmd_benchmark_key_000000000000000"
 WORKSPACE = "ws_bench"
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
-
-
-class NullTransport:
-    """An agent transport that drops everything (nothing is sent during the benchmark)."""
-
-    def send_run_command(self, command: RunCommand) -> None:
-        pass
-
-    def close(self, reason: str) -> None:
-        pass
 
 
 def say(text: str) -> None:

@@ -82,6 +82,7 @@ def run_server(port: int, gc_young: int) -> None:
 
     from tether import wire
     from tether.engine import Engine, EngineConfig
+    from tether.engine.testing import total_version
     from tether.http import HttpSettings, KeyStore, create_app, serve, server_config, tune_gc
 
     keys = KeyStore()
@@ -115,12 +116,10 @@ def run_server(port: int, gc_young: int) -> None:
             # high enough never to throttle (see the module docstring), yet still on the path
             settings = HttpSettings(agent_frame_rate=1_000_000.0, agent_frame_burst=1_000_000)
             app = create_app(engine, keys, settings)
-            records = engine._records  # read-only: the watcher's cheap sum of ``version``
-
             def count(key: str) -> int:
                 if key == "bare":
                     return bare_count
-                return sum(rec.version for rec in records.values())
+                return total_version(engine)
 
             def public_versions() -> tuple[int, int]:
                 """The sum of ``version`` through the engine's public queries, and sessions."""

@@ -48,7 +48,8 @@ import time
 import msgspec
 import trio
 
-from tether.engine import Engine, EngineConfig, RunCommand, Telemetry
+from tether.engine import Engine, EngineConfig, Telemetry
+from tether.engine.testing import NullTransport
 
 WORKSPACE = "ws_bench"
 
@@ -66,14 +67,6 @@ def telemetry_samples() -> list[Telemetry]:
     return [Telemetry(cpu_percent=float(k % 100), memory_percent=float((k * 7) % 100),
                       disk_percent=float((k * 13) % 100), network_rx_bytes=k * 1000,
                       network_tx_bytes=k * 400, uptime_seconds=k) for k in range(64)]
-
-
-class NullTransport:
-    def send_run_command(self, command: RunCommand) -> None:
-        pass
-
-    def close(self, reason: str) -> None:
-        pass
 
 
 # -- Tether ------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ import httpx
 import trio
 
 from tether.engine import Engine, EngineConfig
+from tether.engine.testing import NullTransport
 from tether.webhooks import WebhookConfig, Webhooks
 
 WS = "ws_bench"
@@ -97,14 +98,6 @@ def rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
-
-
-class NullTransport:
-    def send_run_command(self, command: object) -> None:
-        pass
-
-    def close(self, reason: str) -> None:
-        pass
 
 
 async def churn(engine: Engine, machine: str) -> None:

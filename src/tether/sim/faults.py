@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import gc
 import hashlib
 import heapq
 import itertools
@@ -39,11 +38,9 @@ from tether.engine import (
     Engine,
     EngineConfig,
     ResumeRejected,
-    RunCommand,
     TetherError,
 )
-from tether.engine._actor import SessionActor
-from tether.engine._record import SessionRecord
+from tether.engine.testing import RecordingTransport, heap_objects, snapshot
 from tether.webhooks import WebhookConfig, Webhooks
 
 from ._receivers import FAILING, FLAKY, HANGING, HEALTHY, Receiver, Receivers
@@ -77,22 +74,15 @@ WEBHOOKS = WebhookConfig(
 )
 
 
-class FakeTransport:
+class FakeTransport(RecordingTransport):
     """An in-process socket: records what the engine sends and whether it was closed."""
 
-    __slots__ = ("closed", "commands", "dropped", "session_id")
+    __slots__ = ("dropped", "session_id")
 
     def __init__(self) -> None:
-        self.closed: str | None = None
-        self.commands: list[RunCommand] = []
+        super().__init__()
         self.dropped = False  # the agent's side went away (the engine was told)
         self.session_id = ""  # the session it carried, once welcomed
-
-    def send_run_command(self, command: RunCommand) -> None:
-        self.commands.append(command)
-
-    def close(self, reason: str) -> None:
-        self.closed = reason
 
 
 @dataclass
@@ -345,7 +335,8 @@ def check_invariants(engine: Engine, report: FaultReport,
     no actor, link, machine entry or open socket left behind by ended sessions, and at most one
     open socket per live one. Returns the feed."""
     bad = report.violations.append
-    records = engine._records
+    held = snapshot(engine)
+    records = held.sessions
     report.sessions = len(records)
     open_sockets: dict[str, int] = {}
     for transport in transports:
@@ -363,14 +354,14 @@ def check_invariants(engine: Engine, report: FaultReport,
     for rec in records.values():
         if not rec.status.final:
             live.setdefault((rec.workspace_id, rec.machine_id), []).append(rec.session_id)
-        elif rec.actor is not None or rec.link is not None or rec.resume_secret is not None:
+        elif rec.has_actor or rec.has_link or rec.has_resume_secret:
             bad(f"{rec.session_id} ended but kept its actor, link or resume secret")
     for key, ids in live.items():
         if len(ids) > 1:
             bad(f"machine {key} has {len(ids)} active sessions: {ids}")
-        if engine._active.get(key) is None or engine._active[key].session_id != ids[0]:
+        if held.active.get(key) != ids[0]:
             bad(f"machine {key}: the active map does not point at its live session")
-    if len(engine._active) != sum(len(ids) for ids in live.values()):
+    if len(held.active) != sum(len(ids) for ids in live.values()):
         bad("the active map holds ended sessions")
     lives: list[str] = []
     feed: Feed = {}
@@ -398,9 +389,8 @@ def check_invariants(engine: Engine, report: FaultReport,
                          + " ".join(f"{e.type}:{e.data.reason}" for e in events))
     digest = hashlib.sha256("\n".join(sorted(lives)).encode())
     report.digest = digest.hexdigest()[:16]
-    tasks = len(engine._nursery.child_tasks) - 1 if engine._nursery else 0  # minus services
-    if tasks != len(engine._active):
-        bad(f"{tasks} actor tasks for {len(engine._active)} live sessions")
+    if held.actor_tasks != len(held.active):
+        bad(f"{held.actor_tasks} actor tasks for {len(held.active)} live sessions")
     return feed
 
 
@@ -409,20 +399,14 @@ def check_memory(engine: Engine, report: FaultReport) -> None:
     sessions only, and no record, actor or link of an ended one is left anywhere in the heap
     (counted by the garbage collector, after a full collection)."""
     bad = report.violations.append
-    records = engine._records
+    records = snapshot(engine).sessions
     live = sum(1 for rec in records.values() if not rec.status.final)
     if len(records) != live:
         bad(f"{len(records) - live} ended sessions kept past their retention")
-    gc.collect()
-    alive = {SessionRecord: 0, SessionActor: 0, AgentLink: 0}
-    for obj in gc.get_objects():
-        kind = type(obj)
-        if kind in alive:
-            alive[kind] += 1
-    report.memory = {kind.__name__: count for kind, count in alive.items()}
-    for kind, count in alive.items():
+    report.memory = heap_objects()
+    for kind, count in report.memory.items():
         if count > live:
-            bad(f"{count} {kind.__name__} objects in memory for {live} live sessions")
+            bad(f"{count} {kind} objects in memory for {live} live sessions")
 
 
 def _deliveries(hooks: Webhooks, workspace: str, webhook_id: str) -> list[Any]:

@@ -47,7 +47,7 @@ class Dispatcher:
         self._limiter = trio.CapacityLimiter(config.concurrency)
         self._client: PostClient | None = None  # for tests of stopped endpoints
         self._tls = ssl.create_default_context()  # shared: one per client costs ~ms each
-        self._nursery: trio.Nursery | None = None
+        self._workers: trio.Nursery | None = None
         self._id_prefix = "dlv_" + secrets.token_hex(3)
         self._ids = itertools.count(1)
         self._tiebreak = itertools.count()
@@ -56,24 +56,24 @@ class Dispatcher:
         """Run until cancelled: the HTTP client and the endpoints' delivery tasks live here."""
         async with self._new_client(16) as client, trio.open_nursery() as nursery:
             self._client = client
-            self._nursery = nursery
+            self._workers = nursery
             task_status.started()
             try:
                 await trio.sleep_forever()
             finally:
-                self._nursery = None
+                self._workers = None
                 self._client = None
 
     # -- endpoints ---------------------------------------------------------------------------
 
     def start(self, ep: Endpoint) -> None:
         """Start delivering to ``ep`` (its workers and retry timer)."""
-        if self._nursery is None:
+        if self._workers is None:
             raise RuntimeError("the dispatcher is not running")
         self.stop(ep)
         scope = trio.CancelScope()
         ep.scope = scope
-        self._nursery.start_soon(self._run_endpoint, ep, scope)
+        self._workers.start_soon(self._run_endpoint, ep, scope)
 
     def stop(self, ep: Endpoint) -> None:
         """Stop ``ep``'s tasks (an attempt in flight is abandoned)."""
