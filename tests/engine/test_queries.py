@@ -211,7 +211,7 @@ async def test_event_feed_after_an_id_and_gone_past_retention(autojump_clock: Mo
         await hello(engine, machine="m3")
         with pytest.raises(EventsGone) as gone:
             engine.events_after("ws_acme", first_two[0].id)
-        assert gone.value.http_status == 410
+        assert gone.value.code == "events_gone"
         for bad in ("evt_nope", "garbage"):
             with pytest.raises(InvalidParameter):
                 engine.events_after("ws_acme", bad)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ._config import EngineConfig
+    from ._pacer import Pacer
     from ._record import SessionRecord
     from ._timers import Timekeeper
 
@@ -41,6 +42,9 @@ class ActorHost(Protocol):
 
     @property
     def timekeeper(self) -> Timekeeper: ...
+
+    @property
+    def pacer(self) -> Pacer: ...
 
     def expire(self, rec: SessionRecord, inp: Input) -> None:
         """``rec``'s deadline has passed: apply ``inp`` (its status's timeout)."""
@@ -71,7 +75,8 @@ class _Call:
 class SessionActor:
     """Owns one session's lifecycle while it is live."""
 
-    __slots__ = ("_closed", "_due", "_inbox", "_parked", "_timer_at", "host", "record")
+    __slots__ = ("_closed", "_due", "_inbox", "_parked", "_queued", "_timer_at", "host",
+                 "record")
 
     def __init__(self, host: ActorHost, record: SessionRecord) -> None:
         self.host = host
@@ -81,6 +86,7 @@ class SessionActor:
         self._timer_at: float | None = None
         self._due = False
         self._closed = False
+        self._queued = False  # in the pacer's queue, to be resumed
 
     # -- from other tasks ------------------------------------------------------------------
 
@@ -175,6 +181,14 @@ class SessionActor:
         return trio.lowlevel.Abort.SUCCEEDED
 
     def _wake(self) -> None:
+        # Through the pacer: a mass wake-up is spread over passes of the run loop.
+        if self._parked is not None and not self._queued:
+            self._queued = True
+            self.host.pacer.wake(self)
+
+    def resume(self) -> None:
+        """The pacer's turn for this actor: reschedule it if it is still parked."""
+        self._queued = False
         task = self._parked
         if task is not None:
             self._parked = None

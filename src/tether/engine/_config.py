@@ -26,6 +26,9 @@ class EngineConfig(msgspec.Struct, kw_only=True, frozen=True):
     #: The retained event log: at most this many events, none older than ``event_retention``.
     event_log_max: int = 1_000_000
     event_retention: float = 24 * 3600.0
+    #: Freeze the collected heap whenever its old generation holds more objects than this, so
+    #: full garbage collections never walk every session (``_gc.py``); 0: leave it alone.
+    gc_freeze_limit: int = 100_000
 
     def __post_init__(self) -> None:
         for name in (
@@ -43,3 +46,5 @@ class EngineConfig(msgspec.Struct, kw_only=True, frozen=True):
         for name in ("history_cap", "event_log_max"):
             if getattr(self, name) < 1:
                 raise InvalidParameter(name, "must be at least 1")
+        if self.gc_freeze_limit < 0:
+            raise InvalidParameter("gc_freeze_limit", "must be 0 or more")

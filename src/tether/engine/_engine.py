@@ -28,8 +28,10 @@ from ._clock import WallClock
 from ._config import EngineConfig
 from ._errors import EngineClosed, InvalidParameter, SessionAlreadyActive
 from ._events import EventLog, Subscription
+from ._gc import GcGuard
 from ._lifecycle import Input
 from ._models import check_text
+from ._pacer import Pacer
 from ._queries import DEFAULT_HISTORY, DEFAULT_PAGE, MAX_HISTORY, MAX_PAGE, Queries
 from ._table import SessionTable
 from ._timers import Timekeeper
@@ -68,6 +70,9 @@ class Engine:
         self._clock_arg = clock
         self.clock: WallClock
         self.timekeeper = Timekeeper()
+        self._gc_guard = GcGuard(self._count_live, limit=self.config.gc_freeze_limit)
+        poke = self._gc_guard.poke if self.config.gc_freeze_limit else None
+        self.pacer = Pacer(on_wake=poke)
         self.events: EventLog
         self._table: SessionTable
         self._applier: Applier
@@ -108,6 +113,7 @@ class Engine:
     ) -> bool | None:
         if exc_type is None:
             self.shutdown()
+        self.pacer.close()  # the last actors wake at once: the pump is about to stop
         self._services.cancel()
         try:
             result: bool | None = await self._nursery_cm.__aexit__(exc_type, exc, tb)
@@ -134,7 +140,10 @@ class Engine:
         with self._services:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.timekeeper.run)
+                nursery.start_soon(self.pacer.run)
                 nursery.start_soon(self._table.run_purger)
+                if self.config.gc_freeze_limit:
+                    nursery.start_soon(self._gc_guard.run)
 
     # -- supervising actors (and being their ActorHost) -------------------------------------
 
@@ -144,6 +153,7 @@ class Engine:
             raise EngineClosed()
         now = trio.current_time()
         rec = self._table.add(workspace_id, machine_id, machine_hostname, now)
+        self._gc_guard.poke()
         self._applier.emit(rec, "session.created", None, "created", now)
         return rec
 
@@ -294,6 +304,9 @@ class Engine:
     def _actor_tasks(self) -> int:
         """Actor tasks running now (the nursery's tasks but the services'), for ``testing``."""
         return len(self._nursery.child_tasks) - 1 if self._nursery is not None else 0
+
+    def _count_live(self) -> int:
+        return len(self._table.active)
 
     @property
     def live_sessions(self) -> int:

@@ -21,10 +21,16 @@ class TimerOwner(Protocol):
     def on_timer(self, when: float, now: float) -> None: ...
 
 
+#: Due entries handled per pass of the run loop (each costs a few µs), so that 100,000
+#: deadlines falling due together are spread over passes instead of stalling one.
+DUE_PER_PASS = 5000
+
+
 class Timekeeper:
     """A heap of (when, order, owner), served by :meth:`run`."""
 
-    def __init__(self) -> None:
+    def __init__(self, due_per_pass: int = DUE_PER_PASS) -> None:
+        self.due_per_pass = due_per_pass
         self._heap: list[tuple[float, int, TimerOwner]] = []
         self._order = count()
         self._sleeping_until = -math.inf
@@ -43,15 +49,21 @@ class Timekeeper:
     async def run(self) -> None:
         heap = self._heap
         while True:
-            self._fire_due(trio.current_time())
+            if self._fire_due(trio.current_time()):
+                await trio.lowlevel.checkpoint()  # more are due: after the next pass
+                continue
             self._sleeping_until = heap[0][0] if heap else math.inf
             with trio.move_on_at(self._sleeping_until):
                 await self._lot.park()
 
-    def _fire_due(self, now: float) -> None:
+    def _fire_due(self, now: float) -> bool:
+        """Fire up to ``due_per_pass`` due entries; ``True`` if more are due."""
         # Its own frame: a local of ``run`` would keep the last actor it woke (and that
         # actor's session) alive for as long as the timekeeper sleeps.
         heap = self._heap
-        while heap and heap[0][0] <= now:
+        for _ in range(self.due_per_pass):
+            if not heap or heap[0][0] > now:
+                return False
             when, _, owner = heapq.heappop(heap)
             owner.on_timer(when, now)
+        return bool(heap) and heap[0][0] <= now

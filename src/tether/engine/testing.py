@@ -170,7 +170,9 @@ def total_version(engine: Engine) -> int:
 
 def heap_objects() -> dict[str, int]:
     """Session records, actors and agent links alive anywhere in the heap, after a full
-    garbage collection (so only what something still refers to is counted)."""
+    garbage collection (so only what something still refers to is counted). The heap is
+    thawed first (``gc.unfreeze()``): frozen objects are invisible to the collector."""
+    gc.unfreeze()
     gc.collect()
     alive = {SessionRecord: 0, SessionActor: 0, AgentLink: 0}
     for obj in gc.get_objects():
