@@ -39,12 +39,24 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 
 TARGETS = {
     "create_per_s": (">=", 15_000),
+    "create_vs_spawn": (">=", 0.5),
     "rss_per_session_kb": ("<=", 8.0),
     "heartbeats_per_s": (">=", 1_000_000),
     "heartbeat_vs_floor": (">=", 0.2),
     "list_p99_ms": ("<=", 1.0),
     "expiry_late_max_s": ("<=", 2.0),
+    "engine_stall_max_ms": ("<=", 100.0),
 }
+#: A million sessions (``--sessions 1000000``, the moonshot): a tighter memory budget, a looser
+#: stall bound; the creation rate is held to the floor measured in the run, not to a number.
+MILLION_TARGETS = {
+    **{k: v for k, v in TARGETS.items() if k != "create_per_s"},
+    "rss_per_session_kb": ("<=", 4.0),
+    "engine_stall_max_ms": ("<=", 250.0),
+}
+#: Phases whose stalls are the benchmark's own doing, not the engine's: making its fixtures,
+#: and the gc.collect() before each RSS reading.
+OWN_PHASES = ("setup", "measure")
 
 
 def say(text: str) -> None:
@@ -109,6 +121,33 @@ class GcPauses:
         return counts, maxima
 
 
+async def spawn_floor(n: int) -> float:
+    """Tasks per second for the least a session could cost to start: a bare trio task that
+    parks, with a dict entry naming it. Measured in the same run as creation, since the
+    absolute rate moves with the machine."""
+    parked: dict[int, trio.lowlevel.Task] = {}
+    lot = trio.lowlevel.ParkingLot()
+
+    async def bare(i: int) -> None:
+        parked[i] = trio.lowlevel.current_task()
+        await lot.park()
+
+    gc.collect()
+    async with trio.open_nursery() as nursery:
+        t0 = time.perf_counter()
+        for i in range(n):
+            nursery.start_soon(bare, i)
+            if i % 1000 == 999:
+                await trio.lowlevel.checkpoint()  # as the creation loop does
+        while len(parked) < n:
+            await trio.lowlevel.checkpoint()
+        elapsed = time.perf_counter() - t0
+        lot.unpark_all()
+    parked.clear()
+    gc.collect()
+    return n / elapsed
+
+
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     n: int = args.sessions
     hosts = max(1, min(args.hosts, n))
@@ -120,7 +159,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
     # Heartbeat and pending timeouts far beyond the run: nothing but the grace period may
     # time out here, so the expiry phase measures exactly the grace deadlines.
-    config = EngineConfig(grace_period=grace, heartbeat_timeout=3600.0, pending_timeout=3600.0)
+    config = EngineConfig(grace_period=grace, heartbeat_timeout=3600.0, pending_timeout=3600.0,
+                          gc_freeze_limit=args.gc_freeze_limit)
     async with Engine(config) as engine, trio.open_nursery() as nursery:
         nursery.start_soon(stalls.run)
         # Everything the benchmark itself owns is made before the "before" RSS reading.
@@ -129,6 +169,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         hostnames = [f"host-{i:04d}.prod.example.com" for i in range(hosts)]
         links: list[Any] = [None] * n
         await trio.sleep(0.05)
+
+        # -- 0. the creation floor: bare parked tasks, each with a dict entry ---------------
+        spawn_per_s = await spawn_floor(n)
+        out["spawn_per_s"] = round(spawn_per_s)
+        say(f"[spawn] floor: {n:,} bare tasks that park, each with a dict entry: "
+            f"{out['spawn_per_s']:,}/s")
 
         # -- 1. creation + connection ----------------------------------------------------
         stalls.phase = "measure"
@@ -152,6 +198,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         await trio.sleep(0.02)  # a tick, so the stall monitor starts the next phase afresh
         armed = len(engine.timekeeper)  # one timer per started actor
         out["create_per_s"] = round(n / elapsed)
+        out["create_vs_spawn"] = round(n / elapsed / spawn_per_s, 3)
         stalls.phase = "measure"  # the benchmark's own gc.collect() for the RSS reading
         gc.collect()
         rss_after = rss_bytes()
@@ -167,20 +214,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         out["create_stall_max_ms"] = round(stalls.max("create") * 1000, 1)
         out["create_gc2_max_ms"] = round(maxima[2] * 1000, 1)
         await trio.sleep(0.02)
-        if args.gc_freeze:
-            t = time.perf_counter()
-            gc.collect()
-            gc.freeze()
-            say(f"[gc] gc.freeze() after the creation burst: {gc.get_freeze_count():,} objects "
-                f"moved to the permanent generation ({(time.perf_counter() - t) * 1000:.0f} ms)")
-        else:
-            say("[gc] no gc.freeze() (--no-gc-freeze): full collections walk every session")
-        out["gc_freeze"] = args.gc_freeze
-        if not args.gc_freeze:
-            t = time.perf_counter()
-            gc.collect()
-            say(f"[gc] one full collection with {n:,} live sessions took "
-                f"{(time.perf_counter() - t) * 1000:.0f} ms")
+        # The engine itself keeps full collections small (EngineConfig.gc_freeze_step).
+        out["gc_freeze"] = args.gc_freeze_limit > 0
+        say(f"[gc] {gc.get_freeze_count():,} objects frozen by the engine's gc guard "
+            f"(old generation limit {args.gc_freeze_limit:,} objects; 0: off)")
 
         # -- 2. heartbeats vs. the dict-update floor --------------------------------------
         floor = {link.session_id: {"last_heartbeat": 0.0, "version": 0} for link in links}
@@ -338,8 +375,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             f"grace period {grace} s on the real clock ...")
         lost_at = trio.current_time()
         t = time.perf_counter()
-        for link in links:
-            link.transport_lost()
+        # Real sockets are lost in their own tasks: the losses are posted 1,000 per pass.
+        for lo in range(0, n, 1000):
+            for link in links[lo:lo + 1000]:
+                link.transport_lost()
+            await trio.lowlevel.checkpoint()
         post_s = time.perf_counter() - t
         with trio.move_on_after(grace + 60) as waited:
             await all_grace.wait()
@@ -382,6 +422,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             f"{engine.live_sessions}")
 
         out["loop_stall_max_ms"] = round(max(stalls.max_by_phase.values()) * 1000, 1)
+        out["engine_stall_max_ms"] = round(max(
+            v for k, v in stalls.max_by_phase.items() if k not in OWN_PHASES) * 1000, 1)
         out["loop_stall_max_ms_by_phase"] = {
             k: round(v * 1000, 1) for k, v in stalls.max_by_phase.items()
         }
@@ -397,21 +439,23 @@ def main() -> None:
     parser.add_argument("--grace", type=float, default=5.0, help="grace period, seconds")
     parser.add_argument("--heartbeat-rounds", type=int, default=15)
     parser.add_argument("--list-reps", type=int, default=300, help="repetitions of each query")
-    parser.add_argument("--no-gc-freeze", dest="gc_freeze", action="store_false",
-                        help="skip gc.freeze() after the creation burst")
+    parser.add_argument("--gc-freeze-limit", type=int, default=EngineConfig().gc_freeze_limit,
+                        help="the engine's gc guard: freeze when the old generation holds more "
+                        "objects than this (0: off)")
     args = parser.parse_args()
     say(f"tether engine benchmark: python {platform.python_version()}, trio {trio.__version__}, "
         f"{os.cpu_count()} cpus, {time.strftime('%Y-%m-%d %H:%M:%S')}")
     started = time.perf_counter()
     out = trio.run(bench, args)
     met = {}
-    for key, (op, target) in TARGETS.items():
+    targets = MILLION_TARGETS if args.sessions >= 1_000_000 else TARGETS
+    for key, (op, target) in targets.items():
         value = out.get(key)
         met[key] = value is not None and (value >= target if op == ">=" else value <= target)
     out["targets_met"] = met
     out["all_targets_met"] = all(met.values())
     out["run_s"] = round(time.perf_counter() - started, 1)
-    say(f"targets: {', '.join(f'{k} {TARGETS[k][0]} {TARGETS[k][1]}: ' + ('met' if v else 'MISSED') for k, v in met.items())}")  # noqa: E501
+    say(f"targets: {', '.join(f'{k} {targets[k][0]} {targets[k][1]}: ' + ('met' if v else 'MISSED') for k, v in met.items())}")  # noqa: E501
     print(json.dumps(out), flush=True)
     sys.exit(0)
 
