@@ -162,3 +162,21 @@ async def test_a_bad_hello_does_not_end_the_machines_live_session(
     assert engine.get_session("ws_acme", link.session_id).status is Status.CONNECTED
     assert link.active and transport.closed is None
     assert engine.list_sessions("ws_acme").meta.total == 1
+
+
+async def test_a_fatal_error_with_bad_text_is_refused_and_the_session_stays(
+    engine: Engine, autojump_clock: MockClock
+) -> None:
+    """Its code and message become the session's ``reason_detail``, served by the API and in
+    events: held to the same rules (found storing ESC, CR/LF and NUL as sent)."""
+    link, transport = await hello(engine)
+    sid = link.session_id
+    for code in _bad_texts(256):
+        await _refused(link.fatal_error(code, "boom"), "code")
+    for message in _bad_texts(1024):
+        await _refused(link.fatal_error("crash", message), "message")
+    assert engine.get_session("ws_acme", sid).status is Status.CONNECTED
+    assert link.active and transport.closed is None
+    await link.fatal_error("crash", "x" * 1024)  # at the limit; the detail is cut at 1,024
+    detail = engine.get_session("ws_acme", sid)
+    assert detail.status is Status.ERROR and detail.reason_detail == "crash: " + "x" * 1017
