@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ import trio_websocket
 
 from tether import wire
 
+from .serving import free_port, serve_process, wait_ready
+
 ROOT = Path(__file__).resolve().parents[1]
 COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info",
                                      "__pycache__", ".*_cache", ".hypothesis")
@@ -38,12 +39,6 @@ def _readme_first_command() -> str:
         if line.startswith("    ") and line.strip():
             return line.strip()
     raise AssertionError("README.md has no indented command")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -89,12 +84,9 @@ async def test_first_run_serves_with_printed_credentials(plain_venv, tmp_path):
     tether = str(plain_venv / "bin" / "tether")
     home = tmp_path / "home"
     env = _user_env(home)
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = await trio.lowlevel.open_process(
-        [tether, "serve", "--port", str(port)], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE)
-    try:
+    async with serve_process("--port", str(port), env=env, tether=tether) as proc:
         out = b""
         with trio.fail_after(30):
             while b"Keys: " not in out:
@@ -109,14 +101,7 @@ async def test_first_run_serves_with_printed_credentials(plain_venv, tmp_path):
         agent_token = re.search(r"Agent token \(/v1/agent\):\s+(agt_\S+)", text).group(1)
         async with httpx.AsyncClient(base_url=base, timeout=10,
                                      headers={"Authorization": f"Bearer {api_key}"}) as api:
-            with trio.fail_after(30):
-                while True:
-                    try:
-                        health = await api.get("/healthz")
-                        break
-                    except httpx.TransportError:
-                        await trio.sleep(0.05)
-            assert health.status_code == 200
+            assert (await wait_ready(api)).status_code == 200
             async with trio_websocket.open_websocket_url(
                 f"ws://127.0.0.1:{port}/v1/agent",
                 extra_headers=[(b"authorization", f"Bearer {agent_token}".encode())],
@@ -141,7 +126,3 @@ async def test_first_run_serves_with_printed_credentials(plain_venv, tmp_path):
         with trio.fail_after(15):
             assert await proc.wait() == 0
         assert time.monotonic() - started < 5
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()

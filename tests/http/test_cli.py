@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 
 import httpx
 import pytest
@@ -15,6 +12,8 @@ import trio
 
 from tether.cli import load_keys, main
 from tether.http import KeyStore, read_keys_file
+
+from ..serving import free_port, serve_process, wait_ready
 
 
 def test_keys_create(tmp_path, capsys):
@@ -83,32 +82,17 @@ def test_serve_refuses_a_negative_gc_threshold(capsys):
     assert "--gc-young: must be 0 or more" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 async def test_serve_process_and_clean_shutdown(tmp_path, signum):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "TETHER_API_KEYS": "cmd_proc=ws_p", "TETHER_AGENT_TOKENS": ""}
-    proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "tether.cli", "serve", "--port", str(port), "--grace-period",
-         "7", "--keys", str(tmp_path / "keys.json"), "--log-level", "WARNING",
-         "--gc-young", "20000"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    try:
+    async with serve_process(
+        "--port", str(port), "--grace-period", "7", "--keys", str(tmp_path / "keys.json"),
+        "--log-level", "WARNING", "--gc-young", "20000", env=env,
+    ) as proc:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
                                      headers={"Authorization": "Bearer cmd_proc"}) as client:
-            with trio.fail_after(15):
-                while True:
-                    try:
-                        r = await client.get("/healthz")
-                        break
-                    except httpx.TransportError:
-                        await trio.sleep(0.05)
+            r = await wait_ready(client)
             assert r.json() == {"status": "ok", "live_sessions": 0}
             r = await client.post("/v1/sessions", json={"machine_id": "m", "machine_hostname": "h"})
             assert r.status_code == 201
@@ -119,7 +103,3 @@ async def test_serve_process_and_clean_shutdown(tmp_path, signum):
             code = await proc.wait()
         assert code == 0
         assert not (tmp_path / "keys.json").exists()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()

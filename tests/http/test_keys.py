@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
 import sys
 from functools import partial
 
@@ -32,6 +30,8 @@ from tether.http import (
     serve,
     server_config,
 )
+
+from ..serving import free_port, serve_process, wait_ready
 
 
 def _bearer(key: str) -> str:
@@ -151,34 +151,18 @@ async def test_a_running_server_follows_the_keys_file(tmp_path, monkeypatch):
     await trio.to_thread.run_sync(lambda: trio.run(scenario, clock=clock))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("how", ["file_watch", "sighup"])
 async def test_a_revoked_key_stops_working_on_a_real_server(tmp_path, how):
     path = tmp_path / "keys.json"
     key = create_key(path, "api", "ws_acme")
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
     interval = "1" if how == "file_watch" else "0"  # 0: only SIGHUP reloads
-    proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "tether.cli", "serve", "--port", str(port), "--keys", str(path),
-         "--keys-reload-interval", interval, "--log-level", "WARNING"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    try:
+    async with serve_process("--port", str(port), "--keys", str(path), "--keys-reload-interval",
+                             interval, "--log-level", "WARNING", env=env) as proc:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10,
                                      headers={"Authorization": _bearer(key)}) as api:
-            with trio.fail_after(15):
-                while True:
-                    try:
-                        await api.get("/healthz")
-                        break
-                    except httpx.TransportError:
-                        await trio.sleep(0.05)
+            await wait_ready(api)
             assert (await api.get("/v1/sessions")).status_code == 200
             fingerprint = read_keys_file(path).keys[0].fingerprint
             result = await trio.run_process(
@@ -194,10 +178,6 @@ async def test_a_revoked_key_stops_working_on_a_real_server(tmp_path, how):
         proc.send_signal(signal.SIGTERM)
         with trio.fail_after(15):
             assert await proc.wait() == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 async def test_a_revoked_agent_token_closes_its_open_sockets(tmp_path):

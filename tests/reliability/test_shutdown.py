@@ -10,9 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from functools import partial
 
@@ -22,14 +19,10 @@ import trio_websocket
 
 from tether import wire
 
+from ..serving import free_port, serve_process, wait_ready
+
 API = "cmd_shutdown_test_key_0123456789"
 AGENT = "agt_shutdown_test_token_0123456789"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Receiver:
@@ -64,18 +57,8 @@ class Receiver:
             return
 
 
-async def _wait_ready(client: httpx.AsyncClient) -> None:
-    with trio.fail_after(15):
-        while True:
-            try:
-                await client.get("/healthz")
-                return
-            except httpx.TransportError:
-                await trio.sleep(0.05)
-
-
 async def test_sigterm_tells_agents_ends_sessions_and_flushes_events(tmp_path):
-    port = _free_port()
+    port = free_port()
     receiver = Receiver()
     drain = 5.0
     async with trio.open_nursery() as nursery:
@@ -84,17 +67,14 @@ async def test_sigterm_tells_agents_ends_sessions_and_flushes_events(tmp_path):
         hook_port = listeners[0].socket.getsockname()[1]
         env = {**os.environ, "TETHER_API_KEYS": f"{API}=ws_s", "TETHER_AGENT_TOKENS":
                f"{AGENT}=ws_s"}
-        proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "tether.cli", "serve", "--port", str(port),
-             "--keys", str(tmp_path / "keys.json"), "--log-level", "WARNING",
-             "--allow-private-webhooks", "--drain-timeout", str(drain)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )
-        try:
+        async with serve_process(
+            "--port", str(port), "--keys", str(tmp_path / "keys.json"), "--log-level",
+            "WARNING", "--allow-private-webhooks", "--drain-timeout", str(drain), env=env,
+        ) as proc:
             base = f"http://127.0.0.1:{port}"
             async with httpx.AsyncClient(base_url=base, timeout=10,
                                          headers={"Authorization": f"Bearer {API}"}) as api:
-                await _wait_ready(api)
+                await wait_ready(api)
                 r = await api.post("/v1/webhooks", json={
                     "url": f"http://127.0.0.1:{hook_port}/hook",
                     "events": ["session.disconnected"]})
@@ -132,10 +112,6 @@ async def test_sigterm_tells_agents_ends_sessions_and_flushes_events(tmp_path):
             with trio.fail_after(drain + 5):
                 code = await proc.wait()
             elapsed = time.monotonic() - started
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
         nursery.cancel_scope.cancel()
     assert code == 0, proc.stderr
     assert elapsed < drain + 3, elapsed
@@ -155,19 +131,16 @@ async def test_sigterm_tells_agents_ends_sessions_and_flushes_events(tmp_path):
 async def test_drain_flushes_the_feed_and_stops_accepting(tmp_path):
     """A live event-feed reader gets every session's terminal event, in sequence, before the
     stream ends; the port refuses connections once shutdown began; the exit is in time."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "TETHER_API_KEYS": f"{API}=ws_s", "TETHER_AGENT_TOKENS": ""}
-    proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "tether.cli", "serve", "--port", str(port),
-         "--keys", str(tmp_path / "keys.json"), "--log-level", "WARNING",
-         "--drain-timeout", "3"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    try:
+    async with serve_process(
+        "--port", str(port), "--keys", str(tmp_path / "keys.json"), "--log-level", "WARNING",
+        "--drain-timeout", "3", env=env,
+    ) as proc:
         base = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=base, timeout=10,
                                      headers={"Authorization": f"Bearer {API}"}) as api:
-            await _wait_ready(api)
+            await wait_ready(api)
             async with api.stream("GET", "/v1/events/stream") as stream:
                 for n in range(3):
                     await api.post("/v1/sessions", json={"machine_id": f"m{n}",
@@ -196,30 +169,23 @@ async def test_drain_flushes_the_feed_and_stops_accepting(tmp_path):
                     await trio.sleep(0.05)
         with trio.fail_after(8):
             assert await proc.wait() == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 async def test_idle_clients_and_event_streams_do_not_hold_the_exit(tmp_path):
     """An idle keep-alive REST client is closed at once and an event stream ends once its last
     events are out: the exit does not wait for the whole ``--drain-timeout``."""
-    port = _free_port()
+    port = free_port()
     drain = 10.0
     env = {**os.environ, "TETHER_API_KEYS": f"{API}=ws_s", "TETHER_AGENT_TOKENS": ""}
-    proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "tether.cli", "serve", "--port", str(port),
-         "--keys", str(tmp_path / "keys.json"), "--log-level", "WARNING",
-         "--drain-timeout", str(drain)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    try:
+    async with serve_process(
+        "--port", str(port), "--keys", str(tmp_path / "keys.json"), "--log-level", "WARNING",
+        "--drain-timeout", str(drain), env=env,
+    ) as proc:
         base = f"http://127.0.0.1:{port}"
         headers = {"Authorization": f"Bearer {API}"}
         async with httpx.AsyncClient(base_url=base, timeout=20, headers=headers) as idle, \
                 httpx.AsyncClient(base_url=base, timeout=20, headers=headers) as feed:
-            await _wait_ready(idle)
+            await wait_ready(idle)
             r = await idle.post("/v1/sessions", json={"machine_id": "m", "machine_hostname": "h"})
             assert r.status_code == 201  # this client now holds an idle keep-alive connection
             types = []
@@ -233,9 +199,5 @@ async def test_idle_clients_and_event_streams_do_not_hold_the_exit(tmp_path):
             with trio.fail_after(drain):
                 code = await proc.wait()
             elapsed = time.monotonic() - started
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
     assert code == 0
     assert elapsed < 3, f"exit took {elapsed:.1f} s of a {drain} s drain"

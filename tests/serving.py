@@ -1,0 +1,51 @@
+"""A real ``tether serve`` process for a test: a free port on 127.0.0.1, waiting until it
+answers, and never left running (killed at the end if the test did not stop it)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import httpx
+import trio
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_ready(client: httpx.AsyncClient, timeout: float = 30) -> httpx.Response:
+    """Poll ``/healthz`` until the server answers; its answer."""
+    with trio.fail_after(timeout):
+        while True:
+            try:
+                return await client.get("/healthz")
+            except httpx.TransportError:
+                await trio.sleep(0.05)
+
+
+@asynccontextmanager
+async def serve_process(
+    *args: str, env: Mapping[str, str], tether: str | None = None
+) -> AsyncIterator[trio.Process]:
+    """``tether serve ARGS`` (``tether``: that executable; default this interpreter's
+    ``python -m tether.cli``) with pipes for stdout and stderr."""
+    command = [tether] if tether else [sys.executable, "-m", "tether.cli"]
+    proc = await trio.lowlevel.open_process(
+        [*command, "serve", *args], env=dict(env), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
