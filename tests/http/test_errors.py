@@ -57,7 +57,7 @@ async def test_list_limit_bounds_accepted(api):
 @pytest.mark.parametrize(
     "query, parameter",
     [({"limit": "0"}, "limit"), ({"limit": "1001"}, "limit"), ({"limit": "x"}, "limit"),
-     ({"before": "cmd_unknown"}, "before")],
+     ({"before": ""}, "before"), ({"before": "c" * 257}, "before")],
 )
 async def test_history_invalid_parameters(server, api, query, parameter):
     async with connect_agent(server) as agent:
@@ -69,17 +69,31 @@ async def test_history_invalid_parameters(server, api, query, parameter):
         assert error["details"]["parameter"] == parameter
 
 
+async def test_a_history_cursor_naming_no_command_is_that_command_not_found(server, api):
+    """A ``before`` of the right form that names no command of the session is a 404 (like any
+    id that names nothing), not a 400: the request is one the document says is valid."""
+    async with connect_agent(server) as agent:
+        sid = (await agent.hello()).session_id
+        r = await api.get(f"/v1/sessions/{sid}/history", params={"before": "cmd_unknown"})
+        assert assert_error(r, 404, "command_not_found")["details"] == {
+            "command_id": "cmd_unknown"}
+
+
 @pytest.mark.parametrize(
     "body, parameter",
     [
         (b"", "body"),
+        (b"   ", "body"),
         (b"not json", "body"),
         (b"[]", "body"),
-        (b'{"machine_hostname": "h"}', "body"),
+        # A missing or unknown field is named, as the webhooks API always named it (the
+        # sessions API used to say "body"): one decoder, one rule.
+        (b'{"machine_hostname": "h"}', "machine_id"),
         (b'{"machine_id": 5, "machine_hostname": "h"}', "machine_id"),
-        (b'{"machine_id": "m", "machine_hostname": "h", "extra": 1}', "body"),
+        (b'{"machine_id": "m", "machine_hostname": "h", "extra": 1}', "extra"),
         (b'{"machine_id": "", "machine_hostname": "h"}', "machine_id"),
         (b'{"machine_id": "m\\u0000", "machine_hostname": "h"}', "machine_id"),
+        (b'{"machine_id": "m", "machine_hostname": "' + b"h" * 257 + b'"}', "machine_hostname"),
     ],
 )
 async def test_create_bad_body(api, body, parameter):
@@ -264,3 +278,111 @@ async def test_healthz_and_openapi(server, api):
     for ref in set(re.findall(r'"\$ref":\s*"#/components/schemas/([^"]+)"',
                                            json.dumps(doc))):
         assert ref in schemas
+
+
+# -- one parser: every integer parameter of every operation is read the same, strict way --------
+
+#: Integer texts no parameter accepts. The webhooks and events operations used a lax parser
+#: (Python's ``int()``) that took the first four; the sessions API never did. The strict one won.
+NOT_INTEGERS = ["1_0", " 5", "5 ", "\u0663", "+5", "-1", "1e3", "1.0", "0x10", "", "ten",
+                "9" * 13]
+
+
+def _integer_params():
+    from tether.http._params import Integer
+    from tether.http._routes import OPERATIONS
+
+    for op in OPERATIONS:
+        for param in op.query:
+            if isinstance(param, Integer):
+                yield op, param
+
+
+@pytest.mark.parametrize("op, param", list(_integer_params()),
+                         ids=lambda v: getattr(v, "view", getattr(v, "name", "")))
+async def test_every_integer_parameter_is_strict(server, api, op, param):
+    async with connect_agent(server) as agent:
+        sid = (await agent.hello()).session_id
+        hook = (await api.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/h",
+                                                     "events": ["*"]})).json()["data"]["id"]
+        path = op.path.replace("{session_id}", sid).replace("{webhook_id}", hook)
+        for raw in [*NOT_INTEGERS, str(param.low - 1), str(param.high + 1)]:
+            r = await api.get(path, params={param.name: raw})
+            error = assert_error(r, 400, "invalid_parameter")
+            assert error["details"] == {
+                "parameter": param.name,
+                "reason": f"must be an integer from {param.low} to {param.high}"}, raw
+        for raw in (str(param.low), str(param.high), "0" + str(param.high)):
+            assert (await api.get(path, params={param.name: raw})).status_code == 200, raw
+
+
+async def test_every_operation_refuses_undeclared_and_repeated_parameters(server, api):
+    from tether.http._routes import OPERATIONS
+
+    for op in OPERATIONS:
+        if op.method != "GET" or "{" in op.path or op.view == "stream_events":
+            continue
+        r = await api.get(op.path, params={"limt": "5"})
+        assert assert_error(r, 400, "invalid_parameter")["details"]["parameter"] == "limt"
+        query = [p for p in op.query if p.location == "query"]
+        if query:
+            name = query[0].name
+            r = await api.get(op.path, params=[(name, "1"), (name, "1")])
+            error = assert_error(r, 400, "invalid_parameter")
+            assert error["details"] == {"parameter": name,
+                                        "reason": "must be given at most once"}
+
+
+async def test_an_empty_delivery_cursor_is_refused_like_any_empty_cursor(api):
+    """``before=`` was read as "no cursor" by the deliveries list and refused by the history:
+    the strict reading won (the document says 1 to 256 characters)."""
+    hook = (await api.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/h",
+                                                 "events": ["*"]})).json()["data"]["id"]
+    r = await api.get(f"/v1/webhooks/{hook}/deliveries", params={"before": ""})
+    assert assert_error(r, 400, "invalid_parameter")["details"]["parameter"] == "before"
+    r = await api.get(f"/v1/webhooks/{hook}/deliveries", params={"before": "dlv_any"})
+    assert r.status_code == 200
+
+
+async def test_text_in_a_body_is_refused_in_words(api):
+    r = await api.post("/v1/sessions", json={"machine_id": "m\r\nX: 1", "machine_hostname": "h"})
+    error = assert_error(r, 400, "invalid_parameter")
+    assert error["details"] == {
+        "parameter": "machine_id",
+        "reason": "must be printable ASCII characters (no control characters)"}
+
+
+# -- one table: the HTTP status of every error code ---------------------------------------------
+
+
+def _error_classes():
+    import tether.engine
+    import tether.http._errors
+    import tether.webhooks
+    from tether.engine import TetherError
+
+    seen = set()
+    for module in (tether.engine, tether.webhooks, tether.http._errors):
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, TetherError) and value not in seen:
+                seen.add(value)
+                yield value
+
+
+def test_every_error_code_has_its_status_in_the_one_table():
+    from tether.http._errors import STATUS
+
+    classes = list(_error_classes())
+    assert len(classes) > 20
+    for cls in classes:
+        assert cls.code in STATUS, cls
+        assert not hasattr(cls, "http_status"), f"{cls.__name__} still carries an HTTP status"
+
+
+async def test_every_401_names_its_scheme_whichever_api_answers(server):
+    async with httpx.AsyncClient(base_url=server.url) as anonymous:
+        for path in ("/v1/sessions", "/v1/webhooks", "/v1/events", "/v1/events/stream",
+                     "/v1/webhooks/hook_x/deliveries"):
+            r = await anonymous.get(path)
+            assert_error(r, 401, "unauthorized")
+            assert r.headers["www-authenticate"] == 'Bearer realm="tether"'

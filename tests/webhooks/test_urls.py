@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
+import re
 
 import pytest
 import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tether.engine import InvalidParameter
-from tether.webhooks import check_url
-from tether.webhooks._urls import AddressGuard
+from tether.http._models import MAX_WEBHOOK_URL, WEBHOOK_SECRET, WEBHOOK_URL
+from tether.webhooks import check_url, secret_key
+from tether.webhooks._urls import AddressGuard, parse_url
 
 from .conftest import WS
 
@@ -37,7 +42,6 @@ async def test_internal_addresses_are_refused(url, reason):
         await check_url(url, allow_private=False)
     assert caught.value.parameter == "url"
     assert reason in caught.value.reason
-    assert caught.value.http_status == 400
     assert await check_url(url, allow_private=True) == url
 
 
@@ -97,3 +101,51 @@ async def test_the_guard_hands_out_the_addresses_it_checked(clock, monkeypatch):
     refusal, addresses = await guard.check(url)
     assert "loopback" in refusal and addresses == ()
     assert await AddressGuard(True, 60.0).check(url) == (None, ())  # connect by name
+
+
+# -- the HTTP API's patterns (tether.http._models) against the service's checks ------------------
+# The API documents (and its decoder enforces) a pattern for webhook URLs and secrets; every
+# value a client may send by the document must pass the service's own checks, or a schema-valid
+# request would be refused.
+
+
+@settings(max_examples=2000, database=None, suppress_health_check=list(HealthCheck))
+@given(st.from_regex(WEBHOOK_URL, fullmatch=True).filter(lambda u: len(u) <= MAX_WEBHOOK_URL))
+def test_every_url_the_api_documents_is_one_the_service_takes(url):
+    parse_url(url)
+
+
+@pytest.mark.parametrize("url", [
+    "http://x.example/", "https://user:pw@hooks.example:8443/p?q=1#f", "HTTP://H.EXAMPLE",
+    "http://[::1]:9000/hook", "http://[2606:4700::1111]/", "http://[::ffff:10.0.0.1]/hook",
+    "http://127.0.0.1:9/hook", "http://h:00080/",
+])
+def test_the_url_pattern_takes_ordinary_urls(url):
+    assert re.search(WEBHOOK_URL, url)
+    parse_url(url)
+
+
+@pytest.mark.parametrize("url", [
+    "ftp://x.example/", "http://", "http:///x", "http://h:65536/", "http://h:/", "http://a b/",
+    "http://[:::]/", "http://[::ffff:01.2.3.4]/", "http://caf\u00e9.example/", "//x.example/",
+])
+def test_the_url_pattern_refuses_what_is_not_an_http_url(url):
+    assert not re.search(WEBHOOK_URL, url)
+
+
+@settings(max_examples=500, database=None)
+@given(st.binary(max_size=70))
+def test_the_secret_pattern_is_exactly_the_secrets_the_service_takes(key):
+    secret = "whsec_" + base64.b64encode(key).decode()
+    try:
+        secret_key(secret)
+        taken = True
+    except InvalidParameter:
+        taken = False
+    assert bool(re.search(WEBHOOK_SECRET, secret)) is taken
+
+
+@settings(max_examples=500, database=None, suppress_health_check=list(HealthCheck))
+@given(st.from_regex(WEBHOOK_SECRET, fullmatch=True))
+def test_every_secret_the_api_documents_is_one_the_service_takes(secret):
+    secret_key(secret)

@@ -1,8 +1,9 @@
 """The engine's one error hierarchy.
 
 Every error carries exactly the fields of the API's error envelope
-(``{"error": {"code", "message", "details"}}``) and the HTTP status it maps to, so the
-transports render errors in one place and never build error JSON by hand.
+(``{"error": {"code", "message", "details"}}``): a stable ``code``, a ``message`` for people
+and ``details``. How a transport answers a code (the HTTP status of each) is the transport's
+business (``tether.http`` maps them in one table), so the engine knows nothing of HTTP.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ class TetherError(Exception):
     """Base of every error the engine raises on purpose."""
 
     code: ClassVar[str] = "internal_error"
-    http_status: ClassVar[int] = 500
 
     def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
@@ -30,7 +30,6 @@ class SessionNotFound(TetherError):
     """No such session in the caller's workspace (another workspace's session included)."""
 
     code = "session_not_found"
-    http_status = 404
 
     def __init__(self, session_id: str, message: str = "Session not found") -> None:
         super().__init__(message, {"session_id": session_id})
@@ -50,7 +49,6 @@ class SessionNotActive(TetherError):
     """The session is not in a status that allows the operation."""
 
     code = "session_not_active"
-    http_status = 409
 
     def __init__(self, current_status: str, required: str = "CONNECTED") -> None:
         super().__init__(f"Session is not in {required} state", {"current_status": current_status})
@@ -61,7 +59,6 @@ class SessionAlreadyActive(TetherError):
     """The machine already has an active session; only one may be active at a time."""
 
     code = "session_already_active"
-    http_status = 409
 
     def __init__(self, machine_id: str, session_id: str, current_status: str) -> None:
         super().__init__(
@@ -74,7 +71,6 @@ class InvalidParameter(TetherError):
     """A query parameter, body field or input value is out of its domain."""
 
     code = "invalid_parameter"
-    http_status = 400
 
     def __init__(self, parameter: str, reason: str) -> None:
         super().__init__(
@@ -88,7 +84,6 @@ class ClientNotFound(TetherError):
     """No such client is attached to the session."""
 
     code = "client_not_found"
-    http_status = 404
 
     def __init__(self, client_id: str) -> None:
         super().__init__("Client not attached to this session", {"client_id": client_id})
@@ -98,7 +93,6 @@ class ClientNotOperator(TetherError):
     """Observers only watch: running a command needs an attached operator."""
 
     code = "client_not_operator"
-    http_status = 403
 
     def __init__(self, client_id: str) -> None:
         super().__init__(
@@ -111,7 +105,6 @@ class CommandNotFound(TetherError):
     """No such command in the session."""
 
     code = "command_not_found"
-    http_status = 404
 
     def __init__(self, command_id: str) -> None:
         super().__init__("Command not found", {"command_id": command_id})
@@ -121,7 +114,6 @@ class DuplicateCommand(TetherError):
     """The agent reported a command id the session already holds."""
 
     code = "duplicate_command"
-    http_status = 409
 
     def __init__(self, command_id: str) -> None:
         super().__init__("Command id already used in this session", {"command_id": command_id})
@@ -134,7 +126,6 @@ class ResumeRejected(TetherError):
     """
 
     code = "resume_rejected"
-    http_status = 401
 
     def __init__(self) -> None:
         super().__init__("Resume token is not valid for a resumable session")
@@ -144,7 +135,6 @@ class AgentLinkClosed(TetherError):
     """This agent link no longer speaks for its session (resumed elsewhere, or ended)."""
 
     code = "link_closed"
-    http_status = 409
 
     def __init__(self, session_id: str, current_status: str) -> None:
         super().__init__(
@@ -157,7 +147,6 @@ class ProtocolViolation(TetherError):
     """An agent input that the session's status does not allow (e.g. foreground while CONNECTED)."""
 
     code = "protocol_violation"
-    http_status = 400
 
     def __init__(self, message: str, current_status: str) -> None:
         super().__init__(message, {"current_status": current_status})
@@ -167,7 +156,6 @@ class EventsGone(TetherError):
     """The event asked for is older than the retained log (or from another server run): resync."""
 
     code = "events_gone"
-    http_status = 410
 
     def __init__(self, after: str, oldest: str | None) -> None:
         super().__init__(
@@ -180,7 +168,6 @@ class EngineClosed(TetherError):
     """The engine is shutting down and takes no more lifecycle inputs."""
 
     code = "engine_closed"
-    http_status = 503
 
     def __init__(self) -> None:
         super().__init__("The session engine is shutting down")

@@ -8,20 +8,19 @@ from typing import TYPE_CHECKING, Any
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
-from quart import Response, request
+from quart import request
 from quart_trio import QuartTrio
-
-from tether.engine import InvalidParameter
 
 from . import _errors, _malformed
 from ._agent import AgentSocket
 from ._asgi import HTTPConnection
+from ._endpoints import endpoint
+from ._events import EventsApi
 from ._openapi import openapi_document
 from ._routes import OPERATIONS
 from ._settings import HttpSettings
 from ._views import SessionsApi
-from .events import events_blueprint
-from .webhooks import api_key_workspace, webhooks_blueprint
+from ._webhooks import WebhooksApi
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -46,39 +45,6 @@ async def _drain_body() -> None:
         await request.get_data()
 
 
-def _query_check(
-    allowed: dict[tuple[str, str], frozenset[str]],
-) -> Callable[[], Awaitable[None]]:
-    """Refuse query parameters an operation does not declare (400 ``invalid_parameter``).
-
-    The route table says which parameters each operation takes; a misspelt one (``limt=5``)
-    would otherwise be ignored silently and the client would never learn why.
-    """
-
-    async def check_query() -> None:
-        if not request.query_string:
-            return
-        rule = request.url_rule
-        names = allowed.get((rule.rule, request.method)) if rule is not None else None
-        if names is None:
-            return
-        args = request.args
-        for name in args:
-            if name not in names:
-                raise InvalidParameter(name, "is not a parameter of this operation")
-            if len(args.getlist(name)) > 1:
-                raise InvalidParameter(name, "must be given at most once")
-
-    return check_query
-
-
-async def _challenge(response: Response) -> Response:
-    """Every 401 names the scheme it wants (RFC 9110), whichever blueprint answered it."""
-    if response.status_code == 401 and "WWW-Authenticate" not in response.headers:
-        response.headers["WWW-Authenticate"] = 'Bearer realm="tether"'
-    return response
-
-
 def create_app(
     engine: Engine,
     keys: KeyStore,
@@ -86,26 +52,33 @@ def create_app(
     webhooks: Webhooks | None = None,
 ) -> QuartTrio:
     """The Sessions REST API, the event feed, ``/openapi.json``, ``/healthz``, the agent
-    socket, and (given the running service) the webhooks API."""
+    socket, and (given the running service) the webhooks API.
+
+    Every operation of the route table is served by :func:`._endpoints.endpoint` over the API
+    object of its tag; every error is answered by :mod:`._errors`.
+    """
     settings = settings or HttpSettings()
     app = QuartTrio("tether")
     app.asgi_http_class = HTTPConnection
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    # ``/v1//sessions`` is no route (a 404 envelope), not a redirect to one.
+    app.url_map.merge_slashes = False
     app.before_request(_drain_body)
-    app.after_request(_challenge)
-    app.before_request(_query_check(
-        {(op.rule, op.method): frozenset(p.name for p in op.query) for op in OPERATIONS}
-    ))
     _errors.install(app)
-    api = SessionsApi(engine, keys, openapi_document())
-    for op in OPERATIONS:
-        if not op.blueprint:
-            app.add_url_rule(op.rule, op.view, getattr(api, op.view), methods=[op.method])
-    workspace = api_key_workspace(keys)
-    app.register_blueprint(events_blueprint(lambda: engine, workspace, settings.sse_keepalive))
+    sessions = SessionsApi(engine, openapi_document())
+    apis: dict[str, object] = {
+        "sessions": sessions,
+        "service": sessions,
+        "events": EventsApi(engine, settings.sse_keepalive),
+    }
     if webhooks is not None:
-        app.register_blueprint(webhooks_blueprint(lambda: webhooks, workspace))
+        apis["webhooks"] = WebhooksApi(webhooks)
+    for op in OPERATIONS:
+        api = apis.get(op.tag)
+        if api is not None:
+            app.add_url_rule(op.rule, op.view, endpoint(op, getattr(api, op.view), keys),
+                             methods=[op.method])
     # A bound method, not a callable object: Quart runs what is not a coroutine function on a
     # worker thread.
     app.add_websocket("/v1/agent", "agent", AgentSocket(engine, keys, settings).serve)

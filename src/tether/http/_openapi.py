@@ -1,4 +1,8 @@
-"""The OpenAPI 3.1 document, generated from the route table and the msgspec models."""
+"""The OpenAPI 3.1 document, generated from the route table, the msgspec models and the error
+table, so that what it describes is what is served: every parameter's schema is the one its
+parser enforces, every body's schema the one its decoder enforces, every error status the one
+:data:`~tether.http._errors.STATUS` answers, and links say where an answer's ids lead.
+"""
 
 from __future__ import annotations
 
@@ -6,53 +10,70 @@ from typing import Any
 
 import msgspec
 
-from ._errors import ERROR_STATUSES
+from ._errors import AGENT_CODES, STATUS
 from ._models import ErrorEnvelope
-from ._routes import OPERATIONS, Operation
+from ._routes import OPERATIONS, PATH_PARAMS, Link, Operation
 
 _REF = "#/components/schemas/{name}"
-_ERROR_TEXT = {
-    400: "Invalid parameter or body (invalid_parameter)",
-    401: "Missing or unknown API key (unauthorized); carries WWW-Authenticate: Bearer",
-    403: "The client is an observer (client_not_operator)",
-    404: "Not found in this workspace (session_not_found, client_not_found, "
-         "command_not_found)",
-    405: "Method not allowed (method_not_allowed); carries Allow",
-    409: "The session is not in a status that allows this (session_not_active, "
-         "session_already_active)",
-    413: "Body over the server's limit (payload_too_large)",
-    500: "A bug (internal_error)",
-    503: "The engine is shutting down (engine_closed)",
+#: What a status means beyond its codes, and the headers that always come with it.
+_STATUS_TEXT = {
+    400: "Invalid parameter or body, or a request HTTP cannot make sense of",
+    401: "Missing or unknown API key",
+    403: "Not allowed for this client",
+    404: "Not found in this workspace",
+    405: "Method not allowed",
+    409: "Not in a state that allows this",
+    410: "No longer retained: resynchronise from the current state",
+    413: "Body over the server's limit",
+    500: "A bug",
+    503: "The engine is shutting down",
+}
+_STATUS_HEADERS = {
+    401: {"WWW-Authenticate": {"description": 'Bearer realm="tether"', "required": True,
+                               "schema": {"type": "string"}}},
+    405: {"Allow": {"description": "The methods this path takes", "required": True,
+                    "schema": {"type": "string"}}},
 }
 
 
+def _error_description(status: int) -> str:
+    codes = sorted(code for code, s in STATUS.items() if s == status and code not in AGENT_CODES)
+    text = _STATUS_TEXT.get(status, "Error")
+    return f"{text} ({', '.join(codes)})" if codes else text
+
+
 def _operation(op: Operation, refs: dict[Any, dict[str, Any]]) -> dict[str, Any]:
-    params = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-        for name in _path_params(op.path)
+    params: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True, "description": PATH_PARAMS[name],
+         "schema": {"type": "string", "minLength": 1}}
+        for name in op.path_params
     ]
     params += [
-        {"name": p.name, "in": "query", "required": False, "schema": p.schema,
+        {"name": p.name, "in": p.location, "required": False, "schema": p.schema(),
          "description": p.description}
         for p in op.query
     ]
-    responses: dict[str, Any] = {}
+    success: dict[str, Any]
     if op.response is None:
-        responses[str(op.status)] = {"description": "Done; no body"}
+        success = {"description": "Done; no body"}
     else:
-        responses[str(op.status)] = {
-            "description": "Success",
-            "content": {op.content_type: {"schema": refs[op.response]}},
-        }
+        success = {"description": "Success",
+                   "content": {op.content_type: {"schema": refs[op.response]}}}
+    if op.links:
+        success["links"] = {link.name: _link(link) for link in op.links}
+    responses: dict[str, Any] = {str(op.status): success}
     for status in sorted(op.errors):
-        responses[str(status)] = {
-            "description": _ERROR_TEXT.get(status, ERROR_STATUSES.get(status, "Error")),
+        response: dict[str, Any] = {
+            "description": _error_description(status),
             "content": {"application/json": {"schema": refs[ErrorEnvelope]}},
         }
+        if status in _STATUS_HEADERS:
+            response["headers"] = _STATUS_HEADERS[status]
+        responses[str(status)] = response
     doc: dict[str, Any] = {
         "operationId": op.view,
         "summary": op.summary,
-        "tags": list(op.tags),
+        "tags": [op.tag],
         "parameters": params,
         "responses": responses,
         "security": [{"apiKey": []}] if op.auth else [],
@@ -65,8 +86,11 @@ def _operation(op: Operation, refs: dict[Any, dict[str, Any]]) -> dict[str, Any]
     return doc
 
 
-def _path_params(path: str) -> list[str]:
-    return [part[1:-1] for part in path.split("/") if part.startswith("{")]
+def _link(link: Link) -> dict[str, Any]:
+    doc: dict[str, Any] = {"operationId": link.target, "parameters": dict(link.parameters)}
+    if link.body:
+        doc["requestBody"] = dict(link.body)
+    return doc
 
 
 def openapi_document(title: str = "Tether Sessions API", version: str = "0.1.0") -> bytes:

@@ -1,13 +1,23 @@
-"""The route table: one entry per operation, read by the app (to route) and by OpenAPI (to
-describe), so the document describes exactly what is served."""
+"""The route table: one entry per operation, read by the app (to route and to parse) and by
+OpenAPI (to describe), so the document describes exactly what is served.
+
+An operation names its view (a method of the API object of its tag, also its ``operationId``),
+its parameters (:mod:`._params`: parsed and described from the same entry), its body type
+(decoded and described from the same msgspec type), the status and type of its answer, the
+errors it may answer, and the links a client follows from its answer to the next operation.
+"""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from tether.engine import (
+    DEFAULT_HISTORY,
+    DEFAULT_PAGE,
+    MAX_HISTORY,
+    MAX_PAGE,
     AttachedClient,
     CommandView,
     HistoryPage,
@@ -15,84 +25,127 @@ from tether.engine import (
     Metrics,
     SessionDetail,
     SessionPage,
+    Status,
 )
 from tether.webhooks import DeliveryPage, DeliveryView, TestResult, WebhookView
 
 from ._models import (
     AttachClientBody,
     CreateSessionBody,
+    CreateWebhookBody,
     Data,
     EventsPage,
     Health,
     RunCommandBody,
+    UpdateWebhookBody,
 )
-from ._params import MAX_OFFSET
-from .webhooks import CreateWebhook, UpdateWebhook
+from ._params import Choice, Integer, Param, Text
+
+#: The largest ``offset`` a list accepts.
+MAX_OFFSET = 1_000_000_000
+DEFAULT_EVENTS = 100
+MAX_EVENTS = 1000
+DEFAULT_DELIVERIES = 20
+MAX_DELIVERIES = 100
+#: The webhook operations' own body limit (below the server's ``max_body_bytes``).
+WEBHOOK_BODY_BYTES = 64 * 1024
+#: An event id of the feed, or nothing (from the oldest retained event).
+EVENT_CURSOR = "^(?:evt_[0-9a-vA-V]{24})?$"
 
 
 @dataclass(frozen=True)
-class Param:
+class Link:
+    """An OpenAPI link: from an operation's answer to the operation ``target`` (an operationId),
+    with its parameters (and body fields) taken from the answer or the request by runtime
+    expressions such as ``$response.body#/data/session_id``."""
+
     name: str
-    schema: dict[str, Any]
-    description: str
+    target: str
+    parameters: tuple[tuple[str, str], ...] = ()
+    body: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
 class Operation:
     method: str
     path: str  # OpenAPI form: /v1/sessions/{session_id}
-    view: str  # the SessionsApi method, also the operationId
+    view: str  # the API object's method, also the operationId
     summary: str
     response: Any  # the 2xx body type, or None for an empty answer
     status: int = 200
     query: tuple[Param, ...] = ()
     body: type | None = None
+    #: Bytes a body may have (``invalid_parameter`` past it); ``None``: the server's limit.
+    max_body: int | None = None
     errors: tuple[int, ...] = ()
     auth: bool = True
-    tags: tuple[str, ...] = ("sessions",)
-    extra: dict[str, Any] = field(default_factory=dict)
-    #: Served by a blueprint (webhooks, events) rather than routed from this table; the
-    #: table still describes it, so /openapi.json covers everything that is served.
-    blueprint: bool = False
+    #: The OpenAPI tag, and which API object serves it (sessions, webhooks, events, service).
+    tag: str = "sessions"
     content_type: str = "application/json"
+    links: tuple[Link, ...] = ()
 
     @property
     def rule(self) -> str:
         """The path as a Quart URL rule."""
         return re.sub(r"\{(\w+)\}", r"<\1>", self.path)
 
+    @property
+    def path_params(self) -> list[str]:
+        return re.findall(r"\{(\w+)\}", self.path)
 
-_STATUS = Param(
-    "status",
-    {"type": "string",
-     "enum": ["PENDING", "CONNECTED", "BACKGROUND", "GRACE_PERIOD", "DISCONNECTED", "ERROR"]},
-    "Filter by status",
-)
-_TEXT = {"type": "string", "minLength": 1, "maxLength": 256}
-#: An event cursor: empty means "from the oldest retained event", as the feed reads it.
-_CURSOR = {"type": "string", "maxLength": 256}
+
+#: Path parameters, described (any text routes; an id that names nothing is a 404).
+PATH_PARAMS = {
+    "session_id": "A session id (sess_...)",
+    "machine_id": "A machine id",
+    "client_id": "An attached client's id (cli_...)",
+    "command_id": "A command id",
+    "webhook_id": "A webhook endpoint's id (hook_...)",
+    "delivery_id": "A delivery's id (dlv_...)",
+}
+
+_TEXT_FILTER = "matches nothing if no session has it"
 _COMMON = (400, 401, 405, 500, 503)
+_WEBHOOK = (*_COMMON, 404)
+
+
+def _links(source: str, expressions: dict[str, str], *targets: str) -> tuple[Link, ...]:
+    return tuple(Link(f"{source}_to_{target}", target, tuple(expressions.items()))
+                 for target in targets)
+
+
+_SESSION = {"session_id": "$response.body#/data/session_id"}
+_HOOK = {"webhook_id": "$response.body#/data/id"}
 
 OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "GET", "/v1/sessions", "list_sessions", "List sessions, newest first",
         SessionPage,
         query=(
-            _STATUS,
-            Param("machine_id", _TEXT, "Filter by machine ID"),
-            Param("machine_hostname", _TEXT, "Filter by hostname"),
-            Param("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
-                  "Max results"),
-            Param("offset", {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET,
-                             "default": 0},
-                  "Pagination offset"),
+            Choice(name="status", description="Filter by status",
+                   values=tuple(s.value for s in Status)),
+            Text(name="machine_id", description=f"Filter by machine ID ({_TEXT_FILTER})"),
+            Text(name="machine_hostname", description=f"Filter by hostname ({_TEXT_FILTER})"),
+            Integer(name="limit", description="Max results", low=1, high=MAX_PAGE,
+                    default=DEFAULT_PAGE),
+            Integer(name="offset", description="Pagination offset", low=0, high=MAX_OFFSET,
+                    default=0),
         ),
         errors=_COMMON,
+        links=(Link("list_to_get_session", "get_session",
+                    (("session_id", "$response.body#/data/0/session_id"),)),),
     ),
     Operation(
         "POST", "/v1/sessions", "create_session",
         "Create a PENDING session waiting for a machine's agent",
         Data[SessionDetail], status=201, body=CreateSessionBody, errors=(*_COMMON, 409, 413),
+        links=(
+            *_links("create_session", _SESSION, "get_session", "terminate_session",
+                    "get_session_history", "get_session_metrics", "attach_client",
+                    "run_command"),
+            Link("create_session_to_get_machine_session", "get_machine_session",
+                 (("machine_id", "$response.body#/data/machine_id"),)),
+        ),
     ),
     Operation(
         "GET", "/v1/sessions/{session_id}", "get_session",
@@ -101,7 +154,8 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "DELETE", "/v1/sessions/{session_id}", "terminate_session",
-        "Terminate a live session (it ends DISCONNECTED, reason terminated)",
+        "Terminate a live session (it ends DISCONNECTED, reason terminated, and stays "
+        "readable until retention)",
         Data[SessionDetail], errors=(*_COMMON, 404, 409),
     ),
     Operation(
@@ -114,9 +168,11 @@ OPERATIONS: tuple[Operation, ...] = (
         "Command history, oldest first; page back with before=<command_id>",
         HistoryPage,
         query=(
-            Param("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50},
-                  "Max commands"),
-            Param("before", _TEXT, "Only commands older than this command_id (cursor)"),
+            Integer(name="limit", description="Max commands", low=1, high=MAX_HISTORY,
+                    default=DEFAULT_HISTORY),
+            Text(name="before", description="Only commands older than this command_id "
+                                            "(cursor; 404 command_not_found if the session "
+                                            "has no such command)"),
         ),
         errors=(*_COMMON, 404),
     ),
@@ -130,6 +186,14 @@ OPERATIONS: tuple[Operation, ...] = (
         "Attach an operator or observer to a CONNECTED session",
         Data[AttachedClient], status=201, body=AttachClientBody,
         errors=(*_COMMON, 404, 409, 413),
+        links=(
+            Link("attach_client_to_detach_client", "detach_client",
+                 (("session_id", "$request.path.session_id"),
+                  ("client_id", "$response.body#/data/client_id"))),
+            Link("attach_client_to_run_command", "run_command",
+                 (("session_id", "$request.path.session_id"),),
+                 (("client_id", "$response.body#/data/client_id"),)),
+        ),
     ),
     Operation(
         "DELETE", "/v1/sessions/{session_id}/clients/{client_id}", "detach_client",
@@ -140,84 +204,101 @@ OPERATIONS: tuple[Operation, ...] = (
         "Run a command for an attached operator (sent to the agent as run_command)",
         Data[CommandView], status=202, body=RunCommandBody,
         errors=(*_COMMON, 403, 404, 409, 413),
+        links=(Link("run_command_to_get_command", "get_command",
+                    (("session_id", "$request.path.session_id"),
+                     ("command_id", "$response.body#/data/command_id"))),),
     ),
     Operation(
         "GET", "/v1/sessions/{session_id}/commands/{command_id}", "get_command",
         "An operator command and how it ended", Data[CommandView], errors=(*_COMMON, 404),
     ),
-    # -- webhooks (served by tether.http.webhooks) ------------------------------------------
+    # -- webhooks (tether.http._webhooks) ---------------------------------------------------
     Operation(
         "GET", "/v1/webhooks", "list_webhooks", "List the workspace's webhook endpoints",
-        Data[list[WebhookView]], errors=_COMMON, tags=("webhooks",), blueprint=True,
+        Data[list[WebhookView]], errors=_COMMON, tag="webhooks",
     ),
     Operation(
         "POST", "/v1/webhooks", "create_webhook",
         "Add an endpoint (a secret not given is generated and returned once)",
-        Data[WebhookView], status=201, body=CreateWebhook, errors=(*_COMMON, 413),
-        tags=("webhooks",), blueprint=True,
+        Data[WebhookView], status=201, body=CreateWebhookBody, max_body=WEBHOOK_BODY_BYTES,
+        errors=(*_COMMON, 409, 413), tag="webhooks",
+        links=_links("create_webhook", _HOOK, "get_webhook", "update_webhook",
+                     "delete_webhook", "test_webhook", "list_deliveries"),
     ),
     Operation(
         "GET", "/v1/webhooks/{webhook_id}", "get_webhook", "Get an endpoint",
-        Data[WebhookView], errors=(*_COMMON, 404), tags=("webhooks",), blueprint=True,
+        Data[WebhookView], errors=_WEBHOOK, tag="webhooks",
     ),
     Operation(
         "PATCH", "/v1/webhooks/{webhook_id}", "update_webhook",
         "Change an endpoint's url, events, secret (null: generate) or enabled",
-        Data[WebhookView], body=UpdateWebhook, errors=(*_COMMON, 404, 413),
-        tags=("webhooks",), blueprint=True,
+        Data[WebhookView], body=UpdateWebhookBody, max_body=WEBHOOK_BODY_BYTES,
+        errors=(*_WEBHOOK, 413), tag="webhooks",
     ),
     Operation(
         "DELETE", "/v1/webhooks/{webhook_id}", "delete_webhook", "Remove an endpoint",
-        None, status=204, errors=(*_COMMON, 404), tags=("webhooks",), blueprint=True,
+        None, status=204, max_body=WEBHOOK_BODY_BYTES, errors=(*_WEBHOOK, 413), tag="webhooks",
     ),
     Operation(
         "POST", "/v1/webhooks/{webhook_id}/test", "test_webhook",
         "Send a signed webhook.test event and report the outcome",
-        Data[TestResult], errors=(*_COMMON, 404, 409), tags=("webhooks",), blueprint=True,
+        Data[TestResult], max_body=WEBHOOK_BODY_BYTES, errors=(*_WEBHOOK, 409, 413),
+        tag="webhooks",
     ),
     Operation(
         "GET", "/v1/webhooks/{webhook_id}/deliveries", "list_deliveries",
         "The endpoint's deliveries, newest first",
         DeliveryPage,
         query=(
-            Param("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
-                  "Max deliveries"),
-            Param("before", _TEXT, "Only deliveries older than this delivery id (cursor)"),
+            Integer(name="limit", description="Max deliveries", low=1, high=MAX_DELIVERIES,
+                    default=DEFAULT_DELIVERIES),
+            Text(name="before", description="Only deliveries older than this delivery id "
+                                            "(cursor; ids sort by age)"),
         ),
-        errors=(*_COMMON, 404), tags=("webhooks",), blueprint=True,
+        errors=_WEBHOOK, tag="webhooks",
+        links=(Link("list_deliveries_to_retry_delivery", "retry_delivery",
+                    (("webhook_id", "$request.path.webhook_id"),
+                     ("delivery_id", "$response.body#/data/0/id"))),),
     ),
     Operation(
         "POST", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry", "retry_delivery",
         "Deliver a failed delivery's event again",
-        Data[DeliveryView], status=202, errors=(*_COMMON, 404, 409), tags=("webhooks",),
-        blueprint=True,
+        Data[DeliveryView], status=202, max_body=WEBHOOK_BODY_BYTES,
+        errors=(*_WEBHOOK, 409, 413), tag="webhooks",
     ),
-    # -- the event feed (served by tether.http.events) -------------------------------------
+    # -- the event feed (tether.http._events) -----------------------------------------------
     Operation(
         "GET", "/v1/events", "list_events",
         "The workspace's retained events in order, after an event id",
         EventsPage,
         query=(
-            Param("after", _CURSOR,
-                  "Only events after this event id (410 if no longer retained)"),
-            Param("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
-                  "Max events"),
+            Text(name="after", description="Only events after this event id (empty: from the "
+                                           "oldest retained; 410 if no longer retained)",
+                 pattern=EVENT_CURSOR, mismatch="not an event id"),
+            Integer(name="limit", description="Max events", low=1, high=MAX_EVENTS,
+                    default=DEFAULT_EVENTS),
         ),
-        errors=(*_COMMON, 410), tags=("events",), blueprint=True,
+        errors=(*_COMMON, 410), tag="events",
     ),
     Operation(
         "GET", "/v1/events/stream", "stream_events",
         "Live events as Server-Sent Events; resumes after Last-Event-ID (or ?after=)",
         str, content_type="text/event-stream",
-        query=(Param("after", _CURSOR, "Resume after this event id"),),
-        errors=(*_COMMON, 410), tags=("events",), blueprint=True,
+        query=(
+            Text(name="after", description="Resume after this event id",
+                 pattern=EVENT_CURSOR, mismatch="not an event id"),
+            Text(name="Last-Event-ID", location="header",
+                 description="Resume after this event id (wins over ?after=)",
+                 pattern=EVENT_CURSOR, mismatch="not an event id"),
+        ),
+        errors=(*_COMMON, 410), tag="events",
     ),
     Operation(
         "GET", "/openapi.json", "openapi", "This document (OpenAPI 3.1)", dict[str, Any],
-        auth=False, tags=("service",), errors=(405, 500),
+        auth=False, tag="service", errors=(400, 405, 500),
     ),
     Operation(
-        "GET", "/healthz", "healthz", "Liveness", Health, auth=False, tags=("service",),
-        errors=(405, 500),
+        "GET", "/healthz", "healthz", "Liveness", Health, auth=False, tag="service",
+        errors=(400, 405, 500),
     ),
 )

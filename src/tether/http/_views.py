@@ -1,126 +1,117 @@
-"""The REST views: parse the request into typed values, call the engine, encode the answer.
+"""The Sessions API's views (and the service's): typed values in, the engine's answer out.
 
-No lifecycle logic lives here. Every view authenticates with an API key, is scoped to that key's
-workspace, and answers ``{"data": ...}`` (or a page with ``meta``); errors are raised and
-rendered by :mod:`tether.http._errors`.
+No lifecycle logic lives here, and no HTTP either: :mod:`._endpoints` authenticates, parses and
+encodes, from the route table; each method is one operation (its name is the operationId) and
+returns what the route table says it answers. Errors are raised and rendered by
+:mod:`._errors`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import msgspec
-from quart import Response, request
+from quart import Response
 
-from ._errors import Unauthorized
-from ._models import AttachClientBody, CreateSessionBody, Data, Health, RunCommandBody
-from ._params import ListQuery, decode_body, history_query, list_query
+from tether.engine import CommandNotFound, InvalidParameter
+
+from ._models import Data, Health
 
 if TYPE_CHECKING:
-    from tether.engine import Engine
+    from tether.engine import (
+        AttachedClient,
+        CommandView,
+        Engine,
+        HistoryPage,
+        MachineSession,
+        Metrics,
+        SessionDetail,
+        SessionPage,
+    )
 
-    from ._auth import KeyStore
-
-_JSON = "application/json"
-_encode = msgspec.json.Encoder().encode
-_create_body = msgspec.json.Decoder(CreateSessionBody)
-_attach_body = msgspec.json.Decoder(AttachClientBody)
-_command_body = msgspec.json.Decoder(RunCommandBody)
-
-
-def _json(value: Any, status: int = 200) -> Response:
-    return Response(_encode(value), status=status, content_type=_JSON)
+    from ._models import AttachClientBody, CreateSessionBody, RunCommandBody
 
 
 class SessionsApi:
-    """The Sessions API over one engine. Method names are the operations' ids."""
+    """The Sessions API over one engine, and the service's own operations."""
 
-    def __init__(self, engine: Engine, keys: KeyStore, openapi: bytes) -> None:
+    def __init__(self, engine: Engine, openapi: bytes) -> None:
         self.engine = engine
-        self.keys = keys
         self._openapi = openapi
-        self._list_queries: dict[bytes, ListQuery] = {}
-
-    def _workspace(self) -> str:
-        workspace_id = self.keys.workspace("api", request.headers.get("Authorization"))
-        if workspace_id is None:
-            raise Unauthorized()
-        return workspace_id
 
     # -- reads (the seed) ------------------------------------------------------------------
 
-    async def list_sessions(self) -> Response:
-        workspace_id = self._workspace()
-        # Parsing is a pure function of the query string: remember the few that clients repeat.
-        raw = request.query_string
-        q = self._list_queries.get(raw)
-        if q is None:
-            q = list_query(request.args)
-            if len(self._list_queries) >= 1024:
-                self._list_queries.clear()
-            self._list_queries[raw] = q
-        page = self.engine.list_sessions(
-            workspace_id, status=q.status, machine_id=q.machine_id,
-            machine_hostname=q.machine_hostname, limit=q.limit, offset=q.offset,
+    async def list_sessions(
+        self, workspace_id: str, status: str | None, machine_id: str | None,
+        machine_hostname: str | None, limit: int, offset: int,
+    ) -> SessionPage:
+        return self.engine.list_sessions(
+            workspace_id, status=status, machine_id=machine_id,
+            machine_hostname=machine_hostname, limit=limit, offset=offset,
         )
-        return _json(page)
 
-    async def get_session(self, session_id: str) -> Response:
-        return _json(Data(data=self.engine.get_session(self._workspace(), session_id)))
+    async def get_session(self, workspace_id: str, session_id: str) -> Data[SessionDetail]:
+        return Data(data=self.engine.get_session(workspace_id, session_id))
 
-    async def get_machine_session(self, machine_id: str) -> Response:
-        return _json(Data(data=self.engine.machine_session(self._workspace(), machine_id)))
+    async def get_machine_session(
+        self, workspace_id: str, machine_id: str
+    ) -> Data[MachineSession]:
+        return Data(data=self.engine.machine_session(workspace_id, machine_id))
 
-    async def get_session_history(self, session_id: str) -> Response:
-        workspace_id = self._workspace()
-        q = history_query(request.args)
-        return _json(self.engine.history(workspace_id, session_id, limit=q.limit,
-                                         before=q.before))
+    async def get_session_history(
+        self, workspace_id: str, session_id: str, limit: int, before: str | None
+    ) -> HistoryPage:
+        """A ``before`` cursor naming no command of the session is that command not found
+        (404), like any other id that names nothing: it is well formed, so not a 400."""
+        try:
+            return self.engine.history(workspace_id, session_id, limit=limit, before=before)
+        except InvalidParameter as error:
+            if before is None or error.parameter != "before":
+                raise
+            raise CommandNotFound(before) from None
 
-    async def get_session_metrics(self, session_id: str) -> Response:
-        return _json(Data(data=self.engine.metrics(self._workspace(), session_id)))
+    async def get_session_metrics(self, workspace_id: str, session_id: str) -> Data[Metrics]:
+        return Data(data=self.engine.metrics(workspace_id, session_id))
 
     # -- writes ----------------------------------------------------------------------------
 
-    async def create_session(self) -> Response:
-        workspace_id = self._workspace()
-        body = decode_body(_create_body, await request.get_data(as_text=False))
+    async def create_session(
+        self, workspace_id: str, body: CreateSessionBody
+    ) -> Data[SessionDetail]:
         detail = await self.engine.create_session(
             workspace_id, body.machine_id, body.machine_hostname
         )
-        return _json(Data(data=detail), 201)
+        return Data(data=detail)
 
-    async def terminate_session(self, session_id: str) -> Response:
-        detail = await self.engine.terminate(self._workspace(), session_id)
-        return _json(Data(data=detail))
+    async def terminate_session(self, workspace_id: str, session_id: str) -> Data[SessionDetail]:
+        return Data(data=await self.engine.terminate(workspace_id, session_id))
 
-    async def attach_client(self, session_id: str) -> Response:
-        workspace_id = self._workspace()
-        body = decode_body(_attach_body, await request.get_data(as_text=False))
+    async def attach_client(
+        self, workspace_id: str, session_id: str, body: AttachClientBody
+    ) -> Data[AttachedClient]:
         client = await self.engine.attach_client(
             workspace_id, session_id, body.user_email, body.mode
         )
-        return _json(Data(data=client), 201)
+        return Data(data=client)
 
-    async def detach_client(self, session_id: str, client_id: str) -> Response:
-        await self.engine.detach_client(self._workspace(), session_id, client_id)
-        return Response(b"", status=204)
+    async def detach_client(self, workspace_id: str, session_id: str, client_id: str) -> None:
+        await self.engine.detach_client(workspace_id, session_id, client_id)
 
-    async def run_command(self, session_id: str) -> Response:
-        workspace_id = self._workspace()
-        body = decode_body(_command_body, await request.get_data(as_text=False))
+    async def run_command(
+        self, workspace_id: str, session_id: str, body: RunCommandBody
+    ) -> Data[CommandView]:
         view = await self.engine.run_command(workspace_id, session_id, body.client_id,
                                              body.command)
-        return _json(Data(data=view), 202)
+        return Data(data=view)
 
-    async def get_command(self, session_id: str, command_id: str) -> Response:
-        return _json(Data(data=self.engine.get_command(self._workspace(), session_id,
-                                                       command_id)))
+    async def get_command(
+        self, workspace_id: str, session_id: str, command_id: str
+    ) -> Data[CommandView]:
+        return Data(data=self.engine.get_command(workspace_id, session_id, command_id))
 
     # -- service ---------------------------------------------------------------------------
 
     async def openapi(self) -> Response:
-        return Response(self._openapi, content_type=_JSON)
+        return Response(self._openapi, content_type="application/json")
 
-    async def healthz(self) -> Response:
-        return _json(Health(status="ok", live_sessions=self.engine.live_sessions))
+    async def healthz(self) -> Health:
+        return Health(status="ok", live_sessions=self.engine.live_sessions)

@@ -1,4 +1,5 @@
-"""Webhook errors, in the engine's one hierarchy (each carries its envelope and HTTP status)."""
+"""Webhook errors, in the engine's one hierarchy (each carries its envelope's fields; the HTTP
+layer decides their statuses)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ class WebhookNotFound(TetherError):
     """No such webhook endpoint in the caller's workspace."""
 
     code = "webhook_not_found"
-    http_status = 404
 
     def __init__(self, webhook_id: str) -> None:
         super().__init__("Webhook not found", {"webhook_id": webhook_id})
@@ -19,7 +19,6 @@ class DeliveryNotFound(TetherError):
     """No such delivery in the endpoint's deliveries log (or it has left the log)."""
 
     code = "delivery_not_found"
-    http_status = 404
 
     def __init__(self, delivery_id: str) -> None:
         super().__init__("Delivery not found", {"delivery_id": delivery_id})
@@ -29,7 +28,6 @@ class DeliveryPending(TetherError):
     """The delivery is still queued or being attempted: there is nothing to redeliver yet."""
 
     code = "delivery_pending"
-    http_status = 409
 
     def __init__(self, delivery_id: str) -> None:
         super().__init__("Delivery is still pending", {"delivery_id": delivery_id})
@@ -39,7 +37,6 @@ class WebhookDisabled(TetherError):
     """The endpoint is disabled; re-enable it (PATCH ``enabled: true``) before redelivering."""
 
     code = "webhook_disabled"
-    http_status = 409
 
     def __init__(self, webhook_id: str, reason: str | None) -> None:
         super().__init__("Webhook is disabled", {"webhook_id": webhook_id, "reason": reason})
@@ -49,7 +46,6 @@ class WebhookQueueFull(TetherError):
     """The endpoint already holds as many undelivered events as it may."""
 
     code = "webhook_queue_full"
-    http_status = 409
 
     def __init__(self, webhook_id: str, pending: int) -> None:
         super().__init__(
@@ -62,7 +58,6 @@ class TooManyWebhooks(TetherError):
     """The workspace already has as many endpoints as it may."""
 
     code = "too_many_webhooks"
-    http_status = 409
 
     def __init__(self, limit: int) -> None:
         super().__init__("Workspace has too many webhooks", {"limit": limit})
