@@ -12,7 +12,7 @@ interleave.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._lifecycle import (
     AddClient,
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from ._clock import WallClock
     from ._config import EngineConfig
     from ._events import EventLog
-    from ._models import Event
+    from ._models import Event, EventCommand
     from ._ports import AgentTransport
     from ._record import SessionRecord
     from ._table import SessionTable
@@ -114,10 +114,23 @@ class Applier:
             self.apply(rec, Change(Input.TRANSPORT_CLOSED), now)
         return outcome
 
-    def emit(self, rec: SessionRecord, type: str, previous: Status | None, reason: str | None,
-             now: float, *, status: Status | None = None, **extra: Any) -> Event:
+    def emit(
+        self,
+        rec: SessionRecord,
+        type: str,
+        previous: Status | None,
+        reason: str | None,
+        now: float,
+        *,
+        status: Status | None = None,
+        reason_detail: str | None = None,
+        client: EventClient | None = None,
+        command: EventCommand | None = None,
+    ) -> Event:
+        """Append ``type`` to the log: the session as it now is (or in ``status``)."""
         rec.sequence += 1
-        data = rec.event_data(self.clock, previous, reason, status, **extra)
+        data = rec.event_data(self.clock, previous, reason, status, reason_detail, client,
+                              command)
         return self.events.append(type, now, rec.workspace_id, rec.session_id, rec.sequence, data)
 
     # -- effects with more to them -----------------------------------------------------------

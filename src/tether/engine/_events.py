@@ -11,13 +11,14 @@ silently.
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left
 from typing import TYPE_CHECKING
 
 import trio
 
 from ._errors import EventsGone, InvalidParameter
-from ._ids import event_id, parse_event_id
+from ._ids import EventIds, parse_event_id
 from ._models import Event, EventData
 
 if TYPE_CHECKING:
@@ -45,14 +46,16 @@ class EventLog:
     def __init__(self, clock: WallClock, run_id: int, max_events: int, retention: float) -> None:
         self._clock = clock
         self._run_id = run_id
+        self._event_id = EventIds(run_id)
         self._max = max_events
         self._retention = retention
         self._events: list[Event] = []
-        self._times: list[float] = []
+        self._times = array("d")  # each event's trio time (unboxed, as are offsets below)
         self._start = 0  # index in _events of the oldest retained event
         self._first_offset = 0  # absolute offset of _events[_start]
+        self._next_offset = 0  # absolute offset of the next event appended
         #: Each workspace's event offsets, ascending: a workspace's page never scans others'.
-        self._by_workspace: dict[str, list[int]] = {}
+        self._by_workspace: dict[str, array[int]] = {}
         self._lot = trio.lowlevel.ParkingLot()
         self._closed = False
 
@@ -67,8 +70,10 @@ class EventLog:
         sequence: int,
         data: EventData,
     ) -> Event:
+        offset = self._next_offset
+        self._next_offset = offset + 1
         event = Event(
-            id=event_id(self._run_id, self.next_offset),
+            id=self._event_id(offset),
             type=type,
             timestamp=self._clock.rfc3339(at),
             workspace_id=workspace_id,
@@ -78,11 +83,13 @@ class EventLog:
         )
         offsets = self._by_workspace.get(workspace_id)
         if offsets is None:
-            offsets = self._by_workspace[workspace_id] = []
-        offsets.append(self.next_offset)
+            offsets = self._by_workspace[workspace_id] = array("q")
+        offsets.append(offset)
         self._events.append(event)
         self._times.append(at)
-        self._trim(at)
+        start = self._start
+        if len(self._events) - start > self._max or self._times[start] < at - self._retention:
+            self._trim(at)  # only when something is due to go
         if self._lot:
             self._lot.unpark_all()
         return event
@@ -121,7 +128,7 @@ class EventLog:
 
     @property
     def next_offset(self) -> int:
-        return self._first_offset + len(self._events) - self._start
+        return self._next_offset
 
     def at(self, offset: int) -> Event:
         return self._events[self._start + offset - self._first_offset]

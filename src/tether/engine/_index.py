@@ -3,9 +3,15 @@
 Sessions are kept in creation order, which is (created_at, session_id) order because session
 ids sort by creation (see ``_ids.py``). Per workspace there is an ordered index of all sessions
 and one per status (``SortedList``: O(log n) to move a session between statuses, O(log n + page)
-to slice a page); per machine and per hostname a plain list in creation order (they are small,
-and their membership only changes on creation and purge). A page with one filter is a slice; a
-page with several filters scans the smallest matching index, so ``total`` stays exact.
+to slice a page); per machine and per hostname the ids in creation order (they are few, and
+their membership only changes on creation and purge; a machine's one session is kept as a
+1-tuple, smaller than a list). A page with one filter is a slice; a page with several filters
+scans the smallest matching index, so ``total`` stays exact.
+
+The newest session is filed under its status lazily, at the index's next operation: a hello
+creates a session and connects it at once, so it is filed once, as CONNECTED, instead of
+being filed as PENDING and moved straight away. Nothing outside sees the difference: every
+read and write of the index files it first.
 """
 
 from __future__ import annotations
@@ -22,20 +28,42 @@ if TYPE_CHECKING:
     from ._record import SessionRecord
 
 
+#: Session ids in creation order: a 1-tuple for the common single session, else a list.
+_Ids = tuple[str] | list[str]
+
+
 class _Workspace:
     __slots__ = ("all", "by_host", "by_machine", "by_status")
 
     def __init__(self) -> None:
         self.all = SortedList()
         self.by_status: dict[Status, SortedList] = {}
-        self.by_machine: dict[str, list[str]] = {}
-        self.by_host: dict[str, list[str]] = {}
+        self.by_machine: dict[str, _Ids] = {}
+        self.by_host: dict[str, _Ids] = {}
 
 
-def _remove_sorted(items: list[str], session_id: str) -> None:
+def _append(table: dict[str, _Ids], key: str, session_id: str) -> None:
+    # Ids sort by creation, so appending keeps these ordered.
+    items = table.get(key)
+    if items is None:
+        table[key] = (session_id,)
+    elif isinstance(items, tuple):
+        table[key] = [*items, session_id]
+    else:
+        items.append(session_id)
+
+
+def _remove(table: dict[str, _Ids], key: str, session_id: str) -> None:
+    items = table[key]
+    if isinstance(items, tuple):
+        if items[0] == session_id:
+            del table[key]
+        return
     i = bisect_left(items, session_id)
     if i < len(items) and items[i] == session_id:
         del items[i]
+    if not items:
+        del table[key]
 
 
 class ReadIndex:
@@ -44,34 +72,42 @@ class ReadIndex:
     def __init__(self, records: dict[str, SessionRecord]) -> None:
         self._records = records
         self._workspaces: dict[str, _Workspace] = {}
+        self._unfiled: SessionRecord | None = None  # the newest session, not yet by status
 
     def add(self, rec: SessionRecord) -> None:
+        self._file_status()
         ws = self._workspaces.get(rec.workspace_id)
         if ws is None:
             ws = self._workspaces[rec.workspace_id] = _Workspace()
         sid = rec.session_id
         ws.all.add(sid)
-        self._status_list(ws, rec.status).add(sid)
-        # Ids sort by creation, so appending keeps these lists ordered.
-        ws.by_machine.setdefault(rec.machine_id, []).append(sid)
-        ws.by_host.setdefault(rec.machine_hostname, []).append(sid)
+        _append(ws.by_machine, rec.machine_id, sid)
+        _append(ws.by_host, rec.machine_hostname, sid)
+        self._unfiled = rec
 
     def move(self, rec: SessionRecord, old_status: Status) -> None:
         """Re-file ``rec`` after its status changed from ``old_status``."""
+        if rec is self._unfiled:
+            return  # it is filed under the status it has when it is filed
         ws = self._workspaces[rec.workspace_id]
         ws.by_status[old_status].remove(rec.session_id)
         self._status_list(ws, rec.status).add(rec.session_id)
 
     def remove(self, rec: SessionRecord) -> None:
+        self._file_status()
         ws = self._workspaces[rec.workspace_id]
         sid = rec.session_id
         ws.all.discard(sid)
         ws.by_status[rec.status].discard(sid)
-        for table, key in ((ws.by_machine, rec.machine_id), (ws.by_host, rec.machine_hostname)):
-            items = table[key]
-            _remove_sorted(items, sid)
-            if not items:
-                del table[key]
+        _remove(ws.by_machine, rec.machine_id, sid)
+        _remove(ws.by_host, rec.machine_hostname, sid)
+
+    def _file_status(self) -> None:
+        rec = self._unfiled
+        if rec is not None:
+            self._unfiled = None
+            ws = self._workspaces[rec.workspace_id]
+            self._status_list(ws, rec.status).add(rec.session_id)
 
     def page(
         self,
@@ -84,6 +120,7 @@ class ReadIndex:
         offset: int,
     ) -> tuple[int, list[SessionRecord]]:
         """``(total, records)``: the matching sessions, newest first, from ``offset``."""
+        self._file_status()
         ws = self._workspaces.get(workspace_id)
         if ws is None:
             return 0, []

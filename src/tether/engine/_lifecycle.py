@@ -12,12 +12,17 @@ event log, and does nothing the effects do not say.
 
 ``deadline(...)`` says when a session's current status times out and ``timeout(status)`` which
 input that is; the actor sleeps until then.
+
+States, requests and effects are frozen msgspec Structs that the garbage collector does not
+track: every change makes several, and a Struct is made ~5x faster than a NamedTuple.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
+
+import msgspec
 
 from ._errors import (
     ClientNotFound,
@@ -26,7 +31,7 @@ from ._errors import (
     ProtocolViolation,
     SessionNotActive,
 )
-from ._models import MAX_DETAIL, AttachedClient, ClientMode, Status
+from ._models import FINAL_STATUSES, MAX_DETAIL, AttachedClient, ClientMode, Status
 
 if TYPE_CHECKING:
     from ._config import EngineConfig
@@ -55,7 +60,7 @@ class Input(enum.Enum):
 # -- the state ---------------------------------------------------------------------------------
 
 
-class SessionState(NamedTuple):
+class SessionState(msgspec.Struct, frozen=True, gc=False):
     """The lifecycle part of a session, as a value (the record holds it field by field)."""
 
     status: Status
@@ -70,26 +75,26 @@ class SessionState(NamedTuple):
 # -- inputs besides lifecycle Inputs -----------------------------------------------------------
 
 
-class Change(NamedTuple):
+class Change(msgspec.Struct, frozen=True, gc=False):
     """A lifecycle input, with the agent's own words for it (a goodbye reason, an error)."""
 
     input: Input
     detail: str | None = None
 
 
-class Attach(NamedTuple):
+class Attach(msgspec.Struct, frozen=True, gc=False):
     """A client asks to attach."""
 
     client: AttachedClient
 
 
-class Detach(NamedTuple):
+class Detach(msgspec.Struct, frozen=True, gc=False):
     """A client asks to detach."""
 
     client_id: str
 
 
-class RequestCommand(NamedTuple):
+class RequestCommand(msgspec.Struct, frozen=True, gc=False):
     """An attached client asks the agent to run ``command`` (as ``command_id``)."""
 
     client_id: str
@@ -103,19 +108,19 @@ Request = Change | Attach | Detach | RequestCommand
 # -- effects -----------------------------------------------------------------------------------
 
 
-class Reindex(NamedTuple):
+class Reindex(msgspec.Struct, frozen=True, gc=False):
     """Move the session in the read index: it left ``previous`` for the state's status."""
 
     previous: Status
 
 
-class AddClient(NamedTuple):
+class AddClient(msgspec.Struct, frozen=True, gc=False):
     """Store the client and emit ``session.client_attached``."""
 
     client: AttachedClient
 
 
-class RemoveClient(NamedTuple):
+class RemoveClient(msgspec.Struct, frozen=True, gc=False):
     """Remove the client and emit ``session.client_detached`` (``reason``), showing the
     session as it was when the client left (in ``status``)."""
 
@@ -124,22 +129,22 @@ class RemoveClient(NamedTuple):
     status: Status
 
 
-class ReleaseLink(NamedTuple):
+class ReleaseLink(msgspec.Struct, frozen=True, gc=False):
     """The agent's link no longer carries the session: tell its transport to close."""
 
     reason: str
 
 
-class LoseCommands(NamedTuple):
+class LoseCommands(msgspec.Struct, frozen=True, gc=False):
     """Operator commands still waiting for their result will never get one."""
 
 
-class End(NamedTuple):
+class End(msgspec.Struct, frozen=True, gc=False):
     """The session has ended: the machine is free, the resume token forgotten, and the
     retention clock starts."""
 
 
-class Emit(NamedTuple):
+class Emit(msgspec.Struct, frozen=True, gc=False):
     """Emit ``type`` for the session as it now is, coming from ``previous``."""
 
     type: str
@@ -148,7 +153,7 @@ class Emit(NamedTuple):
     detail: str | None = None
 
 
-class SendCommand(NamedTuple):
+class SendCommand(msgspec.Struct, frozen=True, gc=False):
     """Record the command as pending and send the agent a ``run_command`` on behalf of the
     client (an operator)."""
 
@@ -160,7 +165,7 @@ class SendCommand(NamedTuple):
 Effect = Reindex | AddClient | RemoveClient | ReleaseLink | LoseCommands | End | Emit | SendCommand
 
 
-class Outcome(NamedTuple):
+class Outcome(msgspec.Struct, frozen=True, gc=False):
     state: SessionState
     effects: list[Effect]
 
@@ -218,7 +223,7 @@ def step(state: SessionState, request: Request, now: float) -> Outcome:
 
 def _change(state: SessionState, inp: Input, detail: str | None, now: float) -> Outcome:
     status = state.status
-    if status.final:
+    if status in FINAL_STATUSES:
         required = "CONNECTED" if inp in (Input.BACKGROUND, Input.FOREGROUND) else "an active"
         raise SessionNotActive(status.value, required)
     found = _TABLE.get((status, inp))
@@ -229,7 +234,7 @@ def _change(state: SessionState, inp: Input, detail: str | None, now: float) -> 
     reason = inp.value
     detail = None if detail is None else detail[:MAX_DETAIL]
     effects: list[Effect] = []
-    final = new_status.final
+    final = new_status in FINAL_STATUSES
     if final:
         effects += [RemoveClient(client_id, SESSION_ENDED, status) for client_id, _ in
                     state.clients]
@@ -262,8 +267,8 @@ def _attach(state: SessionState, client: AttachedClient) -> Outcome:
         raise SessionNotActive(state.status.value)
     if any(client_id == client.client_id for client_id, _ in state.clients):
         raise InvalidParameter("client_id", "is already attached")
-    return Outcome(state._replace(clients=(*state.clients, (client.client_id, client.mode))),
-                   [AddClient(client)])
+    clients = (*state.clients, (client.client_id, client.mode))
+    return Outcome(msgspec.structs.replace(state, clients=clients), [AddClient(client)])
 
 
 def _detach(state: SessionState, client_id: str) -> Outcome:
@@ -272,7 +277,7 @@ def _detach(state: SessionState, client_id: str) -> Outcome:
     remaining = tuple(c for c in state.clients if c[0] != client_id)
     if len(remaining) == len(state.clients):
         raise ClientNotFound(client_id)
-    return Outcome(state._replace(clients=remaining),
+    return Outcome(msgspec.structs.replace(state, clients=remaining),
                    [RemoveClient(client_id, "detached", state.status)])
 
 

@@ -9,7 +9,7 @@ to records, not copies.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._errors import CommandNotFound, InvalidParameter
 from ._lifecycle import SessionState
@@ -18,6 +18,8 @@ from ._models import (
     CommandEntry,
     CommandState,
     CommandView,
+    EventClient,
+    EventCommand,
     EventData,
     HistoryMeta,
     HistoryPage,
@@ -277,9 +279,14 @@ class SessionRecord:
         previous_status: Status | None,
         reason: str | None,
         status: Status | None = None,
-        **extra: Any,
+        reason_detail: str | None = None,
+        client: EventClient | None = None,
+        command: EventCommand | None = None,
     ) -> EventData:
         """The event payload: the session as it is now (or in ``status``, if given)."""
+        connected_at = self.connected_at
+        last_heartbeat = self.last_heartbeat
+        clients = self.clients
         return EventData(
             session_id=self.session_id,
             status=self.status if status is None else status,
@@ -287,13 +294,15 @@ class SessionRecord:
             machine_hostname=self.machine_hostname,
             workspace_id=self.workspace_id,
             created_at=clock.rfc3339(self.created_at),
-            connected_at=clock.maybe(self.connected_at),
-            last_heartbeat_at=clock.maybe(self.last_heartbeat),
-            attached_clients=len(self.clients) if self.clients else 0,
+            connected_at=None if connected_at is None else clock.rfc3339(connected_at),
+            last_heartbeat_at=None if last_heartbeat is None else clock.rfc3339(last_heartbeat),
+            attached_clients=len(clients) if clients else 0,
             previous_status=previous_status,
             reason=reason,
             sequence=self.sequence,
-            **extra,
+            reason_detail=reason_detail,
+            client=client,
+            command=command,
         )
 
 

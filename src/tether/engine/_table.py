@@ -41,10 +41,12 @@ class SessionTable:
 
     def add(self, workspace_id: str, machine_id: str, machine_hostname: str,
             now: float) -> SessionRecord:
-        """A new PENDING record, the machine's active session from now on."""
+        """A new PENDING record, the machine's active session from now on.
+
+        The caller has checked ``machine_id`` and ``machine_hostname`` (a hello does before it
+        changes anything); the workspace is checked here.
+        """
         check_text("workspace_id", workspace_id)
-        check_text("machine_id", machine_id)
-        check_text("machine_hostname", machine_hostname)
         rec = SessionRecord(
             self._session_ids.next(self.clock.wall_ms(now)),
             workspace_id,
