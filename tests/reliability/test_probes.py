@@ -165,6 +165,28 @@ async def test_agent_socket_refuses_api_keys(token):
         _count("API key or bad token on the agent socket (401)")
 
 
+async def test_websocket_upgrades_where_there_is_no_socket():
+    """The agent socket is the only WebSocket: an upgrade anywhere else is refused with the
+    envelope before any upgrade (404 for no route, 400 for a REST path), never a 500."""
+    async with running_server() as server:
+        base = server.ws_url.removesuffix("/v1/agent")
+        headers = [(b"authorization", f"Bearer {ACME_KEY}".encode())]
+        probes = [(path, 404, "not_found", "to an unknown path (404)")
+                  for path in ("/v1/nope", "/", "/v1/agent/x", "/v1/sessions/x/y/z")]
+        probes += [(_path(op), 400, "bad_request", "on a REST path (400)")
+                   for op in OPERATIONS if op.method == "GET"]
+        for path, status, code, kind in probes:
+            with pytest.raises(trio_websocket.ConnectionRejected) as refused:
+                async with trio_websocket.open_websocket_url(base + path,
+                                                             extra_headers=headers):
+                    pass
+            assert refused.value.status_code == status, (path, refused.value.status_code)
+            assert json.loads(refused.value.body)["error"]["code"] == code
+            _count(f"websocket upgrade: {kind}")
+        async with connect_agent(server) as agent:  # the socket itself still serves
+            await agent.hello()
+
+
 # -- resume tokens -------------------------------------------------------------------------------
 
 

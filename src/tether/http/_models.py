@@ -108,10 +108,8 @@ MAX_WEBHOOK_EVENTS = 32
 #: any strings; the webhooks service refuses unknown ones (``invalid_parameter``, ``events``),
 #: exactly the enum documented here.
 WEBHOOK_EVENTS: tuple[str, ...] = ("*", *EVENT_TYPES)
-EventTypes = Annotated[list[str], msgspec.Meta(
-    min_length=1, max_length=MAX_WEBHOOK_EVENTS,
-    extra_json_schema={"items": {"type": "string", "enum": list(WEBHOOK_EVENTS)}},
-)]
+EventType = Annotated[str, msgspec.Meta(extra_json_schema={"enum": list(WEBHOOK_EVENTS)})]
+EventTypes = Annotated[list[EventType], msgspec.Meta(min_length=1, max_length=MAX_WEBHOOK_EVENTS)]
 
 
 # -- request bodies ------------------------------------------------------------------------------
@@ -120,29 +118,30 @@ EventTypes = Annotated[list[str], msgspec.Meta(
 class CreateSessionBody(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """``POST /v1/sessions``: a PENDING session waiting for the machine's agent."""
 
-    machine_id: Text
-    machine_hostname: Text
+    machine_id: Annotated[Text, msgspec.Meta(examples=["mach_xyz789"])]
+    machine_hostname: Annotated[Text, msgspec.Meta(examples=["prod-server"])]
 
 
 class AttachClientBody(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """``POST /v1/sessions/{session_id}/clients``: attach an operator or an observer."""
 
-    user_email: Email
-    mode: Literal["operator", "observer"]
+    user_email: Annotated[Email, msgspec.Meta(examples=["[email protected]"])]
+    mode: Annotated[Literal["operator", "observer"], msgspec.Meta(examples=["operator"])]
 
 
 class RunCommandBody(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """``POST /v1/sessions/{session_id}/commands``: an attached operator's command."""
 
-    client_id: Text
-    command: CommandText
+    client_id: Annotated[Text, msgspec.Meta(examples=["cli_111"])]
+    command: Annotated[CommandText, msgspec.Meta(examples=["ls -la"])]
 
 
 class CreateWebhookBody(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """``POST /v1/webhooks``: an endpoint (a secret not given is generated)."""
 
-    url: WebhookUrl
-    events: EventTypes
+    url: Annotated[WebhookUrl, msgspec.Meta(examples=["https://hooks.example.com/tether"])]
+    events: Annotated[EventTypes, msgspec.Meta(examples=[["session.created",
+                                                          "session.disconnected"]])]
     secret: WebhookSecret | None = None
     enabled: bool = True
 

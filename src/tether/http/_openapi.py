@@ -44,15 +44,16 @@ def _error_description(status: int) -> str:
 
 def _operation(op: Operation, refs: dict[Any, dict[str, Any]]) -> dict[str, Any]:
     params: list[dict[str, Any]] = [
-        {"name": name, "in": "path", "required": True, "description": PATH_PARAMS[name],
-         "schema": {"type": "string", "minLength": 1}}
+        {"name": name, "in": "path", "required": True, "description": PATH_PARAMS[name][0],
+         "schema": {"type": "string", "minLength": 1}, "example": PATH_PARAMS[name][1]}
         for name in op.path_params
     ]
-    params += [
-        {"name": p.name, "in": p.location, "required": False, "schema": p.schema(),
-         "description": p.description}
-        for p in op.query
-    ]
+    for p in op.query:
+        param = {"name": p.name, "in": p.location, "required": False, "schema": p.schema(),
+                 "description": p.description}
+        if p.example is not None:
+            param["example"] = p.example
+        params.append(param)
     success: dict[str, Any]
     if op.response is None:
         success = {"description": "Done; no body"}

@@ -44,6 +44,8 @@ class Param:
     location: str = "query"
     #: The value when the request does not carry it.
     default: Any = None
+    #: A value to show in the document (and that Schemathesis' examples phase sends).
+    example: Any = None
 
     @property
     def arg(self) -> str:

@@ -94,14 +94,15 @@ class Operation:
         return re.findall(r"\{(\w+)\}", self.path)
 
 
-#: Path parameters, described (any text routes; an id that names nothing is a 404).
-PATH_PARAMS = {
-    "session_id": "A session id (sess_...)",
-    "machine_id": "A machine id",
-    "client_id": "An attached client's id (cli_...)",
-    "command_id": "A command id",
-    "webhook_id": "A webhook endpoint's id (hook_...)",
-    "delivery_id": "A delivery's id (dlv_...)",
+#: Path parameters, described, with an example (any text routes; an id that names nothing in
+#: the caller's workspace is a 404).
+PATH_PARAMS: dict[str, tuple[str, str]] = {
+    "session_id": ("A session id (sess_...)", "sess_abc123"),
+    "machine_id": ("A machine id", "mach_xyz789"),
+    "client_id": ("An attached client's id (cli_...)", "cli_111"),
+    "command_id": ("A command id", "cmd_111"),
+    "webhook_id": ("A webhook endpoint's id (hook_...)", "hook_6e6ae2f2ab8345a115e0"),
+    "delivery_id": ("A delivery's id (dlv_...)", "dlv_7bf004000000000001"),
 }
 
 _TEXT_FILTER = "matches nothing if no session has it"
@@ -123,13 +124,15 @@ OPERATIONS: tuple[Operation, ...] = (
         SessionPage,
         query=(
             Choice(name="status", description="Filter by status",
-                   values=tuple(s.value for s in Status)),
-            Text(name="machine_id", description=f"Filter by machine ID ({_TEXT_FILTER})"),
-            Text(name="machine_hostname", description=f"Filter by hostname ({_TEXT_FILTER})"),
+                   values=tuple(s.value for s in Status), example="CONNECTED"),
+            Text(name="machine_id", description=f"Filter by machine ID ({_TEXT_FILTER})",
+                 example="mach_xyz789"),
+            Text(name="machine_hostname", description=f"Filter by hostname ({_TEXT_FILTER})",
+                 example="prod-server"),
             Integer(name="limit", description="Max results", low=1, high=MAX_PAGE,
-                    default=DEFAULT_PAGE),
+                    default=DEFAULT_PAGE, example=10),
             Integer(name="offset", description="Pagination offset", low=0, high=MAX_OFFSET,
-                    default=0),
+                    default=0, example=0),
         ),
         errors=_COMMON,
         links=(Link("list_to_get_session", "get_session",
@@ -169,10 +172,10 @@ OPERATIONS: tuple[Operation, ...] = (
         HistoryPage,
         query=(
             Integer(name="limit", description="Max commands", low=1, high=MAX_HISTORY,
-                    default=DEFAULT_HISTORY),
+                    default=DEFAULT_HISTORY, example=50),
             Text(name="before", description="Only commands older than this command_id "
                                             "(cursor; 404 command_not_found if the session "
-                                            "has no such command)"),
+                                            "has no such command)", example="cmd_222"),
         ),
         errors=(*_COMMON, 404),
     ),
@@ -251,9 +254,10 @@ OPERATIONS: tuple[Operation, ...] = (
         DeliveryPage,
         query=(
             Integer(name="limit", description="Max deliveries", low=1, high=MAX_DELIVERIES,
-                    default=DEFAULT_DELIVERIES),
+                    default=DEFAULT_DELIVERIES, example=20),
             Text(name="before", description="Only deliveries older than this delivery id "
-                                            "(cursor; ids sort by age)"),
+                                            "(cursor; ids sort by age)",
+                 example="dlv_7bf004000000000001"),
         ),
         errors=_WEBHOOK, tag="webhooks",
         links=(Link("list_deliveries_to_retry_delivery", "retry_delivery",
@@ -276,7 +280,7 @@ OPERATIONS: tuple[Operation, ...] = (
                                            "oldest retained; 410 if no longer retained)",
                  pattern=EVENT_CURSOR, mismatch="not an event id"),
             Integer(name="limit", description="Max events", low=1, high=MAX_EVENTS,
-                    default=DEFAULT_EVENTS),
+                    default=DEFAULT_EVENTS, example=100),
         ),
         errors=(*_COMMON, 410), tag="events",
     ),
