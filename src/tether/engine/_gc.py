@@ -9,7 +9,11 @@ old generation holds; past ``limit`` (~25 ms of collecting) it collects the youn
 generation in O(1). Full collections then walk only what was promoted since. This matters
 beyond session creation: during a mass transport loss, paced actors' queued messages and
 re-parked tasks reach the old generation too (seen here: 565,000 objects and 139 ms
-collections, until frozen). An idle engine's guard sleeps until the engine pokes it.
+collections, until frozen). An idle engine's guard sleeps until the engine pokes it; a busy
+one looks every ``interval`` seconds, or sooner after ``look_every`` pokes: creating 40,000
+sessions a second grows the old generation by ~130,000 objects in one interval, and the
+longest full collection while 100,000 sessions were created went from 42-56 ms to 11-13 ms
+when the guard looked every 2,000 pokes (for ~2% of the creation rate).
 
 The price: cyclic garbage made of objects that were alive at a freeze is not collected while
 they stay frozen. The engine's own objects are acyclic (records, actors and links are freed by
@@ -38,23 +42,30 @@ class GcGuard:
     the engine has shrunk to ``thaw_below`` live sessions."""
 
     def __init__(self, live_sessions: Callable[[], int], *, limit: int = 100_000,
-                 thaw_below: int = 10_000, interval: float = 0.25) -> None:
+                 thaw_below: int = 10_000, interval: float = 0.25,
+                 look_every: int = 2_000) -> None:
         self._live = live_sessions
         self.limit = limit
         self.thaw_below = thaw_below
         self.interval = interval
+        self.look_every = look_every
+        self._pokes = 0  # since the last look
         self._frozen_at = 0  # the most live sessions at one of our freezes since the last thaw
         self.freezes = 0
         self.thaws = 0
         self._busy = False  # the engine did something since the last look
-        self._lot = trio.lowlevel.ParkingLot()
+        self._lot = trio.lowlevel.ParkingLot()  # the idle guard waits here
+        self._burst = trio.lowlevel.ParkingLot()  # the busy guard waits here, for the interval
 
     def poke(self) -> None:
         """The engine is at work (a session started, actors woke): look again soon."""
+        self._pokes += 1
         if not self._busy:
             self._busy = True
             if self._lot:
                 self._lot.unpark_all()
+        elif self._pokes >= self.look_every and self._burst:
+            self._burst.unpark_all()
 
     def check(self) -> None:
         live = self._live()
@@ -75,5 +86,7 @@ class GcGuard:
             if not self._busy:
                 await self._lot.park()
             self._busy = False
-            await trio.sleep(self.interval)
+            self._pokes = 0
+            with trio.move_on_after(self.interval):
+                await self._burst.park()
             self.check()
