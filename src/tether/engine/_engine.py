@@ -70,7 +70,7 @@ class Engine:
         self._clock_arg = clock
         self.clock: WallClock
         self.timekeeper = Timekeeper()
-        self._gc_guard = GcGuard(self._count_live, limit=self.config.gc_freeze_limit)
+        self._gc_guard = GcGuard(self._count_retained, limit=self.config.gc_freeze_limit)
         poke = self._gc_guard.poke if self.config.gc_freeze_limit else None
         self.pacer = Pacer(on_wake=poke)
         self.events: EventLog
@@ -305,8 +305,8 @@ class Engine:
         """Actor tasks running now (the nursery's tasks but the services'), for ``testing``."""
         return len(self._nursery.child_tasks) - 1 if self._nursery is not None else 0
 
-    def _count_live(self) -> int:
-        return len(self._table.active)
+    def _count_retained(self) -> int:
+        return len(self._table.records)
 
     @property
     def live_sessions(self) -> int:

@@ -19,7 +19,8 @@ The price: cyclic garbage made of objects that were alive at a freeze is not col
 they stay frozen. The engine's own objects are acyclic (records, actors and links are freed by
 reference counting when a session ends: tested), so what can be held back is other code's
 cyclic garbage in flight at the instant of a freeze. When the engine has shrunk to
-``thaw_below`` live sessions after freezing with at least four times as many, the guard calls
+``thaw_below`` retained sessions (live or ended, not yet purged: a thaw's collection walks
+them all) after freezing with at least four times as many, the guard calls
 ``gc.unfreeze()``, so the next full collection (bounded by that many sessions) reclaims it.
 """
 
@@ -39,18 +40,18 @@ log = logging.getLogger("tether.engine")
 
 class GcGuard:
     """Freezes the heap when the old generation outgrows ``limit`` objects; thaws it once
-    the engine has shrunk to ``thaw_below`` live sessions."""
+    the engine has shrunk to ``thaw_below`` retained sessions."""
 
-    def __init__(self, live_sessions: Callable[[], int], *, limit: int = 100_000,
+    def __init__(self, sessions: Callable[[], int], *, limit: int = 100_000,
                  thaw_below: int = 10_000, interval: float = 0.25,
                  look_every: int = 2_000) -> None:
-        self._live = live_sessions
+        self._sessions = sessions  # retained sessions: what a thaw's collection would walk
         self.limit = limit
         self.thaw_below = thaw_below
         self.interval = interval
         self.look_every = look_every
         self._pokes = 0  # since the last look
-        self._frozen_at = 0  # the most live sessions at one of our freezes since the last thaw
+        self._frozen_at = 0  # the most sessions at one of our freezes since the last thaw
         self.freezes = 0
         self.thaws = 0
         self._busy = False  # the engine did something since the last look
@@ -68,15 +69,15 @@ class GcGuard:
             self._burst.unpark_all()
 
     def check(self) -> None:
-        live = self._live()
+        sessions = self._sessions()
         if len(gc.get_objects(generation=2)) > self.limit:
             gc.collect(1)  # young garbage is reclaimed, not frozen (cheap: young generations)
             gc.freeze()
-            self._frozen_at = max(self._frozen_at, live)
+            self._frozen_at = max(self._frozen_at, sessions)
             self.freezes += 1
-        elif self._frozen_at >= 4 * max(live, 1) and live <= self.thaw_below:
+        elif self._frozen_at >= 4 * max(sessions, 1) and sessions <= self.thaw_below:
             gc.unfreeze()
-            log.debug("gc: unfrozen at %d live sessions (%d at a freeze)", live,
+            log.debug("gc: unfrozen at %d retained sessions (%d at a freeze)", sessions,
                       self._frozen_at)
             self._frozen_at = 0
             self.thaws += 1
