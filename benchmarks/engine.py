@@ -159,8 +159,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
     # Heartbeat and pending timeouts far beyond the run: nothing but the grace period may
     # time out here, so the expiry phase measures exactly the grace deadlines.
+    # The event log keeps every event of the run (4 per session), so the expiry subscriber
+    # never falls behind its retention.
     config = EngineConfig(grace_period=grace, heartbeat_timeout=3600.0, pending_timeout=3600.0,
-                          gc_freeze_limit=args.gc_freeze_limit)
+                          gc_freeze_limit=args.gc_freeze_limit,
+                          event_log_max=max(1_000_000, 4 * n))
     async with Engine(config) as engine, trio.open_nursery() as nursery:
         nursery.start_soon(stalls.run)
         # Everything the benchmark itself owns is made before the "before" RSS reading.
