@@ -3,6 +3,7 @@ answers, and never left running (killed at the end if the test did not stop it).
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -49,3 +50,24 @@ async def serve_process(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def raw_request(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes no HTTP client would to the server at ``url``; the answer's status, headers
+    (lower-cased names) and body (it must carry a ``Content-Length``)."""
+    host, port = url.removeprefix("http://").split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    answer = b""
+    async with stream:
+        await stream.send_all(request)
+        with trio.fail_after(10):
+            while b"\r\n\r\n" not in answer:
+                answer += await stream.receive_some()
+            head, _, body = answer.partition(b"\r\n\r\n")
+            length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+            assert length, head
+            while len(body) < int(length.group(1)):
+                body += await stream.receive_some()
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split(" ")[1]), headers, body

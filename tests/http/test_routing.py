@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 
 import httpx
 import pytest
-import trio
 import trio_websocket
 
+from ..serving import raw_request
 from .conftest import ACME_AGENT, ACME_KEY, connect_agent
 
 _API_KEY = [(b"authorization", f"Bearer {ACME_KEY}".encode())]
@@ -81,24 +80,6 @@ async def test_a_plain_request_to_the_agent_socket_is_400(server, api):
     assert (await api.get("/v1/sessions")).status_code == 200
 
 
-async def _raw(server, request: bytes) -> tuple[int, dict[str, str], bytes]:
-    host, port = server.url.removeprefix("http://").split(":")
-    stream = await trio.open_tcp_stream(host, int(port))
-    answer = b""
-    async with stream:
-        await stream.send_all(request)
-        with trio.fail_after(10):
-            while b"\r\n\r\n" not in answer:
-                answer += await stream.receive_some()
-            head, _, body = answer.partition(b"\r\n\r\n")
-            length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))
-            while len(body) < length:
-                body += await stream.receive_some()
-    lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
-    return int(lines[0].split(" ")[1]), headers, body
-
-
 @pytest.mark.parametrize("handshake", [
     b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n",  # no key
     b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZQ==\r\n"
@@ -106,8 +87,8 @@ async def _raw(server, request: bytes) -> tuple[int, dict[str, str], bytes]:
 ])
 @pytest.mark.parametrize("path", [b"/v1/agent", b"/v1/nope"])
 async def test_a_broken_handshake_gets_the_envelope(server, handshake, path):
-    status, headers, body = await _raw(
-        server, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n" + handshake + b"\r\n")
+    status, headers, body = await raw_request(
+        server.url, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n" + handshake + b"\r\n")
     assert status == 400 and headers["content-type"] == "application/json"
     assert json.loads(body)["error"]["code"] == "bad_request"
 

@@ -25,6 +25,7 @@ from tether.engine.testing import session_facts
 from tether.http import HttpSettings
 from tether.http._routes import OPERATIONS
 
+from ..serving import raw_request
 from .conftest import (
     ACME_AGENT,
     ACME_KEY,
@@ -328,30 +329,12 @@ async def test_huge_and_hostile_query_strings():
                 _count(f"hostile query: {name}")
         # past the server's request-head limit (64 KiB; httpx will not even build such a URL):
         # refused by the HTTP layer before the app, still with the envelope
-        status, body = await _raw_request(server, b"GET /v1/sessions?machine_id="
+        status, _, body = await raw_request(server.url, b"GET /v1/sessions?machine_id="
                                           + b"m" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
         assert 400 <= status < 500 and set(json.loads(body)["error"]) == {
             "code", "message", "details"}, (status, body[:200])
         _count("hostile query: over the request-head limit")
         assert (await api.get("/healthz")).status_code == 200
-
-
-async def _raw_request(server, request: bytes) -> tuple[int, bytes]:
-    """Send bytes no HTTP client would; the answer's status and body (``Content-Length``)."""
-    host, port = server.url.removeprefix("http://").split(":")
-    stream = await trio.open_tcp_stream(host, int(port))
-    answer = b""
-    async with stream:
-        await stream.send_all(request)
-        with trio.fail_after(10):
-            while b"\r\n\r\n" not in answer:
-                answer += await stream.receive_some()
-            head, _, body = answer.partition(b"\r\n\r\n")
-            length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
-            assert length, head
-            while len(body) < int(length.group(1)):
-                body += await stream.receive_some()
-    return int(head.split(b" ", 2)[1]), body
 
 
 async def test_requests_http_itself_refuses_get_the_envelope():
@@ -367,7 +350,7 @@ async def test_requests_http_itself_refuses_get_the_envelope():
             "header without a colon": b"GET /healthz HTTP/1.1\r\nHost: x\r\nnonsense\r\n\r\n",
             "space before a colon": b"GET /healthz HTTP/1.1\r\nHost : x\r\n\r\n",
         }.items():
-            status, body = await _raw_request(server, request)
+            status, _, body = await raw_request(server.url, request)
             assert status == 400, (name, status, body)
             error = json.loads(body)["error"]
             assert error == {"code": "bad_request", "message": "Malformed HTTP request",
