@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from ._clock import WallClock
     from ._config import EngineConfig
     from ._events import EventLog
-    from ._models import Event, EventCommand
+    from ._models import AttachedClient, Event, EventCommand
     from ._ports import AgentTransport
     from ._record import SessionRecord
     from ._table import SessionTable
@@ -51,6 +51,11 @@ def close_transport(transport: AgentTransport, reason: str) -> None:
         transport.close(reason)
     except Exception:
         log.warning("agent transport failed to close (%s)", reason, exc_info=True)
+
+
+def _event_client(client: AttachedClient) -> EventClient:
+    return EventClient(client_id=client.client_id, user_email=client.user_email,
+                       mode=client.mode)
 
 
 class Applier:
@@ -80,36 +85,30 @@ class Applier:
             rec.version += 1
         unreachable = False
         for effect in outcome.effects:
-            kind = type(effect)
-            if kind is Emit:
-                assert isinstance(effect, Emit)
-                self.emit(rec, effect.type, effect.previous, effect.reason, now,
-                          reason_detail=effect.detail)
-            elif kind is Reindex:
-                assert isinstance(effect, Reindex)
-                self.table.index.move(rec, effect.previous)
-            elif kind is RemoveClient:
-                assert isinstance(effect, RemoveClient)
-                self._remove_client(rec, effect, now)
-            elif kind is AddClient:
-                assert isinstance(effect, AddClient)
-                self._add_client(rec, effect, now)
-            elif kind is ReleaseLink:
-                assert isinstance(effect, ReleaseLink)
-                link, rec.link = rec.link, None
-                if link is not None:
-                    close_transport(link.transport, effect.reason)
-            elif kind is LoseCommands:
-                if rec.commands:
-                    for command in rec.commands.values():
-                        if command.state == "pending":
-                            command.state = "lost"
-            elif kind is End:
-                rec.resume_secret = None
-                self.table.finish(rec, now)
-            elif kind is SendCommand:
-                assert isinstance(effect, SendCommand)
-                unreachable = not self._send_command(rec, effect, now)
+            match effect:
+                case Emit():
+                    self.emit(rec, effect.type, effect.previous, effect.reason, now,
+                              reason_detail=effect.detail)
+                case Reindex():
+                    self.table.index.move(rec, effect.previous)
+                case RemoveClient():
+                    self._remove_client(rec, effect, now)
+                case AddClient():
+                    self._add_client(rec, effect, now)
+                case ReleaseLink():
+                    link, rec.link = rec.link, None
+                    if link is not None:
+                        close_transport(link.transport, effect.reason)
+                case LoseCommands():
+                    if rec.commands:
+                        for command in rec.commands.values():
+                            if command.state == "pending":
+                                command.state = "lost"
+                case End():
+                    rec.resume_secret = None
+                    self.table.finish(rec, now)
+                case SendCommand():
+                    unreachable = not self._send_command(rec, effect, now)
         if unreachable:  # the agent's transport failed: it is as good as closed
             self.apply(rec, Change(Input.TRANSPORT_CLOSED), now)
         return outcome
@@ -142,17 +141,14 @@ class Applier:
         rec.clients[client.client_id] = client
         rec.version += 1
         self.emit(rec, "session.client_attached", rec.status, None, now,
-                  client=EventClient(client_id=client.client_id, user_email=client.user_email,
-                                     mode=client.mode))
+                  client=_event_client(client))
 
     def _remove_client(self, rec: SessionRecord, effect: RemoveClient, now: float) -> None:
         assert rec.clients is not None
         client = rec.clients.pop(effect.client_id)
         rec.version += 1
         self.emit(rec, "session.client_detached", effect.status, effect.reason, now,
-                  status=effect.status,
-                  client=EventClient(client_id=client.client_id, user_email=client.user_email,
-                                     mode=client.mode))
+                  status=effect.status, client=_event_client(client))
 
     def _send_command(self, rec: SessionRecord, effect: SendCommand, now: float) -> bool:
         """Record the command as pending and send it; ``False`` if the transport failed."""

@@ -70,9 +70,9 @@ class Engine:
         self._clock_arg = clock
         self.clock: WallClock
         self.timekeeper = Timekeeper()
-        self._gc_guard = GcGuard(self._count_retained, limit=self.config.gc_freeze_limit)
-        poke = self._gc_guard.poke if self.config.gc_freeze_limit else None
-        self.pacer = Pacer(on_wake=poke)
+        self._gc_guard = GcGuard(lambda: self.retained_sessions,
+                                 limit=self.config.gc_freeze_limit)
+        self.pacer = Pacer(on_wake=self._gc_guard.poke)
         self.events: EventLog
         self._table: SessionTable
         self._applier: Applier
@@ -304,9 +304,6 @@ class Engine:
     def _actor_tasks(self) -> int:
         """Actor tasks running now (the nursery's tasks but the services'), for ``testing``."""
         return len(self._nursery.child_tasks) - 1 if self._nursery is not None else 0
-
-    def _count_retained(self) -> int:
-        return len(self._table.records)
 
     @property
     def live_sessions(self) -> int:
