@@ -38,6 +38,13 @@ _CLOSE_POLICY = 1008
 _CLOSE_TOO_BIG = 1009
 _CLOSE_GOING_AWAY = 1001
 
+#: Closes the agent is told the reason of (an ``error`` frame), with their close codes: a
+#: shutdown means it may come back later; a revoked token, that it may not with that token.
+_TOLD_ON_CLOSE: dict[str, tuple[str, int]] = {
+    "server_shutdown": ("The server is shutting down", _CLOSE_GOING_AWAY),
+    "token_revoked": ("The agent token was revoked", _CLOSE_POLICY),
+}
+
 _Heartbeat = wire.Heartbeat
 _TelemetryFrame = wire.TelemetryFrame
 
@@ -123,9 +130,10 @@ class SocketTransport:
     def close(self, reason: str, code: int = _CLOSE_NORMAL) -> None:
         if self.closing:
             return
-        if reason == "server_shutdown":  # tell the agent why, and that it may come back later
-            self.push(_error_frame("server_shutdown", "The server is shutting down"))
-            code = _CLOSE_GOING_AWAY
+        told = _TOLD_ON_CLOSE.get(reason)
+        if told is not None:  # the agent is told why, as an error frame with the reason's code
+            message, code = told
+            self.push(_error_frame(reason, message))
         self.closing = True
         try:
             self._send.send_nowait(_Close(code, reason))
@@ -149,8 +157,7 @@ class AgentSocket:
         the agent cannot resume them with that token."""
         for hashed in hashes:
             for transport in self._by_token.pop(hashed, ()):
-                transport.push(_error_frame("token_revoked", "The agent token was revoked"))
-                transport.close("token_revoked", _CLOSE_POLICY)
+                transport.close("token_revoked")
 
     async def serve(self) -> Response | None:
         credential = self.keys.credential("agent", websocket.headers.get("Authorization"))
