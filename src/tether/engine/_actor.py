@@ -125,7 +125,7 @@ class SessionActor:
             self._arm(due)
         else:
             self._due = True
-            self._wake()
+            self._wake(deadline=True)
 
     # -- the task --------------------------------------------------------------------------
 
@@ -180,11 +180,11 @@ class SessionActor:
         self._parked = None
         return trio.lowlevel.Abort.SUCCEEDED
 
-    def _wake(self) -> None:
+    def _wake(self, *, deadline: bool = False) -> None:
         # Through the pacer: a mass wake-up is spread over passes of the run loop.
         if self._parked is not None and not self._queued:
             self._queued = True
-            self.host.pacer.wake(self)
+            self.host.pacer.wake(self, deadline=deadline)
 
     def resume(self) -> None:
         """The pacer's turn for this actor: reschedule it if it is still parked."""

@@ -10,7 +10,8 @@ module each:
   out its effects;
 - ``_agents.py``: hello, resume and replace, and what agents' links report;
 - ``_clients.py``: attach, detach and operators' commands;
-- ``_queries.py``: the reads; ``_events.py``: the event log and its subscribers.
+- ``_queries.py``: the reads; ``_events.py``: the event log and its subscribers;
+- ``_nurseries.py``: the nurseries actor tasks run in.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ._events import EventLog, Subscription
 from ._gc import GcGuard
 from ._lifecycle import Input
 from ._models import check_text
+from ._nurseries import ActorNurseries
 from ._pacer import Pacer
 from ._queries import DEFAULT_HISTORY, DEFAULT_PAGE, MAX_HISTORY, MAX_PAGE, Queries
 from ._table import SessionTable
@@ -81,6 +83,7 @@ class Engine:
         self._queries: Queries
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
+        self._actors: ActorNurseries
         self._services = trio.CancelScope()
         self._closing = False
 
@@ -103,6 +106,8 @@ class Engine:
         self._nursery_cm = trio.open_nursery()
         self._nursery = await self._nursery_cm.__aenter__()
         self._nursery.start_soon(self._run_services)
+        self._actors = ActorNurseries(self._nursery)
+        await self._actors.open()
         return self
 
     async def __aexit__(
@@ -115,6 +120,7 @@ class Engine:
             self.shutdown()
         self.pacer.close()  # the last actors wake at once: the pump is about to stop
         self._services.cancel()
+        self._actors.close()
         try:
             result: bool | None = await self._nursery_cm.__aexit__(exc_type, exc, tb)
         finally:
@@ -162,7 +168,7 @@ class Engine:
             raise EngineClosed()
         actor = SessionActor(self, rec)
         rec.actor = actor
-        self._nursery.start_soon(actor.run)
+        self._actors.start_soon(actor.run)
 
     def expire(self, rec: SessionRecord, inp: Input) -> None:
         """An actor's deadline passed (``ActorHost``): apply its timeout input."""
@@ -302,8 +308,8 @@ class Engine:
     # -- introspection ---------------------------------------------------------------------
 
     def _actor_tasks(self) -> int:
-        """Actor tasks running now (the nursery's tasks but the services'), for ``testing``."""
-        return len(self._nursery.child_tasks) - 1 if self._nursery is not None else 0
+        """Actor tasks running now, for ``testing``."""
+        return self._actors.running() if self._nursery is not None else 0
 
     @property
     def live_sessions(self) -> int:

@@ -194,6 +194,12 @@ class EventLog:
         return True
 
 
+#: Events a subscriber takes per pass of the loop: as many as the pacer lets actors make
+#: transitions per pass (``_pacer.DEFAULT_BATCH``), so a subscriber that does little per event
+#: keeps up with a mass event instead of falling ~4x behind it.
+READ_BATCH = 1024
+
+
 class Subscription:
     """An async iterator over the events of one workspace (or all), in log order."""
 
@@ -227,6 +233,6 @@ class Subscription:
                 if not await log.wait_for_more(self._next):
                     raise StopAsyncIteration
                 continue
-            self._batch, self._next = log.read(self._workspace_id, self._next, 256)
+            self._batch, self._next = log.read(self._workspace_id, self._next, READ_BATCH)
             self._batch_pos = 0
             await trio.lowlevel.checkpoint()

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from ._models import Status
     from ._record import SessionRecord
+    from ._shards import ShardedDict
 
 
 #: Session ids in creation order: a 1-tuple for the common single session, else a list.
@@ -69,7 +70,7 @@ def _remove(table: dict[str, _Ids], key: str, session_id: str) -> None:
 class ReadIndex:
     """Secondary indexes by workspace, status, machine_id and machine_hostname."""
 
-    def __init__(self, records: dict[str, SessionRecord]) -> None:
+    def __init__(self, records: ShardedDict[str, SessionRecord]) -> None:
         self._records = records
         self._workspaces: dict[str, _Workspace] = {}
         self._unfiled: SessionRecord | None = None  # the newest session, not yet by status

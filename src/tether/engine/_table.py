@@ -18,6 +18,7 @@ from ._ids import MonotonicIds
 from ._index import ReadIndex
 from ._models import Status, check_text
 from ._record import SessionRecord
+from ._shards import ShardedDict
 
 if TYPE_CHECKING:
     from ._clock import WallClock
@@ -30,9 +31,11 @@ class SessionTable:
     def __init__(self, clock: WallClock, retention: float) -> None:
         self.clock = clock
         self.retention = retention
-        self.records: dict[str, SessionRecord] = {}
+        # Sharded: at a million sessions one resize of a plain dict stalls the loop ~100 ms.
+        self.records: ShardedDict[str, SessionRecord] = ShardedDict()
         self.index = ReadIndex(self.records)
-        self.active: dict[tuple[str, str], SessionRecord] = {}  # (workspace, machine) -> live
+        # (workspace, machine) -> its live session
+        self.active: ShardedDict[tuple[str, str], SessionRecord] = ShardedDict()
         self._ended: deque[tuple[float, str]] = deque()  # (ended_at, session_id), in end order
         self._purge_lot = trio.lowlevel.ParkingLot()
         self._session_ids = MonotonicIds("sess_")
