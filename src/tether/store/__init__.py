@@ -1,0 +1,10 @@
+"""State past one process: Tether's data in Redis (``tether serve --redis URL``).
+
+The in-memory engine stays the embedded default. This package holds what Redis mode is built
+from; see ``docs/redis.md`` for the data model. It may import the engine, never the reverse.
+"""
+
+from ._keys import Keys
+from ._lease import FENCE_CHECK, Lease, LeaseLost, StaleFence, run_fenced
+
+__all__ = ["FENCE_CHECK", "Keys", "Lease", "LeaseLost", "StaleFence", "run_fenced"]
