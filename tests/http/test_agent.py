@@ -213,6 +213,9 @@ _BAD_COMMAND_FRAMES = [
     ("user_email", wire.Command(command="ls", exit_code=0, user_email="a@b.io\x00")),
     ("user_email", wire.Command(command="ls", exit_code=0, user_email="u" * 321)),
     ("command_id", wire.CommandResult(command_id="cmd\n", exit_code=0)),
+    ("exit_code", wire.Command(command="ls", exit_code=2**32)),
+    ("exit_code", wire.Command(command="ls", exit_code=-(2**31) - 1)),
+    ("exit_code", wire.CommandResult(command_id="cmd_1", exit_code=10**30)),
     ("reason", wire.Goodbye(reason="bye\n[INFO] forged log line")),
     ("reason", wire.Goodbye(reason="r" * 1025)),
 ]
@@ -240,9 +243,11 @@ async def test_frames_with_bad_text_get_an_error_frame_and_are_not_stored(server
         await agent.send(wire.Command(command_id="c" * 256, command=big, exit_code=0,
                                       user_email="u" * 320))
         await agent.send(wire.Command(command="echo héllo", exit_code=1, user_email="a@b.io"))
-        history = await poll(api, f"{path}/history", lambda b: len(b["data"]) == 2)
+        await agent.send(wire.Command(command="crash.exe", exit_code=0xC0000005))
+        await agent.send(wire.Command(command="kill -9 $$", exit_code=-(2**31)))
+        history = await poll(api, f"{path}/history", lambda b: len(b["data"]) == 4)
         assert [(c["command"], c["exit_code"]) for c in history["data"]] == [
-            (big, 0), ("echo héllo", 1)]
+            (big, 0), ("echo héllo", 1), ("crash.exe", 0xC0000005), ("kill -9 $$", -(2**31))]
         await agent.send(wire.Goodbye(reason="r" * 1024))
         assert await closed_reason(agent) == (1000, "agent_goodbye")
     data = (await api.get(path)).json()["data"]

@@ -20,7 +20,7 @@ import trio
 
 from ._errors import AgentLinkClosed
 from ._lifecycle import Input
-from ._models import MAX_COMMAND, MAX_DETAIL, MAX_EMAIL, check_text
+from ._models import MAX_COMMAND, MAX_DETAIL, MAX_EMAIL, check_exit_code, check_text
 
 if TYPE_CHECKING:
     from ._models import Telemetry, Welcome
@@ -137,6 +137,7 @@ class AgentLink:
     ) -> str:
         """A command the agent ran; returns its command id (made up if not given)."""
         check_text("command", command, MAX_COMMAND)
+        check_exit_code(exit_code)
         if command_id is not None:
             check_text("command_id", command_id)
         if user_email is not None:
@@ -149,6 +150,7 @@ class AgentLink:
     async def command_result(self, command_id: str, exit_code: int) -> None:
         """The outcome of a ``run_command`` this agent was sent."""
         check_text("command_id", command_id)
+        check_exit_code(exit_code)
         rec = self._check()
         assert rec.actor is not None
         await rec.actor.call(self._host.report_result, self, command_id, exit_code)

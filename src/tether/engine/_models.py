@@ -34,6 +34,20 @@ def check_text(name: str, value: str, max_len: int = MAX_TEXT) -> None:
         raise InvalidParameter(name, "must not contain control characters")
 
 
+#: Exit codes: POSIX's are 0-255 (and negative for a signal in some runtimes), Windows' are
+#: unsigned 32-bit (0xC0000005); anything wider is a broken agent, and JSON clients that read
+#: numbers as doubles would lose its digits.
+EXIT_CODE_MIN, EXIT_CODE_MAX = -(2**31), 2**32 - 1
+
+
+def check_exit_code(value: int) -> None:
+    """Raise :class:`InvalidParameter` unless ``value`` is an int from ``EXIT_CODE_MIN`` to
+    ``EXIT_CODE_MAX``."""
+    if type(value) is not int or not EXIT_CODE_MIN <= value <= EXIT_CODE_MAX:
+        raise InvalidParameter(
+            "exit_code", f"must be an integer from {EXIT_CODE_MIN} to {EXIT_CODE_MAX}")
+
+
 class Status(enum.StrEnum):
     PENDING = "PENDING"
     CONNECTED = "CONNECTED"
