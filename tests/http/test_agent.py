@@ -112,11 +112,15 @@ async def test_malformed_frames_then_repeated_violations_close(server, api):
     assert data["data"]["reason"] == "protocol_violation"
 
 
-@pytest.mark.http(max_frame_bytes=1000, max_violations=2)
+@pytest.mark.http(max_frame_bytes=1000, max_violations=3)
 async def test_oversized_frames_are_refused(server, api):
     async with connect_agent(server) as agent:
         sid = (await agent.hello()).session_id
         await agent.send(wire.Command(command="x" * 1500, exit_code=0))  # over the limit
+        frame = await agent.receive()
+        assert frame.code == "frame_too_large"
+        # the limit is in bytes: 400 characters of 3 bytes each are 1,200 bytes
+        await agent.send(wire.Command(command="€" * 400, exit_code=0))
         frame = await agent.receive()
         assert frame.code == "frame_too_large"
         assert (await api.get(f"/v1/sessions/{sid}/history")).json()["data"] == []

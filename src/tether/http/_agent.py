@@ -191,7 +191,7 @@ class AgentSocket:
         with trio.move_on_after(self.settings.hello_timeout):
             data = await websocket.receive()
             try:
-                if len(data) > self.settings.max_frame_bytes:
+                if _too_large(data, self.settings.max_frame_bytes):
                     raise ValueError("frame too large")
                 frame = wire.decode_agent_frame(data)
             except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as error:
@@ -256,7 +256,7 @@ class AgentSocket:
             if bucket is not None:
                 await bucket.take()
             data = await websocket.receive()
-            if len(data) > max_frame:
+            if _too_large(data, max_frame):
                 problem: tuple[str, str] | None = (
                     "frame_too_large", f"Frames are limited to {max_frame} bytes"
                 )
@@ -330,3 +330,11 @@ class AgentSocket:
         transport.close("protocol_violation", _CLOSE_POLICY)  # before the engine's own close
         with contextlib.suppress(TetherError):  # the session may already have moved on
             await link.protocol_violation(message)
+
+
+def _too_large(data: str | bytes, limit: int) -> bool:
+    """Whether a frame is over ``limit`` bytes. A text frame arrives decoded: its UTF-8 length is
+    1 to 4 bytes per character, so only one that might be over is encoded to be measured."""
+    if len(data) > limit:
+        return True
+    return isinstance(data, str) and len(data) * 4 > limit and len(data.encode()) > limit
