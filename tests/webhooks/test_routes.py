@@ -13,6 +13,7 @@ import trio
 from standardwebhooks import Webhook
 
 from tether.engine import Engine, EngineConfig
+from tether.engine.testing import NullTransport
 from tether.http import HttpSettings, KeyStore, create_app, serve, server_config
 from tether.webhooks import WebhookConfig, Webhooks
 
@@ -287,3 +288,31 @@ async def test_an_idle_stream_sends_keepalive_comments(server):
                     if line.startswith(": keep-alive"):
                         break
         assert lines[0] == "retry: 3000"
+
+
+@pytest.mark.parametrize("engine_config", [EngineConfig(event_log_max=5)])
+async def test_a_stream_that_falls_behind_the_retention_ends_naming_where_to_resume(server):
+    engine = server.engine
+    for i in range(6):
+        await engine.agent_hello(WS, NullTransport(), machine_id=f"mach_{i}",
+                                 machine_hostname="h.example")
+    async with client(server) as api:
+        with trio.fail_after(10):
+            async with api.stream("GET", "/v1/events/stream") as response:
+                lines = response.aiter_lines()
+                await engine.agent_hello(WS, NullTransport(), machine_id="mach_6",
+                                         machine_hostname="h.example")
+                seen = await read_sse(lines, 2)
+                assert [f["event"] for f in seen] == ["session.created", "session.connected"]
+                # Seven sessions end in one pass of the loop: the stream's reader is left behind
+                # a five-event log.
+                engine.shutdown()
+                error = await read_sse(lines, 1)
+    assert error[0]["event"] == "error"
+    body = msgspec.json.decode(error[0]["data"])["error"]
+    assert body["code"] == "events_gone"
+    assert body["details"]["after"] == seen[-1]["id"]
+    oldest = body["details"]["oldest_event_id"]
+    assert oldest is not None and oldest > seen[-1]["id"]
+    async with client(server) as api:  # the named event is retained: a reader resumes there
+        assert (await api.get("/v1/events", params={"after": oldest})).status_code == 200

@@ -58,6 +58,7 @@ class EventsApi:
         keepalive = self.keepalive
 
         async def frames() -> AsyncIterator[bytes]:
+            last_id = after  # the last event this reader was sent
             yield b"retry: 3000\n\n"
             while True:
                 with trio.move_on_after(keepalive) as idle:
@@ -65,13 +66,16 @@ class EventsApi:
                         event = await subscription.__anext__()
                     except StopAsyncIteration:
                         return
-                    except EventsMissed:
-                        gone = envelope_bytes(EventsGone(after or "", None))
+                    except EventsMissed as missed:
+                        # The reader fell behind the retention: what it lacks is after the
+                        # last event it was sent, and the oldest it can resume from is named.
+                        gone = envelope_bytes(EventsGone(last_id or "", missed.resume_from))
                         yield b"event: error\ndata: " + gone + b"\n\n"
                         return
                 if idle.cancelled_caught:
                     yield b": keep-alive\n\n"
                     continue
+                last_id = event.id
                 yield b"".join((
                     b"id: ", event.id.encode(), b"\nevent: ", event.type.encode(),
                     b"\ndata: ", _encode(payload_of(event)), b"\n\n",
