@@ -80,7 +80,8 @@ async def test_pacer_wakes_deadlines_first() -> None:
     from tether.engine._pacer import Pacer
 
     log: list[str] = []
-    pacer = Pacer(batch=3)
+    work: list[int] = []
+    pacer = Pacer(batch=3, on_work=work.append)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pacer.run)
         await trio.testing.wait_all_tasks_blocked()
@@ -90,5 +91,6 @@ async def test_pacer_wakes_deadlines_first() -> None:
         pacer.wake(_Woken("due1", log), deadline=True)
         await trio.testing.wait_all_tasks_blocked()
         assert log == ["due0", "due1", "news0", "news1", "news2", "news3"]
+        assert work == [3, 3]  # the gc guard is told of the work as it is done, a pass at a time
         assert len(pacer) == 0
         nursery.cancel_scope.cancel()

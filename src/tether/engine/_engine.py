@@ -74,7 +74,7 @@ class Engine:
         self.timekeeper = Timekeeper()
         self._gc_guard = GcGuard(lambda: self.retained_sessions,
                                  limit=self.config.gc_freeze_limit)
-        self.pacer = Pacer(on_wake=self._gc_guard.poke)
+        self.pacer = Pacer(on_work=self._gc_guard.poke)
         self.events: EventLog
         self._table: SessionTable
         self._applier: Applier

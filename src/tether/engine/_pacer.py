@@ -38,9 +38,11 @@ class Pacer:
     loop by :meth:`run`."""
 
     def __init__(self, batch: int = DEFAULT_BATCH,
-                 on_wake: Callable[[], None] | None = None) -> None:
+                 on_work: Callable[[int], None] | None = None) -> None:
         self.batch = batch
-        self._on_wake = on_wake  # told of every wake-up (the engine's gc guard)
+        # Told how many actors each pass resumed (the engine's gc guard): counted when they run,
+        # not when they are queued, so a backlog being drained counts as work.
+        self._on_work = on_work
         self._ready: deque[Wakeable] = deque()
         self._due: deque[Wakeable] = deque()  # woken by a deadline: served before _ready
         self._pump: trio.lowlevel.Task | None = None
@@ -63,8 +65,6 @@ class Pacer:
         if self._closed:
             actor.resume()
             return
-        if self._on_wake is not None:
-            self._on_wake()
         (self._due if deadline else self._ready).append(actor)
         pump = self._pump
         if pump is not None:
@@ -81,8 +81,11 @@ class Pacer:
             first = min(len(due), self.batch)
             for _ in range(first):
                 due.popleft().resume()
-            for _ in range(min(len(ready), self.batch - first)):
+            rest = min(len(ready), self.batch - first)
+            for _ in range(rest):
                 ready.popleft().resume()
+            if self._on_work is not None:
+                self._on_work(first + rest)
             # The woken actors run in the next pass, with this task; sockets are polled first.
             await trio.lowlevel.checkpoint()
 
