@@ -37,6 +37,7 @@ def test_sharded_dict_is_a_dict(ops: list[tuple[str, str, int]]) -> None:
         assert len(sharded) == len(model)
         assert sharded.get(key) == model.get(key)
     assert sorted(sharded.items()) == sorted(model.items())
+    assert sharded.lookup(reversed(list(model))) == [model[k] for k in reversed(list(model))]
     assert sorted(sharded) == sorted(model)
     assert sorted(sharded.values()) == sorted(model.values())
 

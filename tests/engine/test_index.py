@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from tether.engine import Status
 from tether.engine._index import ReadIndex
 from tether.engine._record import SessionRecord
+from tether.engine._shards import ShardedDict
 
 WORKSPACES = ["ws_a", "ws_b"]
 MACHINES = ["m1", "m2", "m3"]
@@ -37,7 +38,7 @@ operations = st.lists(
 @settings(max_examples=300, deadline=None)
 @given(operations)
 def test_pages_match_a_scan_of_every_session(ops: list[tuple]) -> None:
-    records: dict[str, SessionRecord] = {}
+    records: ShardedDict[str, SessionRecord] = ShardedDict()
     index = ReadIndex(records)
     made = 0
     for op in ops:

@@ -2,11 +2,13 @@
 
 Sessions are kept in creation order, which is (created_at, session_id) order because session
 ids sort by creation (see ``_ids.py``). Per workspace there is an ordered index of all sessions
-and one per status (``SortedList``: O(log n) to move a session between statuses, O(log n + page)
-to slice a page); per machine and per hostname the ids in creation order (they are few, and
-their membership only changes on creation and purge; a machine's one session is kept as a
-1-tuple, smaller than a list). A page with one filter is a slice; a page with several filters
-scans the smallest matching index, so ``total`` stays exact.
+and one per status (``SortedList`` of ids: O(log n) to move a session between statuses,
+O(log n + page) to slice a page); per machine and per hostname the records themselves in
+creation order (they are few, and their membership only changes on creation and purge; a
+machine's one session is kept as a 1-tuple, smaller than a list). A page with one filter is a
+slice; a page with several filters scans the smallest matching index, so ``total`` stays exact.
+Holding records there, not ids, spares that scan a lookup per session (1,000 of them per
+hostname at a million sessions).
 
 The newest session is filed under its status lazily, at the index's next operation: a hello
 creates a session and connects it at once, so it is filed once, as CONNECTED, instead of
@@ -22,15 +24,15 @@ from typing import TYPE_CHECKING
 from sortedcontainers import SortedList
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
 
     from ._models import Status
     from ._record import SessionRecord
     from ._shards import ShardedDict
 
 
-#: Session ids in creation order: a 1-tuple for the common single session, else a list.
-_Ids = tuple[str] | list[str]
+#: Records in creation order: a 1-tuple for the common single session, else a list.
+_Recs = tuple["SessionRecord"] | list["SessionRecord"]
 
 
 class _Workspace:
@@ -39,29 +41,33 @@ class _Workspace:
     def __init__(self) -> None:
         self.all = SortedList()
         self.by_status: dict[Status, SortedList] = {}
-        self.by_machine: dict[str, _Ids] = {}
-        self.by_host: dict[str, _Ids] = {}
+        self.by_machine: dict[str, _Recs] = {}
+        self.by_host: dict[str, _Recs] = {}
 
 
-def _append(table: dict[str, _Ids], key: str, session_id: str) -> None:
-    # Ids sort by creation, so appending keeps these ordered.
+def _append(table: dict[str, _Recs], key: str, rec: SessionRecord) -> None:
+    # Records are added in creation order, so appending keeps these ordered.
     items = table.get(key)
     if items is None:
-        table[key] = (session_id,)
+        table[key] = (rec,)
     elif isinstance(items, tuple):
-        table[key] = [*items, session_id]
+        table[key] = [*items, rec]
     else:
-        items.append(session_id)
+        items.append(rec)
 
 
-def _remove(table: dict[str, _Ids], key: str, session_id: str) -> None:
+def _session_id(rec: SessionRecord) -> str:
+    return rec.session_id
+
+
+def _remove(table: dict[str, _Recs], key: str, rec: SessionRecord) -> None:
     items = table[key]
     if isinstance(items, tuple):
-        if items[0] == session_id:
+        if items[0] is rec:
             del table[key]
         return
-    i = bisect_left(items, session_id)
-    if i < len(items) and items[i] == session_id:
+    i = bisect_left(items, rec.session_id, key=_session_id)
+    if i < len(items) and items[i] is rec:
         del items[i]
     if not items:
         del table[key]
@@ -82,8 +88,8 @@ class ReadIndex:
             ws = self._workspaces[rec.workspace_id] = _Workspace()
         sid = rec.session_id
         ws.all.add(sid)
-        _append(ws.by_machine, rec.machine_id, sid)
-        _append(ws.by_host, rec.machine_hostname, sid)
+        _append(ws.by_machine, rec.machine_id, rec)
+        _append(ws.by_host, rec.machine_hostname, rec)
         self._unfiled = rec
 
     def move(self, rec: SessionRecord, old_status: Status) -> None:
@@ -100,8 +106,8 @@ class ReadIndex:
         sid = rec.session_id
         ws.all.discard(sid)
         ws.by_status[rec.status].discard(sid)
-        _remove(ws.by_machine, rec.machine_id, sid)
-        _remove(ws.by_host, rec.machine_hostname, sid)
+        _remove(ws.by_machine, rec.machine_id, rec)
+        _remove(ws.by_host, rec.machine_hostname, rec)
 
     def _file_status(self) -> None:
         rec = self._unfiled
@@ -125,32 +131,36 @@ class ReadIndex:
         ws = self._workspaces.get(workspace_id)
         if ws is None:
             return 0, []
-        candidates: list[Sequence[str]] = []
+        by_record: list[Sequence[SessionRecord]] = []
         if machine_id is not None:
-            candidates.append(ws.by_machine.get(machine_id, ()))
+            by_record.append(ws.by_machine.get(machine_id, ()))
         if machine_hostname is not None:
-            candidates.append(ws.by_host.get(machine_hostname, ()))
-        if status is not None:
-            candidates.append(ws.by_status.get(status, ()))
-        if not candidates:
-            return self._slice(ws.all, limit, offset)
-        ids = min(candidates, key=len)
-        if len(candidates) == 1:
-            return self._slice(ids, limit, offset)
+            by_record.append(ws.by_host.get(machine_hostname, ()))
+        ids = None if status is None else ws.by_status.get(status, ())
+        if not by_record:
+            return self._slice(ws.all if ids is None else ids, limit, offset)
+        records = min(by_record, key=len)
+        if ids is None and len(by_record) == 1:  # one filter: a slice of its records
+            total = len(records)
+            stop = max(0, total - offset)
+            return total, list(reversed(records[max(0, stop - limit) : stop]))
+        scan: Iterable[SessionRecord] = (
+            reversed(records) if ids is None or len(records) <= len(ids)
+            else self._records.lookup(reversed(ids))
+        )
         keep = self._predicate(status, machine_id, machine_hostname)
-        matched = [rec for rec in map(self._records.__getitem__, reversed(ids)) if keep(rec)]
+        matched = [rec for rec in scan if keep(rec)]
         return len(matched), matched[offset : offset + limit]
 
     def _slice(
         self, ids: Sequence[str], limit: int, offset: int
     ) -> tuple[int, list[SessionRecord]]:
-        """A page of one index, newest first: a slice (SortedList slices in O(log n + k))."""
+        """A page of an index of ids, newest first (SortedList slices in O(log n + k))."""
         total = len(ids)
         stop = total - offset
         if stop <= 0:
             return total, []
-        records = self._records
-        return total, [records[sid] for sid in reversed(ids[max(0, stop - limit) : stop])]
+        return total, self._records.lookup(reversed(ids[max(0, stop - limit) : stop]))
 
     @staticmethod
     def _predicate(
