@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import heapq
 import json
 import math
 import os
@@ -188,16 +189,31 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         pauses.snapshot()
         say(f"[create] {n:,} agent hellos in one workspace, {hosts:,} hostnames ...")
         hello = engine.agent_hello
-        t0 = time.perf_counter()
+        slowest: list[tuple[float, int]] = []  # (seconds, sessions before it), --slowest-hellos
+        clock = time.perf_counter
+        t0 = clock()
         for i in range(n):
+            started = clock() if args.slowest_hellos else 0.0
             links[i] = await hello(
                 WORKSPACE, transports[i], machine_id=machine_ids[i],
                 machine_hostname=hostnames[i % hosts], agent_version="bench/1",
             )
+            if args.slowest_hellos:
+                took = clock() - started
+                if len(slowest) < args.slowest_hellos:
+                    heapq.heappush(slowest, (took, i))
+                elif took > slowest[0][0]:
+                    heapq.heapreplace(slowest, (took, i))
             if i % 1000 == 999:
                 await trio.lowlevel.checkpoint()  # let the new actors start and park
         await trio.lowlevel.checkpoint()
-        elapsed = time.perf_counter() - t0
+        elapsed = clock() - t0
+        if slowest:
+            # A hello much slower than the rest is usually a container crossing its growth
+            # threshold at that session count (a dict at 2/3 full, a set at 3/5, a list's
+            # reallocation): the count says which.
+            say("[create] slowest hellos (ms @ sessions before it): " + ", ".join(
+                f"{took * 1000:.0f} @ {i:,}" for took, i in sorted(slowest, reverse=True)))
         await trio.sleep(0.02)  # a tick, so the stall monitor starts the next phase afresh
         armed = len(engine.timekeeper)  # one timer per started actor
         out["create_per_s"] = round(n / elapsed)
@@ -442,6 +458,9 @@ def main() -> None:
     parser.add_argument("--grace", type=float, default=5.0, help="grace period, seconds")
     parser.add_argument("--heartbeat-rounds", type=int, default=15)
     parser.add_argument("--list-reps", type=int, default=300, help="repetitions of each query")
+    parser.add_argument("--slowest-hellos", type=int, default=0, metavar="K",
+                        help="time every hello and print the K slowest with the session count "
+                        "each came at (costs a little creation speed; 0: off)")
     parser.add_argument("--gc-freeze-limit", type=int, default=EngineConfig().gc_freeze_limit,
                         help="the engine's gc guard: freeze when the old generation holds more "
                         "objects than this (0: off)")
