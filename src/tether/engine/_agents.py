@@ -80,7 +80,7 @@ class AgentDesk:
             return await self._resume(workspace_id, transport, machine_id, resume_token)
         active = self.table.active
         while True:
-            existing = active.get((workspace_id, machine_id))
+            existing = active(workspace_id, machine_id)
             if existing is None:
                 break
             actor = existing.actor

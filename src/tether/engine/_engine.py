@@ -135,7 +135,7 @@ class Engine:
         ``async with`` block's exit waits for them.
         """
         self._closing = True
-        for rec in list(self._table.active.values()):
+        for rec in list(self._table.live_records()):
             if rec.actor is not None:
                 rec.actor.post(self._end, rec, reason)
 
@@ -189,7 +189,7 @@ class Engine:
         await trio.lowlevel.checkpoint()
         check_text("machine_id", machine_id)
         check_text("machine_hostname", machine_hostname)
-        existing = self._table.active.get((workspace_id, machine_id))
+        existing = self._table.active(workspace_id, machine_id)
         if existing is not None:
             raise SessionAlreadyActive(machine_id, existing.session_id, existing.status.value)
         rec = self._new_session(workspace_id, machine_id, machine_hostname)
@@ -313,7 +313,7 @@ class Engine:
 
     @property
     def live_sessions(self) -> int:
-        return len(self._table.active)
+        return self._table.live_count
 
     @property
     def retained_sessions(self) -> int:

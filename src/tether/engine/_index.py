@@ -5,7 +5,12 @@ ids sort by creation (see ``_ids.py``). Per workspace there is an ordered index 
 and one per status (``SortedList`` of ids: O(log n) to move a session between statuses,
 O(log n + page) to slice a page); per machine and per hostname the records themselves in
 creation order (they are few, and their membership only changes on creation and purge; a
-machine's one session is kept as a 1-tuple, smaller than a list). A page with one filter is a
+machine's one session is kept as a 1-tuple, smaller than a list). The map by machine is keyed
+by (workspace, machine) and split by key hash (a ``ShardedDict``: it holds an entry per
+machine, a million of them in the benchmark's one workspace, and a plain dict's resize at that
+size stalled the loop ~100 ms). Its newest record is the machine's active session while it is
+live, since a machine's next session starts only once the previous one has ended: the session
+table asks it, so no second map has to agree with it. A page with one filter is a
 slice; a page with several filters scans the smallest matching index, so ``total`` stays exact.
 Holding records there, not ids, spares that scan a lookup per session (1,000 of them per
 hostname at a million sessions).
@@ -19,16 +24,17 @@ read and write of the index files it first.
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sortedcontainers import SortedList
 
+from ._shards import ShardedDict
+
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
     from ._models import Status
     from ._record import SessionRecord
-    from ._shards import ShardedDict
 
 
 #: Records in creation order: a 1-tuple for the common single session, else a list.
@@ -36,16 +42,19 @@ _Recs = tuple["SessionRecord"] | list["SessionRecord"]
 
 
 class _Workspace:
-    __slots__ = ("all", "by_host", "by_machine", "by_status")
+    __slots__ = ("all", "by_host", "by_status")
 
     def __init__(self) -> None:
         self.all = SortedList()
         self.by_status: dict[Status, SortedList] = {}
-        self.by_machine: dict[str, _Recs] = {}
         self.by_host: dict[str, _Recs] = {}
 
 
-def _append(table: dict[str, _Recs], key: str, rec: SessionRecord) -> None:
+def _append(
+    table: dict[str, _Recs] | ShardedDict[tuple[str, str], _Recs],
+    key: Any,
+    rec: SessionRecord,
+) -> None:
     # Records are added in creation order, so appending keeps these ordered.
     items = table.get(key)
     if items is None:
@@ -60,7 +69,11 @@ def _session_id(rec: SessionRecord) -> str:
     return rec.session_id
 
 
-def _remove(table: dict[str, _Recs], key: str, rec: SessionRecord) -> None:
+def _remove(
+    table: dict[str, _Recs] | ShardedDict[tuple[str, str], _Recs],
+    key: Any,
+    rec: SessionRecord,
+) -> None:
     items = table[key]
     if isinstance(items, tuple):
         if items[0] is rec:
@@ -79,6 +92,7 @@ class ReadIndex:
     def __init__(self, records: ShardedDict[str, SessionRecord]) -> None:
         self._records = records
         self._workspaces: dict[str, _Workspace] = {}
+        self._by_machine: ShardedDict[tuple[str, str], _Recs] = ShardedDict()
         self._unfiled: SessionRecord | None = None  # the newest session, not yet by status
 
     def add(self, rec: SessionRecord) -> None:
@@ -88,7 +102,7 @@ class ReadIndex:
             ws = self._workspaces[rec.workspace_id] = _Workspace()
         sid = rec.session_id
         ws.all.add(sid)
-        _append(ws.by_machine, rec.machine_id, rec)
+        _append(self._by_machine, (rec.workspace_id, rec.machine_id), rec)
         _append(ws.by_host, rec.machine_hostname, rec)
         self._unfiled = rec
 
@@ -106,8 +120,17 @@ class ReadIndex:
         sid = rec.session_id
         ws.all.discard(sid)
         ws.by_status[rec.status].discard(sid)
-        _remove(ws.by_machine, rec.machine_id, rec)
+        _remove(self._by_machine, (rec.workspace_id, rec.machine_id), rec)
         _remove(ws.by_host, rec.machine_hostname, rec)
+
+    def newest(self, workspace_id: str, machine_id: str) -> SessionRecord | None:
+        """The machine's most recently created retained session, if any."""
+        recs = self._by_machine.get((workspace_id, machine_id))
+        return None if recs is None else recs[-1]
+
+    def newest_of_each_machine(self) -> Iterator[SessionRecord]:
+        for recs in self._by_machine.values():
+            yield recs[-1]
 
     def _file_status(self) -> None:
         rec = self._unfiled
@@ -133,7 +156,7 @@ class ReadIndex:
             return 0, []
         by_record: list[Sequence[SessionRecord]] = []
         if machine_id is not None:
-            by_record.append(ws.by_machine.get(machine_id, ()))
+            by_record.append(self._by_machine.get((workspace_id, machine_id), ()))
         if machine_hostname is not None:
             by_record.append(ws.by_host.get(machine_hostname, ()))
         ids = None if status is None else ws.by_status.get(status, ())

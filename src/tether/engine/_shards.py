@@ -4,9 +4,9 @@ A dict grows by building a table twice the size and moving every entry into it, 
 At a million sessions that is ~100 ms here (the new table is fresh memory, touched page by
 page), and the engine's per-session maps all reach their thresholds at the same session
 count, so one hello paid for three of them: 303 ms, measured in ``benchmarks/engine.py``.
-The session table's two maps are sharded; the index's map by machine stays a plain dict, so
-one resize is left at that count, and the hot path pays for 5 wrapper calls per session
-rather than 9 (each costs ~0.1 µs; creation measured ~7% slower with all of them sharded).
+The maps with an entry per session or per machine are sharded: the records by session id and
+the index's records by (workspace, machine), which also tells a machine's active session.
+Each shard costs the hot path a wrapper call (~0.1 µs).
 Split in 16, each part resizes at 1/16 of the size, and the parts cross their thresholds at
 moments spread over thousands of insertions (their counts differ by chance), so the same work
 is paid in small pieces between the loop's passes.

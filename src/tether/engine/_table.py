@@ -1,5 +1,5 @@
-"""Where sessions are kept: every retained record, the machine -> active session map, the read
-index, and the queue of ended sessions waiting out their retention.
+"""Where sessions are kept: every retained record, the read index (which also answers which
+session is a machine's active one), and the queue of ended sessions waiting out their retention.
 
 One :class:`SessionTable` per engine. It answers "which record" questions (scoped to a
 workspace: another workspace's session is "not found"), and the purger task drops ended
@@ -21,12 +21,14 @@ from ._record import SessionRecord
 from ._shards import ShardedDict
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from ._clock import WallClock
     from ._ports import SessionInbox
 
 
 class SessionTable:
-    """Records by session id, live ones by (workspace, machine), and the read index over them."""
+    """Records by session id, and the read index over them."""
 
     def __init__(self, clock: WallClock, retention: float) -> None:
         self.clock = clock
@@ -34,8 +36,7 @@ class SessionTable:
         # Sharded: at a million sessions one resize of a plain dict stalls the loop ~100 ms.
         self.records: ShardedDict[str, SessionRecord] = ShardedDict()
         self.index = ReadIndex(self.records)
-        # (workspace, machine) -> its live session
-        self.active: ShardedDict[tuple[str, str], SessionRecord] = ShardedDict()
+        self.live_count = 0  # sessions not yet in a final status
         self._ended: deque[tuple[float, str]] = deque()  # (ended_at, session_id), in end order
         self._purge_lot = trio.lowlevel.ParkingLot()
         self._session_ids = MonotonicIds("sess_")
@@ -47,7 +48,8 @@ class SessionTable:
         """A new PENDING record, the machine's active session from now on.
 
         The caller has checked ``machine_id`` and ``machine_hostname`` (a hello does before it
-        changes anything); the workspace is checked here.
+        changes anything) and that the machine has no live session; the workspace is checked
+        here.
         """
         check_text("workspace_id", workspace_id)
         rec = SessionRecord(
@@ -59,15 +61,13 @@ class SessionTable:
         )
         rec.reason = "created"
         self.records[rec.session_id] = rec
-        self.active[(workspace_id, machine_id)] = rec
         self.index.add(rec)
+        self.live_count += 1
         return rec
 
     def finish(self, rec: SessionRecord, now: float) -> None:
-        """``rec`` has ended: its machine is free, and its retention starts now."""
-        key = (rec.workspace_id, rec.machine_id)
-        if self.active.get(key) is rec:
-            del self.active[key]
+        """``rec`` has ended (its machine is free): its retention starts now."""
+        self.live_count -= 1
         was_empty = not self._ended
         self._ended.append((now, rec.session_id))
         if was_empty:
@@ -112,8 +112,19 @@ class SessionTable:
             raise SessionNotActive(rec.status.value, required)
         return rec, actor
 
+    def active(self, workspace_id: str, machine_id: str) -> SessionRecord | None:
+        """The machine's live session, if it has one: its newest, unless that has ended."""
+        rec = self.index.newest(workspace_id, machine_id)
+        return None if rec is None or rec.status.final else rec
+
+    def live_records(self) -> Iterator[SessionRecord]:
+        """Every live session (one pass over the machines)."""
+        for rec in self.index.newest_of_each_machine():
+            if not rec.status.final:
+                yield rec
+
     def active_session(self, workspace_id: str, machine_id: str) -> SessionRecord:
-        rec = self.active.get((workspace_id, machine_id))
+        rec = self.active(workspace_id, machine_id)
         if rec is None:
             raise NoActiveSession(machine_id)
         return rec

@@ -157,7 +157,8 @@ def snapshot(engine: Engine) -> Snapshot:
     table = engine._table
     return Snapshot(
         sessions={sid: _facts(rec) for sid, rec in table.records.items()},
-        active={key: rec.session_id for key, rec in table.active.items()},
+        active={(rec.workspace_id, rec.machine_id): rec.session_id
+                for rec in table.live_records()},
         actor_tasks=engine._actor_tasks(),
     )
 
