@@ -57,6 +57,11 @@ MODEL: dict[tuple[Status, Input], Status] = {
     (B, Input.RESUMED): C,
     (G, Input.RESUMED): C,
     (G, Input.GRACE_EXPIRED): D,
+    # With a store: the node holding the socket is gone, or hands the session over.
+    (C, Input.NODE_LOST): G,
+    (B, Input.NODE_LOST): G,
+    (C, Input.NODE_DRAINING): G,
+    (B, Input.NODE_DRAINING): G,
 }
 for live in (P, C, B, G):
     for ending in (Input.GOODBYE, Input.TERMINATED, Input.REPLACED, Input.SERVER_SHUTDOWN):

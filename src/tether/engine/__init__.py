@@ -57,6 +57,17 @@ from ._models import (
     TelemetrySummary,
     Welcome,
 )
+from ._persist import (
+    CommandSnapshot,
+    Heartbeat,
+    HistoryAppend,
+    Loaded,
+    LoadedSession,
+    LogPosition,
+    SessionSnapshot,
+    SessionStore,
+    WriteBatch,
+)
 from ._ports import AgentTransport
 
 __all__ = [
@@ -79,6 +90,7 @@ __all__ = [
     "ClientNotOperator",
     "CommandEntry",
     "CommandNotFound",
+    "CommandSnapshot",
     "CommandView",
     "DuplicateCommand",
     "Engine",
@@ -88,8 +100,13 @@ __all__ = [
     "EventData",
     "EventsGone",
     "EventsMissed",
+    "Heartbeat",
+    "HistoryAppend",
     "HistoryPage",
     "InvalidParameter",
+    "Loaded",
+    "LoadedSession",
+    "LogPosition",
     "MachineSession",
     "Metrics",
     "NoActiveSession",
@@ -102,6 +119,8 @@ __all__ = [
     "SessionNotActive",
     "SessionNotFound",
     "SessionPage",
+    "SessionSnapshot",
+    "SessionStore",
     "SessionSummary",
     "Status",
     "Subscription",
@@ -110,4 +129,5 @@ __all__ = [
     "TetherError",
     "WallClock",
     "Welcome",
+    "WriteBatch",
 ]

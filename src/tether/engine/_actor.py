@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ._config import EngineConfig
+    from ._journal import Journal
     from ._pacer import Pacer
     from ._record import SessionRecord
     from ._timers import Timekeeper
@@ -45,6 +46,10 @@ class ActorHost(Protocol):
 
     @property
     def pacer(self) -> Pacer: ...
+
+    @property
+    def journal(self) -> Journal | None:
+        """With a store: where changes are marked, and committed before anyone is answered."""
 
     def expire(self, rec: SessionRecord, inp: Input) -> None:
         """``rec``'s deadline has passed: apply ``inp`` (its status's timeout)."""
@@ -75,8 +80,8 @@ class _Call:
 class SessionActor:
     """Owns one session's lifecycle while it is live."""
 
-    __slots__ = ("_closed", "_due", "_inbox", "_parked", "_queued", "_timer_at", "host",
-                 "record")
+    __slots__ = ("_closed", "_due", "_inbox", "_parked", "_queued", "_stopping", "_timer_at",
+                 "host", "record")
 
     def __init__(self, host: ActorHost, record: SessionRecord) -> None:
         self.host = host
@@ -87,6 +92,7 @@ class SessionActor:
         self._due = False
         self._closed = False
         self._queued = False  # in the pacer's queue, to be resumed
+        self._stopping = False
 
     # -- from other tasks ------------------------------------------------------------------
 
@@ -111,6 +117,14 @@ class SessionActor:
         else:
             self._inbox.append(message)
         self._wake()
+
+    def stop(self) -> None:
+        """Return after the messages queued so far, leaving the session as it is (a node
+        handing its sessions over: another run of the engine carries them on)."""
+        self.post(self._stop)
+
+    def _stop(self) -> None:
+        self._stopping = True
 
     def on_timer(self, when: float, now: float) -> None:
         """The timekeeper's call at ``when``: wake the actor only if its deadline really passed."""
@@ -139,17 +153,31 @@ class SessionActor:
                     await trio.lowlevel.wait_task_rescheduled(self._abort_park)
                 inbox, self._inbox = self._inbox, None
                 if inbox is not None:
+                    journal = self.host.journal
+                    done = []
                     for message in inbox:
                         # After a final transition the rest still run: each fails with
                         # session_not_active, which its caller gets.
+                        result: outcome.Outcome[Any]
                         try:
-                            message.finish(outcome.Value(message.handler(*message.args)))
+                            result = outcome.Value(message.handler(*message.args))
                         except TetherError as exc:
-                            message.finish(outcome.Error(exc))
+                            result = outcome.Error(exc)
                         except Exception as exc:  # a bug: the caller gets it, the log says it
                             if message.task is None:
                                 log.exception("session %s: unhandled error", rec.session_id)
-                            message.finish(outcome.Error(exc))
+                            result = outcome.Error(exc)
+                        if journal is None:
+                            message.finish(result)
+                        else:
+                            done.append((message, result))
+                    if done:
+                        assert journal is not None
+                        await journal.commit()  # durable before anyone hears of it
+                        for message, result in done:
+                            message.finish(result)
+                if self._stopping:
+                    return
                 if self._due and not rec.status.final:
                     self._due = False
                     self._check_deadline()

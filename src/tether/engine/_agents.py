@@ -26,8 +26,9 @@ from ._errors import (
 )
 from ._ids import random_id
 from ._lifecycle import Input
-from ._link import AgentLink
+from ._link import AgentLink, JournaledLink
 from ._models import CommandEntry, EventCommand, Status, Welcome, check_text
+from ._persist import resume_hash
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -85,7 +86,7 @@ class AgentDesk:
                 break
             actor = existing.actor
             if existing.status is Status.PENDING and actor is not None:
-                link = AgentLink(self, existing, transport)
+                link = self._link(existing, transport)
                 try:
                     await actor.call(self._connect, link, agent_version)
                 except SessionNotActive:
@@ -98,10 +99,19 @@ class AgentDesk:
             else:
                 await trio.lowlevel.checkpoint()
         rec = self._new_session(workspace_id, machine_id, machine_hostname)
-        link = AgentLink(self, rec, transport)
+        link = self._link(rec, transport)
         self._connect(link, agent_version)
         self._spawn(rec)
+        journal = self.applier.journal
+        if journal is not None:
+            await journal.commit()  # the welcome is an acknowledgement
         return link
+
+    def _link(self, rec: SessionRecord, transport: AgentTransport) -> AgentLink:
+        journal = self.applier.journal
+        if journal is None:
+            return AgentLink(self, rec, transport)
+        return JournaledLink(self, rec, transport, journal)
 
     def _replace(self, rec: SessionRecord) -> None:
         self.applier.end(rec, Input.REPLACED, trio.current_time())
@@ -117,11 +127,12 @@ class AgentDesk:
         rec.link = link
         if previous is not None and previous is not link:
             close_transport(previous.transport, "resumed_elsewhere")
-        rec.resume_secret = secrets.token_urlsafe(24)
+        secret = secrets.token_urlsafe(24)
+        rec.resume_hash = resume_hash(secret)
         config = self.config
         link.welcome = Welcome(
             session_id=rec.session_id,
-            resume_token=f"rt_{rec.session_id}.{rec.resume_secret}",
+            resume_token=f"rt_{rec.session_id}.{secret}",
             heartbeat_interval=config.heartbeat_interval,
             heartbeat_timeout=config.heartbeat_timeout,
             grace_period=config.grace_period,
@@ -136,7 +147,7 @@ class AgentDesk:
         if rec is None or actor is None:
             await trio.lowlevel.checkpoint()
             raise ResumeRejected()
-        link = AgentLink(self, rec, transport)
+        link = self._link(rec, transport)
         await actor.call(self._resume_in_actor, link, token)
         return link
 
@@ -145,11 +156,11 @@ class AgentDesk:
         rec = self.table.records.get(session_id) if dot and token.startswith("rt_") else None
         if (
             rec is None
-            or rec.resume_secret is None
+            or rec.resume_hash is None
             or rec.workspace_id != workspace_id
             or rec.machine_id != machine_id
             or rec.status not in _RESUMABLE
-            or not hmac.compare_digest(secret.encode(), rec.resume_secret.encode())
+            or not hmac.compare_digest(resume_hash(secret), rec.resume_hash)
         ):
             return None
         return rec

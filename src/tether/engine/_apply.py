@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from ._clock import WallClock
     from ._config import EngineConfig
     from ._events import EventLog
+    from ._journal import Journal
     from ._models import AttachedClient, Event, EventCommand
     from ._ports import AgentTransport
     from ._record import SessionRecord
@@ -67,6 +68,7 @@ class Applier:
         self.events = events
         self.clock = clock
         self.config = config
+        self.journal: Journal | None = None  # with a store: every change is marked in it
 
     def change(self, rec: SessionRecord, inp: Input, now: float,
                detail: str | None = None) -> Outcome:
@@ -105,12 +107,14 @@ class Applier:
                             if command.state == "pending":
                                 command.state = "lost"
                 case End():
-                    rec.resume_secret = None
+                    rec.resume_hash = None
                     self.table.finish(rec, now)
                 case SendCommand():
                     unreachable = not self._send_command(rec, effect, now)
         if unreachable:  # the agent's transport failed: it is as good as closed
             self.apply(rec, Change(Input.TRANSPORT_CLOSED), now)
+        elif self.journal is not None:
+            self.journal.changed(rec)
         return outcome
 
     def emit(
@@ -130,6 +134,8 @@ class Applier:
         rec.sequence += 1
         data = rec.event_data(self.clock, previous, reason, status, reason_detail, client,
                               command)
+        if self.journal is not None:
+            self.journal.changed(rec)
         return self.events.append(type, now, rec.workspace_id, rec.session_id, rec.sequence, data)
 
     # -- effects with more to them -----------------------------------------------------------

@@ -42,6 +42,11 @@ class WallClock:
             self._cache[second] = text
         return text
 
+    @staticmethod
+    def parse(text: str) -> float:
+        """Unix seconds of an :meth:`rfc3339` text."""
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+
     def maybe(self, trio_time: float | None) -> str | None:
         """:meth:`rfc3339`, passing ``None`` through."""
         return None if trio_time is None else self.rfc3339(trio_time)

@@ -30,10 +30,12 @@ from ._config import EngineConfig
 from ._errors import EngineClosed, InvalidParameter, SessionAlreadyActive
 from ._events import EventLog, Subscription
 from ._gc import GcGuard
+from ._journal import Journal
 from ._lifecycle import Input
-from ._models import check_text
+from ._models import Status, check_text
 from ._nurseries import ActorNurseries
 from ._pacer import Pacer
+from ._persist import restore
 from ._queries import DEFAULT_HISTORY, DEFAULT_PAGE, MAX_HISTORY, MAX_PAGE, Queries
 from ._table import SessionTable
 from ._timers import Timekeeper
@@ -52,8 +54,8 @@ if TYPE_CHECKING:
         Metrics,
         SessionDetail,
         SessionPage,
-        Status,
     )
+    from ._persist import Loaded, SessionStore
     from ._ports import AgentTransport
     from ._record import SessionRecord
 
@@ -67,8 +69,11 @@ class Engine:
     Every call is scoped to a workspace: another workspace's session is "not found".
     """
 
-    def __init__(self, config: EngineConfig | None = None, *, clock: WallClock | None = None):
+    def __init__(self, config: EngineConfig | None = None, *, clock: WallClock | None = None,
+                 store: SessionStore | None = None):
         self.config = config or EngineConfig()
+        self.store = store
+        self.journal: Journal | None = None
         self._clock_arg = clock
         self.clock: WallClock
         self.timekeeper = Timekeeper()
@@ -103,12 +108,50 @@ class Engine:
         self._agents = AgentDesk(table, applier, config, clock, self._new_session, self._spawn)
         self._clients = ClientDesk(table, applier, clock)
         self._queries = Queries(table, clock, config)
+        loaded = None if self.store is None else await self.store.load()
         self._nursery_cm = trio.open_nursery()
         self._nursery = await self._nursery_cm.__aenter__()
         self._nursery.start_soon(self._run_services)
         self._actors = ActorNurseries(self._nursery)
         await self._actors.open()
+        if self.store is not None:
+            self.journal = journal = Journal(self.store, clock, self.events, config.history_cap)
+            self.events.durable = True
+            applier.journal = journal
+            table.on_purge = journal.purged
+            self._nursery.start_soon(self._run_journal, journal)
+            if loaded is not None:
+                await self._recover(loaded)
         return self
+
+    async def _run_journal(self, journal: Journal) -> None:
+        """The journal's writer, until every actor has returned and what they did is written."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(journal.run)
+            await self._actors.wait_closed()
+            await journal.commit()
+            nursery.cancel_scope.cancel()
+
+    async def _recover(self, loaded: Loaded) -> None:
+        """Carry on the sessions a store kept: a session that was CONNECTED or BACKGROUND lost
+        its agent's socket with the process that held it, so it enters GRACE_PERIOD
+        (``node_lost``) and its agent may resume it; every live one gets an actor again."""
+        clock, config = self.clock, self.config
+        times = [clock.trio_time(clock.parse(event.timestamp)) for event in loaded.events]
+        if loaded.log is not None:
+            self.events.restore(loaded.events, loaded.log.run_id, loaded.log.next_offset,
+                                times)
+        records = [restore(s, clock, config.history_cap) for s in loaded.sessions]
+        self._table.restore(records)
+        now = trio.current_time()
+        for rec in records:
+            if rec.status.final:
+                continue
+            if rec.status in (Status.CONNECTED, Status.BACKGROUND):
+                self._applier.change(rec, Input.NODE_LOST, now)
+            self._spawn(rec)
+        assert self.journal is not None
+        await self.journal.commit()
 
     async def __aexit__(
         self,
@@ -117,7 +160,10 @@ class Engine:
         tb: TracebackType | None,
     ) -> bool | None:
         if exc_type is None:
-            self.shutdown()
+            if self.store is None:
+                self.shutdown()
+            else:
+                self.drain()
         self.pacer.close()  # the last actors wake at once: the pump is about to stop
         self._services.cancel()
         self._actors.close()
@@ -138,6 +184,22 @@ class Engine:
         for rec in list(self._table.live_records()):
             if rec.actor is not None:
                 rec.actor.post(self._end, rec, reason)
+
+    def drain(self) -> None:
+        """With a store: take no new sessions and hand every live one over instead of ending
+        it. A CONNECTED or BACKGROUND session enters GRACE_PERIOD (``node_draining``), its
+        agent's socket is closed, and its actor returns; the store keeps it, and the next run
+        of the engine on that store carries it on (its agent may resume there)."""
+        self._closing = True
+        for rec in list(self._table.live_records()):
+            actor = rec.actor
+            if actor is not None:
+                actor.post(self._hand_over, rec)
+                actor.stop()
+
+    def _hand_over(self, rec: SessionRecord) -> None:
+        if rec.status in (Status.CONNECTED, Status.BACKGROUND):
+            self._applier.change(rec, Input.NODE_DRAINING, trio.current_time())
 
     def _end(self, rec: SessionRecord, inp: Input) -> None:
         self._applier.end(rec, inp, trio.current_time())
@@ -194,6 +256,8 @@ class Engine:
             raise SessionAlreadyActive(machine_id, existing.session_id, existing.status.value)
         rec = self._new_session(workspace_id, machine_id, machine_hostname)
         self._spawn(rec)
+        if self.journal is not None:
+            await self.journal.commit()
         return rec.detail(self.clock)
 
     async def agent_hello(
@@ -310,6 +374,11 @@ class Engine:
     def _actor_tasks(self) -> int:
         """Actor tasks running now, for ``testing``."""
         return self._actors.running() if self._nursery is not None else 0
+
+    @property
+    def actors_running(self) -> int:
+        """Session actors running now (after :meth:`drain`, 0 once every one has returned)."""
+        return self._actor_tasks()
 
     @property
     def live_sessions(self) -> int:

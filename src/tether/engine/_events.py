@@ -54,6 +54,10 @@ class EventLog:
         self._start = 0  # index in _events of the oldest retained event
         self._first_offset = 0  # absolute offset of _events[_start]
         self._next_offset = 0  # absolute offset of the next event appended
+        #: Events before this offset are visible to readers. Without a store, every event is
+        #: as soon as it is appended; with one, once the journal has written it.
+        self._published = 0
+        self.durable = False
         #: Each workspace's event offsets, ascending: a workspace's page never scans others'.
         self._by_workspace: dict[str, array[int]] = {}
         self._lot = trio.lowlevel.ParkingLot()
@@ -90,9 +94,58 @@ class EventLog:
         start = self._start
         if len(self._events) - start > self._max or self._times[start] < at - self._retention:
             self._trim(at)  # only when something is due to go
-        if self._lot:
-            self._lot.unpark_all()
+        if not self.durable:
+            self._published = offset + 1
+            if self._lot:
+                self._lot.unpark_all()
         return event
+
+    # -- with a store: events are published once written ------------------------------------
+
+    @property
+    def run_id(self) -> int:
+        return self._run_id
+
+    @property
+    def appended_offset(self) -> int:
+        """The offset the next appended event gets (published or not)."""
+        return self._next_offset
+
+    @property
+    def published_offset(self) -> int:
+        return self._published
+
+    def unpublished(self) -> list[Event]:
+        """The retained events appended but not yet published, oldest first."""
+        start = max(self._published, self._first_offset)
+        return [self.at(offset) for offset in range(start, self._next_offset)]
+
+    def publish(self, offset: int) -> None:
+        """Events before ``offset`` are durable: readers may see them."""
+        if offset > self._published:
+            self._published = offset
+            if self._lot:
+                self._lot.unpark_all()
+
+    def restore(self, events: list[Event], run_id: int, next_offset: int,
+                times: list[float]) -> None:
+        """Continue a log a store kept: its retained ``events`` (oldest first, with their
+        trio ``times``), its run id and the offset of its next event. Nothing else may have
+        been appended yet."""
+        assert self._next_offset == 0, "restore() an empty log"
+        self._run_id = run_id
+        self._event_id = EventIds(run_id)
+        first = next_offset - len(events)
+        self._first_offset = self._next_offset = self._published = first
+        self._events = []
+        self._times = array("d")
+        for event, at in zip(events, times, strict=True):
+            self._by_workspace.setdefault(event.workspace_id, array("q")).append(
+                self._next_offset)
+            self._events.append(event)
+            self._times.append(at)
+            self._next_offset += 1
+        self._published = self._next_offset
 
     def close(self) -> None:
         """No more events: subscribers finish once they have read what is retained."""
@@ -128,7 +181,8 @@ class EventLog:
 
     @property
     def next_offset(self) -> int:
-        return self._next_offset
+        """The end of what readers see: the offset after the last published event."""
+        return self._published
 
     def at(self, offset: int) -> Event:
         return self._events[self._start + offset - self._first_offset]
@@ -169,7 +223,7 @@ class EventLog:
         # One workspace's events through its own offsets: no scan over other workspaces'.
         offsets = self._by_workspace.get(workspace_id, ())
         i = bisect_left(offsets, start)
-        chosen = offsets[i : i + limit]
+        chosen = offsets[i : min(i + limit, bisect_left(offsets, end))]
         found = [self.at(offset) for offset in chosen]
         if len(chosen) < limit:
             return found, end  # read everything up to the end of the log

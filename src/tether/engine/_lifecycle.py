@@ -55,6 +55,10 @@ class Input(enum.Enum):
     AGENT_ERROR = "agent_error"
     PROTOCOL_ERROR = "protocol_violation"
     SERVER_SHUTDOWN = "server_shutdown"
+    #: With a store: the node that held the agent's socket is gone (adopted by another run)...
+    NODE_LOST = "node_lost"
+    #: ...or is shutting down and hands the session over (its agent may resume elsewhere).
+    NODE_DRAINING = "node_draining"
 
 
 # -- the state ---------------------------------------------------------------------------------
@@ -193,6 +197,10 @@ _TABLE: dict[tuple[Status, Input], tuple[Status, str]] = {
     (_B, Input.RESUMED): (_C, _CONNECTED),
     (_G, Input.RESUMED): (_C, _CONNECTED),
     (_G, Input.GRACE_EXPIRED): (_D, _DISCONNECTED),
+    (_C, Input.NODE_LOST): (_G, "session.grace_period"),
+    (_B, Input.NODE_LOST): (_G, "session.grace_period"),
+    (_C, Input.NODE_DRAINING): (_G, "session.grace_period"),
+    (_B, Input.NODE_DRAINING): (_G, "session.grace_period"),
 }
 for _live in (_P, _C, _B, _G):
     for _ending in (Input.GOODBYE, Input.TERMINATED, Input.REPLACED, Input.SERVER_SHUTDOWN):

@@ -23,6 +23,7 @@ from ._lifecycle import Input
 from ._models import MAX_COMMAND, MAX_DETAIL, MAX_EMAIL, check_exit_code, check_text
 
 if TYPE_CHECKING:
+    from ._journal import Journal
     from ._models import Telemetry, Welcome
     from ._ports import AgentTransport
     from ._record import SessionRecord
@@ -163,3 +164,19 @@ class AgentLink:
         rec = self._record
         if rec.link is self and rec.actor is not None:
             rec.actor.post(self._host.report_input, self, Input.TRANSPORT_CLOSED)
+
+
+class JournaledLink(AgentLink):
+    """A link of an engine with a store: heartbeats and telemetry are also marked for the
+    journal's next flush (a subclass, so the in-memory hot path pays nothing for it)."""
+
+    __slots__ = ("_journal",)
+
+    def __init__(self, host: LinkHost, record: SessionRecord, transport: AgentTransport,
+                 journal: Journal) -> None:
+        super().__init__(host, record, transport)
+        self._journal = journal
+
+    def heartbeat(self, telemetry: Telemetry | None = None) -> None:
+        super().heartbeat(telemetry)
+        self._journal.beaten(self._record)

@@ -41,6 +41,7 @@ class ActorNurseries:
         self._current: _Host | None = None
         self._spare: _Host | None = None
         self._closed = False
+        self._all_closed = trio.Event()
 
     async def open(self) -> None:
         """Open the first nursery (at once) and a spare (soon)."""
@@ -63,6 +64,12 @@ class ActorNurseries:
         self._closed = True
         for host in self._hosts:
             host.retired.set()
+        if not self._hosts:
+            self._all_closed.set()
+
+    async def wait_closed(self) -> None:
+        """Return once closed and every actor has returned."""
+        await self._all_closed.wait()
 
     def running(self) -> int:
         """Actor tasks running now."""
@@ -84,3 +91,5 @@ class ActorNurseries:
         finally:
             if host is not None:  # its nursery has closed: no actor of it is running
                 self._hosts.remove(host)
+                if self._closed and not self._hosts:
+                    self._all_closed.set()

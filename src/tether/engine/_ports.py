@@ -36,6 +36,9 @@ class SessionInbox(Protocol):
     async def call(self, handler: Callable[..., T], *args: Any) -> T:
         """Run ``handler(*args)`` in the actor and return (or raise) what it does."""
 
+    def stop(self) -> None:
+        """Return after the messages queued so far, leaving the session as it is."""
+
 
 class AgentCarrier(Protocol):
     """The link that currently carries a session: its agent's transport."""

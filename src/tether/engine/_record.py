@@ -78,13 +78,14 @@ class SessionRecord:
         "history",
         "history_first",
         "history_index",
+        "history_saved",
         "last_heartbeat",
         "link",
         "machine_hostname",
         "machine_id",
         "reason",
         "reason_detail",
-        "resume_secret",
+        "resume_hash",
         "sequence",
         "session_id",
         "status",
@@ -117,7 +118,7 @@ class SessionRecord:
         self.ended_at: float | None = None
         self.version = 0
         self.sequence = 0
-        self.resume_secret: str | None = None
+        self.resume_hash: bytes | None = None  # SHA-256 of the resume token's secret
         self.agent_version: str | None = None
         self.telemetry: Telemetry | None = None
         self.telemetry_at: float | None = None
@@ -127,6 +128,7 @@ class SessionRecord:
         self.history: deque[CommandEntry] | None = None
         self.history_index: dict[str, int] | None = None
         self.history_first = 0
+        self.history_saved = 0  # entries a store holds (numbered 0 to this one, excluded)
         self.link: AgentCarrier | None = None  # the AgentLink that carries the session
         self.actor: SessionInbox | None = None  # the SessionActor, while the session is live
 
@@ -169,6 +171,11 @@ class SessionRecord:
             index.pop(history[0].command_id, None)
             self.history_first += 1
         history.append(entry)
+
+    @property
+    def history_total(self) -> int:
+        """Entries ever recorded (the next entry's number)."""
+        return self.history_first + (len(self.history) if self.history is not None else 0)
 
     def has_command_id(self, command_id: str) -> bool:
         return (self.history_index is not None and command_id in self.history_index) or (

@@ -21,7 +21,7 @@ from ._record import SessionRecord
 from ._shards import ShardedDict
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from ._clock import WallClock
     from ._ports import SessionInbox
@@ -40,6 +40,7 @@ class SessionTable:
         self._ended: deque[tuple[float, str]] = deque()  # (ended_at, session_id), in end order
         self._purge_lot = trio.lowlevel.ParkingLot()
         self._session_ids = MonotonicIds("sess_")
+        self.on_purge: Callable[[SessionRecord], None] | None = None  # a store forgets it too
 
     # -- adding and ending ---------------------------------------------------------------------
 
@@ -93,6 +94,26 @@ class SessionTable:
         rec = self.records.pop(session_id, None)
         if rec is not None:
             self.index.remove(rec)
+            if self.on_purge is not None:
+                self.on_purge(rec)
+
+    def restore(self, records: list[SessionRecord]) -> None:
+        """Take records a store kept, into an empty table (ended ones wait out their retention
+        from when they ended)."""
+        records.sort(key=lambda rec: rec.session_id)  # creation order, as the index needs
+        ended = []
+        for rec in records:
+            self.records[rec.session_id] = rec
+            self.index.add(rec)
+            if rec.status.final:
+                ended.append((rec.ended_at if rec.ended_at is not None else rec.status_since,
+                              rec.session_id))
+            else:
+                self.live_count += 1
+        ended.sort()
+        self._ended.extend(ended)
+        if ended:
+            self._purge_lot.unpark_all()
 
     # -- lookups -------------------------------------------------------------------------------
 

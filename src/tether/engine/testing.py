@@ -142,7 +142,7 @@ def _facts(rec: SessionRecord) -> SessionFacts:
         ended_at=rec.ended_at,
         has_actor=rec.actor is not None,
         has_link=rec.link is not None,
-        has_resume_secret=rec.resume_secret is not None,
+        has_resume_secret=rec.resume_hash is not None,
     )
 
 

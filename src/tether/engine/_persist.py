@@ -1,0 +1,233 @@
+"""What a session store keeps, as values: the seam between the engine and durable state.
+
+The engine keeps every session in memory; a :class:`SessionStore` (Redis, in ``tether.store``)
+keeps a copy that outlives the process. The engine hands it :class:`WriteBatch` es (the
+sessions that changed, the history entries agents reported, heartbeats, events and purges,
+each batch written as a whole before anything in it is acknowledged) and, when it opens, reads
+everything back as a :class:`Loaded`. These are plain msgspec values with wall-clock times
+(Unix seconds), so a store needs nothing of the engine's internals.
+
+``snapshot`` / ``restore`` convert between a record and its :class:`SessionSnapshot`; the round
+trip is exact (tested with Hypothesis).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from typing import TYPE_CHECKING, Protocol
+
+import msgspec
+
+from ._models import AttachedClient, CommandEntry, CommandState, Event, Status, Telemetry
+from ._record import OperatorCommand, SessionRecord
+
+if TYPE_CHECKING:
+    from ._clock import WallClock
+
+
+class CommandSnapshot(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """An operator's command (``POST .../commands``), pending or finished."""
+
+    command_id: str
+    command: str
+    client_id: str
+    user_email: str
+    requested_at: float
+    state: CommandState
+    exit_code: int | None = None
+    completed_at: float | None = None
+
+
+class SessionSnapshot(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """A session's durable state, times in Unix seconds.
+
+    The command history is not in it (it can hold 10,000 entries): a store keeps it apart and
+    appends to it (:class:`HistoryAppend`). ``history_total`` counts every entry ever recorded,
+    so entry ``n`` is retained while ``n >= history_total - len(retained)``.
+    """
+
+    session_id: str
+    workspace_id: str
+    machine_id: str
+    machine_hostname: str
+    created_at: float
+    status: Status
+    status_since: float
+    reason: str | None = None
+    reason_detail: str | None = None
+    connected_at: float | None = None
+    last_heartbeat: float | None = None
+    ended_at: float | None = None
+    version: int = 0
+    sequence: int = 0
+    #: SHA-256 of the current resume secret (hex): a store never holds a usable token.
+    resume_hash: str | None = None
+    agent_version: str | None = None
+    telemetry: Telemetry | None = None
+    telemetry_at: float | None = None
+    clients: list[AttachedClient] = []
+    commands: list[CommandSnapshot] = []
+    history_total: int = 0
+
+
+class Heartbeat(msgspec.Struct, frozen=True, gc=False):
+    """What a heartbeat or telemetry changes: flushed in batches, not one write per beat."""
+
+    workspace_id: str
+    session_id: str
+    last_heartbeat: float | None
+    telemetry: Telemetry | None
+    telemetry_at: float | None
+    version: int
+
+
+class HistoryAppend(msgspec.Struct, frozen=True, gc=False):
+    """History entries numbered ``first`` onwards, to append; keep the newest ``cap``."""
+
+    workspace_id: str
+    session_id: str
+    first: int
+    entries: list[CommandEntry]
+    cap: int
+
+
+class LogPosition(msgspec.Struct, frozen=True, gc=False):
+    """The event log's run id and the offset its next event gets: event ids continue across
+    restarts, so consumers' cursors stay valid."""
+
+    run_id: int
+    next_offset: int
+
+
+class WriteBatch(msgspec.Struct, kw_only=True, gc=False):
+    sessions: list[SessionSnapshot] = []
+    history: list[HistoryAppend] = []
+    heartbeats: list[Heartbeat] = []
+    events: list[Event] = []
+    purged: list[tuple[str, str]] = []  # (workspace_id, session_id)
+    log: LogPosition | None = None
+
+
+class LoadedSession(msgspec.Struct, frozen=True, gc=False):
+    snapshot: SessionSnapshot
+    history: list[CommandEntry]  # the retained entries, oldest first
+
+
+class Loaded(msgspec.Struct, frozen=True, gc=False):
+    """Everything a store holds, as the engine reads it when it opens."""
+
+    sessions: list[LoadedSession]
+    events: list[Event]  # the retained events, oldest first
+    log: LogPosition | None
+
+
+class SessionStore(Protocol):
+    """Durable state for an engine (``Engine(config, store=...)``)."""
+
+    async def load(self) -> Loaded:
+        """Everything stored, and ownership of every live session for this process."""
+
+    async def write(self, batch: WriteBatch) -> None:
+        """Make ``batch`` durable as a whole, or raise (nothing in it is then acknowledged)."""
+
+
+# -- records <-> snapshots -------------------------------------------------------------------
+
+
+def resume_hash(secret: str) -> bytes:
+    """What a record keeps of a resume token's secret."""
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def _wall(clock: WallClock, t: float | None) -> float | None:
+    return None if t is None else clock.wall(t)
+
+
+def _trio(clock: WallClock, t: float | None) -> float | None:
+    return None if t is None else clock.trio_time(t)
+
+
+def snapshot(rec: SessionRecord, clock: WallClock) -> SessionSnapshot:
+    """``rec``'s durable state."""
+    wall = clock.wall
+    return SessionSnapshot(
+        session_id=rec.session_id,
+        workspace_id=rec.workspace_id,
+        machine_id=rec.machine_id,
+        machine_hostname=rec.machine_hostname,
+        created_at=wall(rec.created_at),
+        status=rec.status,
+        status_since=wall(rec.status_since),
+        reason=rec.reason,
+        reason_detail=rec.reason_detail,
+        connected_at=_wall(clock, rec.connected_at),
+        last_heartbeat=_wall(clock, rec.last_heartbeat),
+        ended_at=_wall(clock, rec.ended_at),
+        version=rec.version,
+        sequence=rec.sequence,
+        resume_hash=None if rec.resume_hash is None else rec.resume_hash.hex(),
+        agent_version=rec.agent_version,
+        telemetry=rec.telemetry,
+        telemetry_at=_wall(clock, rec.telemetry_at),
+        clients=list(rec.clients.values()) if rec.clients else [],
+        commands=[
+            CommandSnapshot(
+                command_id=c.command_id,
+                command=c.command,
+                client_id=c.client_id,
+                user_email=c.user_email,
+                requested_at=wall(c.requested_at),
+                state=c.state,
+                exit_code=c.exit_code,
+                completed_at=_wall(clock, c.completed_at),
+            )
+            for c in rec.commands.values()
+        ] if rec.commands else [],
+        history_total=rec.history_total,
+    )
+
+
+def heartbeat(rec: SessionRecord, clock: WallClock) -> Heartbeat:
+    return Heartbeat(rec.workspace_id, rec.session_id, _wall(clock, rec.last_heartbeat),
+                     rec.telemetry, _wall(clock, rec.telemetry_at), rec.version)
+
+
+def restore(loaded: LoadedSession, clock: WallClock, history_cap: int) -> SessionRecord:
+    """A record with the state of ``loaded`` (no actor, no link: the engine adds those)."""
+    snap = loaded.snapshot
+    rec = SessionRecord(snap.session_id, snap.workspace_id, snap.machine_id,
+                        snap.machine_hostname, clock.trio_time(snap.created_at))
+    rec.status = snap.status
+    rec.status_since = clock.trio_time(snap.status_since)
+    rec.reason = snap.reason
+    rec.reason_detail = snap.reason_detail
+    rec.connected_at = _trio(clock, snap.connected_at)
+    rec.last_heartbeat = _trio(clock, snap.last_heartbeat)
+    rec.ended_at = _trio(clock, snap.ended_at)
+    rec.version = snap.version
+    rec.sequence = snap.sequence
+    rec.resume_hash = None if snap.resume_hash is None else bytes.fromhex(snap.resume_hash)
+    rec.agent_version = snap.agent_version
+    rec.telemetry = snap.telemetry
+    rec.telemetry_at = _trio(clock, snap.telemetry_at)
+    if snap.clients:
+        rec.clients = {c.client_id: c for c in snap.clients}
+    if snap.commands:
+        rec.commands = {}
+        for c in snap.commands:
+            command = OperatorCommand(c.command_id, c.command, c.client_id, c.user_email,
+                                      clock.trio_time(c.requested_at))
+            command.state = c.state
+            command.exit_code = c.exit_code
+            command.completed_at = _trio(clock, c.completed_at)
+            rec.commands[c.command_id] = command
+    entries = loaded.history[-history_cap:]
+    if entries:
+        rec.history = deque(entries, maxlen=history_cap)
+        rec.history_first = snap.history_total - len(entries)
+        rec.history_index = {e.command_id: rec.history_first + i for i, e in enumerate(entries)}
+    else:
+        rec.history_first = snap.history_total
+    rec.history_saved = snap.history_total
+    return rec
