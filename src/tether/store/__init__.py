@@ -4,7 +4,17 @@ The in-memory engine stays the embedded default. This package holds what Redis m
 from; see ``docs/redis.md`` for the data model. It may import the engine, never the reverse.
 """
 
-from ._keys import Keys
+from ._keys import DEFAULT_PREFIX, Keys
 from ._lease import FENCE_CHECK, Lease, LeaseLost, StaleFence, run_fenced
+from ._redis import RedisStore
 
-__all__ = ["FENCE_CHECK", "Keys", "Lease", "LeaseLost", "StaleFence", "run_fenced"]
+__all__ = [
+    "DEFAULT_PREFIX",
+    "FENCE_CHECK",
+    "Keys",
+    "Lease",
+    "LeaseLost",
+    "RedisStore",
+    "StaleFence",
+    "run_fenced",
+]

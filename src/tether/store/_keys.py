@@ -32,3 +32,27 @@ class Keys:
     def fence(self, workspace_id: str, session_id: str) -> str:
         """The session's fencing counter: grows by one on every take-over, never expires."""
         return f"{self._ws(workspace_id)}fence:{session_id}"
+
+    def session(self, workspace_id: str, session_id: str) -> str:
+        """A hash: ``snap`` (the session's durable state), ``beat`` (its latest heartbeat)."""
+        return f"{self._ws(workspace_id)}s:{session_id}"
+
+    def history(self, workspace_id: str, session_id: str) -> str:
+        """A list: the session's command history, oldest first, capped."""
+        return f"{self._ws(workspace_id)}h:{session_id}"
+
+    def sessions(self, workspace_id: str) -> str:
+        """A set: the workspace's retained session ids."""
+        return f"{self._ws(workspace_id)}sessions"
+
+    def workspaces(self) -> str:
+        """A set: every workspace with a retained session."""
+        return f"{self.prefix}workspaces"
+
+    def events(self) -> str:
+        """A stream: the event log."""
+        return f"{self.prefix}events"
+
+    def log(self) -> str:
+        """A hash: the event log's ``run_id`` and ``next_offset``."""
+        return f"{self.prefix}log"

@@ -1,0 +1,159 @@
+"""An engine on a real Redis, crashed (its tasks cancelled with nothing flushed on the way
+out) and started again on the same store: nothing acknowledged is lost, sessions that were
+CONNECTED are adopted into GRACE_PERIOD (``node_lost``) and resume as the same session, the
+rest carry on, and event ids continue.
+
+Time is trio's MockClock moved by hand (``autojump_threshold=inf``): waiting for Redis must
+not look like idleness, or the clock would jump past deadlines while a write is in flight.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import pytest
+import trio
+from trio.testing import MockClock
+
+from tether.engine import Engine, EngineConfig, Status, Telemetry, WallClock
+from tether.engine.testing import RecordingTransport
+from tether.store import RedisStore
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from contextlib import AbstractAsyncContextManager
+
+    from tests.redis_server import RedisServer
+
+WS = "ws_acme"
+EPOCH = 1771063200.0
+CONFIG = EngineConfig(grace_period=30, heartbeat_timeout=60, pending_timeout=300)
+
+
+@pytest.fixture
+def clock() -> MockClock:
+    return MockClock(autojump_threshold=math.inf)
+
+
+async def let_run(engine: Engine, clock: MockClock, seconds: float = 0.0) -> None:
+    """Move the clock by ``seconds`` and let every task catch up, Redis's answers included
+    (a task waiting for Redis looks blocked, so each round also waits for the journal)."""
+    clock.jump(seconds)
+    assert engine.journal is not None
+    for _ in range(3):
+        await trio.testing.wait_all_tasks_blocked()
+        await engine.journal.commit()
+
+
+def open_engine(redis: RedisServer, prefix: str = "t:") -> AbstractAsyncContextManager[Engine]:
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def opened() -> AsyncIterator[Engine]:
+        async with RedisStore(redis.url, prefix=prefix) as store:
+            wall = WallClock(epoch=EPOCH, trio_zero=0.0)
+            async with Engine(CONFIG, clock=wall, store=store) as engine:
+                yield engine
+
+    return opened()
+
+
+async def crash(run: trio.CancelScope) -> None:
+    run.cancel()
+    await trio.lowlevel.checkpoint()
+
+
+async def hello(engine: Engine, machine: str, token: str | None = None):
+    transport = RecordingTransport()
+    link = await engine.agent_hello(WS, transport, machine_id=machine,
+                                    machine_hostname=f"host-{machine}", resume_token=token)
+    return link, transport
+
+
+async def test_a_crash_loses_nothing_acknowledged_and_agents_resume_the_same_session(
+        redis: RedisServer, clock: MockClock) -> None:
+    before: dict[str, object] = {}
+    with trio.CancelScope() as run:
+        async with open_engine(redis) as engine:
+            link, _ = await hello(engine, "mach_1")
+            quiet, _ = await hello(engine, "mach_2")
+            pending = await engine.create_session(WS, "mach_3", "host-mach_3")
+            gone, _ = await hello(engine, "mach_4")
+            await gone.goodbye("maintenance")
+            client = await engine.attach_client(WS, link.session_id, "ops@example.com",
+                                                "operator")
+            command = await engine.run_command(WS, link.session_id, client.client_id, "uptime")
+            await link.report_command("ls -la", 0, command_id="cmd_ls")
+            await let_run(engine, clock, 5)
+            link.heartbeat(Telemetry(cpu_percent=12.5))
+            assert engine.journal is not None
+            await engine.journal.flush()  # as its flush interval would
+            before["list"] = engine.list_sessions(WS, limit=100)
+            before["detail"] = engine.get_session(WS, link.session_id)
+            before["events"] = engine.events_after(WS, None, 1000)
+            await crash(run)
+    assert run.cancelled_caught
+
+    async with open_engine(redis) as engine:
+        # Everything is still listed; the two CONNECTED sessions were adopted.
+        listed = engine.list_sessions(WS, limit=100)
+        assert listed.meta.total == before["list"].meta.total == 4
+        by_id = {s.session_id: s for s in listed.data}
+        assert by_id[link.session_id].status is Status.GRACE_PERIOD
+        assert by_id[quiet.session_id].status is Status.GRACE_PERIOD
+        assert by_id[pending.session_id].status is Status.PENDING
+        assert by_id[gone.session_id].status is Status.DISCONNECTED
+        detail = engine.get_session(WS, link.session_id)
+        assert detail.reason == "node_lost"
+        assert detail.last_heartbeat_at == before["detail"].last_heartbeat_at
+        assert detail.telemetry is not None and detail.telemetry.cpu_percent == 12.5
+        assert [c.client_id for c in detail.attached_clients] == [client.client_id]
+        assert engine.get_command(WS, link.session_id, command.command_id).state == "pending"
+        assert [e.command_id for e in engine.history(WS, link.session_id).data] == ["cmd_ls"]
+        assert engine.machine_session(WS, "mach_1").session_id == link.session_id
+
+        # Event ids continue: the old ones are still there, a cursor from before still works.
+        events = engine.events_after(WS, None, 1000)
+        old = before["events"]
+        assert [e.id for e in events[: len(old)]] == [e.id for e in old]
+        adopted = events[len(old):]
+        assert {(e.session_id, e.type, e.data.reason) for e in adopted} == {
+            (link.session_id, "session.grace_period", "node_lost"),
+            (quiet.session_id, "session.grace_period", "node_lost"),
+        }
+        assert engine.events_after(WS, old[-1].id, 1000) == adopted
+
+        # The agent comes back with its token: the same session, its sequence numbers go on.
+        assert link.welcome is not None
+        resumed, _ = await hello(engine, "mach_1", token=link.welcome.resume_token)
+        assert resumed.session_id == link.session_id
+        assert resumed.welcome is not None and resumed.welcome.resumed
+        last = engine.events_after(WS, None, 1000)[-1]
+        assert (last.type, last.session_id) == ("session.connected", link.session_id)
+        assert last.sequence == max(e.sequence for e in events
+                                    if e.session_id == link.session_id) + 1
+
+        # The agent that does not come back ends at its grace deadline, and only then.
+        await let_run(engine, clock, CONFIG.grace_period - 1)
+        assert engine.get_session(WS, quiet.session_id).status is Status.GRACE_PERIOD
+        await let_run(engine, clock, 2)
+        ended = engine.get_session(WS, quiet.session_id)
+        assert (ended.status, ended.reason) == (Status.DISCONNECTED, "grace_expired")
+        assert engine.get_session(WS, link.session_id).status is Status.CONNECTED
+
+
+async def test_a_clean_exit_hands_sessions_over_instead_of_ending_them(
+        redis: RedisServer, clock: MockClock) -> None:
+    async with open_engine(redis) as engine:
+        link, transport = await hello(engine, "mach_1")
+    assert transport.closed == "node_draining"
+    async with open_engine(redis) as engine:
+        detail = engine.get_session(WS, link.session_id)
+        assert (detail.status, detail.reason) == (Status.GRACE_PERIOD, "node_draining")
+        assert link.welcome is not None
+        resumed, _ = await hello(engine, "mach_1", token=link.welcome.resume_token)
+        assert resumed.session_id == link.session_id
+        types = [e.type for e in engine.events_after(WS, None, 100)]
+        assert types == ["session.created", "session.connected", "session.grace_period",
+                         "session.connected"]
