@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import signal
+import socket
 import sys
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import TYPE_CHECKING, TextIO
 
 import trio
+from coredis.exceptions import RedisError
 
 from tether.engine import Engine, EngineConfig, TetherError
 from tether.http import (
@@ -23,6 +28,7 @@ from tether.http import (
     server_config,
     tune_gc,
 )
+from tether.store import DEFAULT_PREFIX, Keys, RedisStore
 from tether.webhooks import WebhookConfig, Webhooks
 
 from ._args import (
@@ -37,6 +43,7 @@ from ._args import (
 
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
 log = logging.getLogger("tether")
@@ -97,6 +104,16 @@ def add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     hooks.add_argument("--allow-private-webhooks", action="store_true",
                        help="let webhook URLs reach loopback and private addresses "
                        "(development and tests; refused without it)")
+    store = p.add_argument_group("state in Redis (without --redis, in memory)")
+    store.add_argument("--redis", default=os.environ.get("TETHER_REDIS_URL"), metavar="URL",
+                       help="keep sessions, their histories and the event log in Redis, e.g. "
+                       "redis://127.0.0.1:6379/0, so they outlive the process "
+                       "(default: $TETHER_REDIS_URL)")
+    store.add_argument("--redis-prefix", default=DEFAULT_PREFIX, metavar="P",
+                       help="every key Tether writes starts with it (default %(default)s)")
+    store.add_argument("--node-id", default=None, metavar="ID",
+                       help="this node's name in Redis (default: hostname, pid and a random "
+                       "suffix)")
     p.add_argument("--drain-timeout", type=positive, default=10.0, metavar="SECONDS",
                    help="on SIGTERM/SIGINT: how long to let agents be told, sessions end and "
                    "their events reach the feed and webhooks before exiting")
@@ -138,6 +155,27 @@ def _counted(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+def default_node_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+@asynccontextmanager
+async def open_engine(config: EngineConfig, args: argparse.Namespace) -> AsyncIterator[Engine]:
+    """The engine, on Redis with ``--redis``: then it carries on the sessions Redis holds."""
+    if not args.redis:
+        async with Engine(config) as engine:
+            yield engine
+        return
+    node_id = args.node_id or default_node_id()
+    store = RedisStore(args.redis, prefix=args.redis_prefix, node_id=node_id,
+                       max_events=config.event_log_max)
+    async with store, Engine(config, store=store) as engine:
+        log.info("state in Redis at %s (prefix %r, node %s): %d sessions retained, %d live",
+                 args.redis, args.redis_prefix, node_id, engine.retained_sessions,
+                 engine.live_sessions)
+        yield engine
+
+
 async def _drain(engine: Engine, webhooks: Webhooks, deadline: float) -> None:
     """Wait (until ``deadline``) for every session to end and every webhook to go out, then
     end the event streams.
@@ -148,14 +186,18 @@ async def _drain(engine: Engine, webhooks: Webhooks, deadline: float) -> None:
     have not sent yet and end, instead of holding the exit until the deadline.
     """
     with trio.move_on_at(deadline):
-        while engine.live_sessions:
+        if engine.journal is not None:  # Redis mode: sessions are handed over, not ended
+            while engine.actors_running:
+                await trio.sleep(0.01)
+            await engine.journal.flush()
+        while engine.live_sessions and engine.journal is None:
             await trio.sleep(0.01)
         quiet = 0
         while quiet < 3:  # the consumer takes events from its subscription a little later
             quiet = quiet + 1 if webhooks.undelivered == 0 else 0
             await trio.sleep(0.02)
         engine.events.close()
-    if engine.live_sessions or webhooks.undelivered:
+    if (engine.live_sessions and engine.journal is None) or webhooks.undelivered:
         log.warning("drain timeout: %d sessions still live, %d webhook deliveries undelivered",
                     engine.live_sessions, webhooks.undelivered)
 
@@ -178,7 +220,7 @@ async def _serve(
     drain = args.drain_timeout
     config.graceful_timeout = drain  # open requests (event streams) may run until the deadline
     stop = trio.Event()
-    async with Engine(engine_config) as engine, trio.open_nursery() as services:
+    async with open_engine(engine_config, args) as engine, trio.open_nursery() as services:
         # Webhook delivery outlives the server (it is an event-bus consumer beside it).
         webhooks = Webhooks(engine, webhook_config)
         await services.start(webhooks.run)
@@ -202,7 +244,10 @@ async def _serve(
                              drain)
                     deadline = trio.current_time() + drain
                     stop.set()  # the server stops accepting
-                    engine.shutdown()  # sessions end; their agents are told and closed
+                    if engine.journal is None:
+                        engine.shutdown()  # sessions end; their agents are told and closed
+                    else:
+                        engine.drain()  # sessions are handed over; agents told to resume
 
         services.start_soon(on_signal)
         tune_gc(args.gc_young)  # start-up is done: freeze it, and collect young objects less often
@@ -234,9 +279,18 @@ def run_serve(args: argparse.Namespace) -> int:
             allow_private=args.allow_private_webhooks,
         )
         path = args.keys or default_keys_file()
+        Keys(args.redis_prefix)  # checked before anything starts
         keys = KeysFileWatcher(load_keys(path), path, args.keys_reload_interval)
     except (TetherError, ValueError, OSError) as error:
         print(f"tether serve: {error}", file=sys.stderr)
         return 2
-    trio.run(_serve, engine_config, webhook_config, keys, settings, args)
+    failure: list[BaseException] = []
+    try:
+        trio.run(_serve, engine_config, webhook_config, keys, settings, args)
+    except* RedisError as group:
+        failure += group.exceptions
+    if failure:
+        print(f"tether serve: Redis at {args.redis}: {type(failure[0]).__name__}: "
+              f"{failure[0]}", file=sys.stderr)
+        return 1
     return 0

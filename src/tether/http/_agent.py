@@ -37,12 +37,15 @@ _CLOSE_NORMAL = 1000
 _CLOSE_POLICY = 1008
 _CLOSE_TOO_BIG = 1009
 _CLOSE_GOING_AWAY = 1001
+_CLOSE_SERVICE_RESTART = 1012
 
 #: Closes the agent is told the reason of (an ``error`` frame), with their close codes: a
 #: shutdown means it may come back later; a revoked token, that it may not with that token.
 _TOLD_ON_CLOSE: dict[str, tuple[str, int]] = {
     "server_shutdown": ("The server is shutting down", _CLOSE_GOING_AWAY),
     "token_revoked": ("The agent token was revoked", _CLOSE_POLICY),
+    # Redis mode: the session is handed over; resume it (on this node once it is back).
+    "node_draining": ("The node is restarting: resume the session", _CLOSE_SERVICE_RESTART),
 }
 
 _Heartbeat = wire.Heartbeat

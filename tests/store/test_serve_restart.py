@@ -1,0 +1,111 @@
+"""A real ``tether serve --redis`` process on a real ``redis-server``: killed with SIGKILL and
+started again with the same flags, it still lists every session and its agent resumes the same
+session; stopped with SIGTERM, it hands its sessions over (close 1012, ``node_draining``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import httpx
+import trio
+import trio_websocket
+
+from tether import wire
+
+from ..serving import free_port, serve_process, wait_ready
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    from tests.redis_server import RedisServer
+
+API = "cmd_redis_restart_key_0123456789"
+AGENT = "agt_redis_restart_token_0123456789"
+
+
+@asynccontextmanager
+async def node(redis: RedisServer, tmp_path: Path, port: int) -> AsyncIterator[trio.Process]:
+    env = {**os.environ, "TETHER_API_KEYS": f"{API}=ws_r", "TETHER_AGENT_TOKENS": f"{AGENT}=ws_r"}
+    async with serve_process(
+        "--port", str(port), "--keys", str(tmp_path / "keys.json"), "--log-level", "WARNING",
+        "--redis", redis.url, "--redis-prefix", "restart:", "--drain-timeout", "5", env=env,
+    ) as proc:
+        yield proc
+
+
+def api(port: int) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10,
+                             headers={"Authorization": f"Bearer {API}"})
+
+
+@asynccontextmanager
+async def agent(port: int) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    async with trio_websocket.open_websocket_url(
+        f"ws://127.0.0.1:{port}/v1/agent",
+        extra_headers=[(b"authorization", f"Bearer {AGENT}".encode())],
+    ) as ws:
+        yield ws
+
+
+async def say_hello(ws: trio_websocket.WebSocketConnection,
+                    token: str | None = None) -> wire.Welcome:
+    await ws.send_message(wire.encode(wire.Hello(machine_id="m1", machine_hostname="h1",
+                                                 resume_token=token)).decode())
+    welcome = wire.decode_server_frame(await ws.get_message())
+    assert isinstance(welcome, wire.Welcome), welcome
+    return welcome
+
+
+async def sessions(client: httpx.AsyncClient) -> dict[str, dict]:
+    r = await client.get("/v1/sessions", params={"limit": 100})
+    assert r.status_code == 200, r.text
+    return {s["session_id"]: s for s in r.json()["data"]}
+
+
+async def test_kill_9_then_restart_keeps_every_session_and_the_agent_resumes_it(
+        redis: RedisServer, tmp_path: Path) -> None:
+    port = free_port()
+    async with node(redis, tmp_path, port) as first, api(port) as client:
+        await wait_ready(client)
+        async with agent(port) as ws:
+            welcome = await say_hello(ws)
+            r = await client.post("/v1/sessions", json={"machine_id": "m2",
+                                                        "machine_hostname": "h2"})
+            assert r.status_code == 201, r.text
+            pending = r.json()["data"]["session_id"]
+            first.kill()  # SIGKILL: nothing is flushed on the way out
+            await first.wait()
+    async with node(redis, tmp_path, port) as second, api(port) as client:
+        await wait_ready(client)
+        listed = await sessions(client)
+        assert set(listed) == {welcome.session_id, pending}
+        assert listed[pending]["status"] == "PENDING"
+        detail = (await client.get(f"/v1/sessions/{welcome.session_id}")).json()["data"]
+        assert (detail["status"], detail["reason"]) == ("GRACE_PERIOD", "node_lost")
+        async with agent(port) as ws:
+            again = await say_hello(ws, welcome.resume_token)
+            assert (again.session_id, again.resumed) == (welcome.session_id, True)
+            listed = await sessions(client)
+            assert listed[welcome.session_id]["status"] == "CONNECTED"
+
+            # SIGTERM: the agent is told to come back (1012), the session is handed over.
+            second.send_signal(signal.SIGTERM)
+            with trio.fail_after(10):
+                try:
+                    while True:
+                        await ws.get_message()
+                except trio_websocket.ConnectionClosed as closed:
+                    assert (closed.reason.code, closed.reason.reason) == (1012, "node_draining")
+        with trio.fail_after(10):
+            assert await second.wait() == 0
+    async with node(redis, tmp_path, port), api(port) as client:
+        await wait_ready(client)
+        detail = (await client.get(f"/v1/sessions/{welcome.session_id}")).json()["data"]
+        assert (detail["status"], detail["reason"]) == ("GRACE_PERIOD", "node_draining")
+        async with agent(port) as ws:
+            third = await say_hello(ws, again.resume_token)
+            assert (third.session_id, third.resumed) == (welcome.session_id, True)
