@@ -157,3 +157,30 @@ async def test_a_clean_exit_hands_sessions_over_instead_of_ending_them(
         types = [e.type for e in engine.events_after(WS, None, 100)]
         assert types == ["session.created", "session.connected", "session.grace_period",
                          "session.connected"]
+
+
+async def test_a_paused_owner_that_comes_back_cannot_overwrite_its_successor(
+        redis: RedisServer, clock: MockClock) -> None:
+    """The first process is still running (as if paused) when a second one starts on the same
+    store and takes its sessions over: the first one's later writes are refused, whole."""
+    wall = WallClock(epoch=EPOCH, trio_zero=0.0)
+    async with RedisStore(redis.url, prefix="z:") as old_store, \
+            Engine(CONFIG, clock=wall, store=old_store) as old:
+        link, _ = await hello(old, "mach_1")
+        async with RedisStore(redis.url, prefix="z:") as new_store, \
+                Engine(CONFIG, clock=wall, store=new_store) as new:
+            assert new.get_session(WS, link.session_id).status is Status.GRACE_PERIOD
+            successor_events = new.events_after(WS, None, 100)
+            # The old owner wakes up and reports a command: refused in Redis.
+            await link.report_command("rm -rf /tmp/x", 0, command_id="cmd_late")
+            assert old_store.stale == {link.session_id}
+        # What the successor wrote is what a third process finds.
+        async with RedisStore(redis.url, prefix="z:") as third_store, \
+                Engine(CONFIG, clock=wall, store=third_store) as third:
+            detail = third.get_session(WS, link.session_id)
+            assert (detail.status, detail.reason) == (Status.GRACE_PERIOD, "node_lost")
+            assert third.history(WS, link.session_id).data == []
+            events = third.events_after(WS, None, 100)
+            assert [e.id for e in events[: len(successor_events)]] == [
+                e.id for e in successor_events]
+            assert all(e.type != "command.completed" for e in events)
