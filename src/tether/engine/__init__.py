@@ -10,6 +10,7 @@ Everything not exported here is private.
 """
 
 from ._clock import WallClock
+from ._commit import GroupCommit
 from ._config import EngineConfig
 from ._engine import DEFAULT_HISTORY, DEFAULT_PAGE, MAX_HISTORY, MAX_PAGE, Engine
 from ._errors import (
@@ -27,6 +28,7 @@ from ._errors import (
     SessionAlreadyActive,
     SessionNotActive,
     SessionNotFound,
+    StoreUnavailable,
     TetherError,
 )
 from ._events import EventsMissed, Subscription
@@ -100,6 +102,7 @@ __all__ = [
     "EventData",
     "EventsGone",
     "EventsMissed",
+    "GroupCommit",
     "Heartbeat",
     "HistoryAppend",
     "HistoryPage",
@@ -123,6 +126,7 @@ __all__ = [
     "SessionStore",
     "SessionSummary",
     "Status",
+    "StoreUnavailable",
     "Subscription",
     "Telemetry",
     "TelemetrySummary",
