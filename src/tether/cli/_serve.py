@@ -111,6 +111,10 @@ def add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
                        "(default: $TETHER_REDIS_URL)")
     store.add_argument("--redis-prefix", default=DEFAULT_PREFIX, metavar="P",
                        help="every key Tether writes starts with it (default %(default)s)")
+    store.add_argument("--redis-outage-budget", type=positive, default=30.0, metavar="SECONDS",
+                       help="how long Redis may not answer before the node gives up and exits "
+                       "non-zero for its supervisor to restart it; meanwhile agents stay "
+                       "connected, reads are served and writes get 503 (default %(default)s)")
     store.add_argument("--node-id", default=None, metavar="ID",
                        help="this node's name in Redis (default: hostname, pid and a random "
                        "suffix)")
@@ -155,6 +159,26 @@ def _counted(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+class OutageBudgetSpent(Exception):
+    """Redis has not answered for longer than ``--redis-outage-budget``."""
+
+
+async def watch_store(engine: Engine, budget: float) -> None:
+    """Exit (by raising) once the store has been away for longer than ``budget`` seconds."""
+    while True:
+        outage = engine.store_outage
+        if outage is not None and outage[0] > budget:
+            raise OutageBudgetSpent(f"Redis has not answered for {outage[0]:.0f} s "
+                                    f"(budget {budget:g} s): {outage[1]}")
+        await trio.sleep(0.25)
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
+
+
 def default_node_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
@@ -190,9 +214,10 @@ async def _drain(engine: Engine, webhooks: Webhooks, deadline: float) -> None:
             while engine.actors_running:
                 await trio.sleep(0.01)
             await engine.journal.flush()
+            await webhooks.flush()  # pending deliveries go out after the restart
         while engine.live_sessions and engine.journal is None:
             await trio.sleep(0.01)
-        quiet = 0
+        quiet = 0 if engine.journal is None else 3
         while quiet < 3:  # the consumer takes events from its subscription a little later
             quiet = quiet + 1 if webhooks.undelivered == 0 else 0
             await trio.sleep(0.02)
@@ -222,7 +247,8 @@ async def _serve(
     stop = trio.Event()
     async with open_engine(engine_config, args) as engine, trio.open_nursery() as services:
         # Webhook delivery outlives the server (it is an event-bus consumer beside it).
-        webhooks = Webhooks(engine, webhook_config)
+        store = engine.store if isinstance(engine.store, RedisStore) else None
+        webhooks = Webhooks(engine, webhook_config, store=store)
         await services.start(webhooks.run)
         await services.start(keys.run)
         app = create_app(engine, keys.keys, settings, webhooks)
@@ -250,6 +276,8 @@ async def _serve(
                         engine.drain()  # sessions are handed over; agents told to resume
 
         services.start_soon(on_signal)
+        if engine.journal is not None:
+            services.start_soon(watch_store, engine, args.redis_outage_budget)
         tune_gc(args.gc_young)  # start-up is done: freeze it, and collect young objects less often
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(partial(serve, app, config, shutdown_trigger=stop.wait))
@@ -287,10 +315,9 @@ def run_serve(args: argparse.Namespace) -> int:
     failure: list[BaseException] = []
     try:
         trio.run(_serve, engine_config, webhook_config, keys, settings, args)
-    except* RedisError as group:
-        failure += group.exceptions
+    except* (RedisError, OutageBudgetSpent) as group:
+        failure += _leaves(group)
     if failure:
-        print(f"tether serve: Redis at {args.redis}: {type(failure[0]).__name__}: "
-              f"{failure[0]}", file=sys.stderr)
+        print(f"tether serve: Redis at {args.redis}: {failure[0]}", file=sys.stderr)
         return 1
     return 0

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import outcome
 import trio
 
-from ._errors import EngineClosed, SessionNotActive, TetherError
+from ._errors import EngineClosed, SessionNotActive, StoreUnavailable, TetherError
 from ._lifecycle import Input, deadline, timeout
 
 if TYPE_CHECKING:
@@ -173,7 +173,10 @@ class SessionActor:
                             done.append((message, result))
                     if done:
                         assert journal is not None
-                        await journal.commit()  # durable before anyone hears of it
+                        try:
+                            await journal.commit()  # durable before anyone hears of it
+                        except StoreUnavailable as exc:
+                            done = [(message, outcome.Error(exc)) for message, _ in done]
                         for message, result in done:
                             message.finish(result)
                 if self._stopping:

@@ -77,6 +77,7 @@ class AgentDesk:
         check_text("machine_hostname", machine_hostname)
         if agent_version is not None:
             check_text("agent_version", agent_version)
+        self.applier.check_writable()
         if resume_token is not None:
             return await self._resume(workspace_id, transport, machine_id, resume_token)
         active = self.table.active

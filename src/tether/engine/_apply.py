@@ -70,6 +70,11 @@ class Applier:
         self.config = config
         self.journal: Journal | None = None  # with a store: every change is marked in it
 
+    def check_writable(self) -> None:
+        """With a store: raise ``StoreUnavailable`` while it is away (before any change)."""
+        if self.journal is not None:
+            self.journal.check_available()
+
     def change(self, rec: SessionRecord, inp: Input, now: float,
                detail: str | None = None) -> Outcome:
         """Apply a lifecycle input (``detail``: the agent's own words for it)."""

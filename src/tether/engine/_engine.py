@@ -254,6 +254,7 @@ class Engine:
         existing = self._table.active(workspace_id, machine_id)
         if existing is not None:
             raise SessionAlreadyActive(machine_id, existing.session_id, existing.status.value)
+        self._applier.check_writable()
         rec = self._new_session(workspace_id, machine_id, machine_hostname)
         self._spawn(rec)
         if self.journal is not None:
@@ -286,6 +287,7 @@ class Engine:
     async def terminate(self, workspace_id: str, session_id: str) -> SessionDetail:
         """End a live session (reason ``terminated``); 409 if it has already ended."""
         rec, actor = self._table.live(workspace_id, session_id)
+        self._applier.check_writable()
         await actor.call(self._change, rec, Input.TERMINATED)
         return rec.detail(self.clock)
 
@@ -349,12 +351,16 @@ class Engine:
     # -- events ----------------------------------------------------------------------------
 
     def subscribe(
-        self, workspace_id: str | None = None, *, after: str | None = None
+        self, workspace_id: str | None = None, *, after: str | None = None,
+        from_oldest: bool = False,
     ) -> Subscription:
-        """A live stream of events, from now or from the event after ``after``.
+        """A live stream of events: from now, from the event after ``after``, or (with
+        ``from_oldest``) from the oldest retained event.
 
         See :class:`~tether.engine.EventsMissed` for a subscriber that falls behind.
         """
+        if from_oldest:
+            return Subscription(self.events, workspace_id, self.events.first_offset)
         return self.events.subscribe(workspace_id, after)
 
     def events_after(
@@ -374,6 +380,15 @@ class Engine:
     def _actor_tasks(self) -> int:
         """Actor tasks running now, for ``testing``."""
         return self._actors.running() if self._nursery is not None else 0
+
+    @property
+    def store_outage(self) -> tuple[float, str] | None:
+        """With a store that does not answer: for how many seconds, and the last error."""
+        journal = self.journal
+        if journal is None or journal.outage_since is None:
+            return None
+        return (trio.current_time() - journal.outage_since,
+                journal.last_error or "the session store does not answer")
 
     @property
     def actors_running(self) -> int:

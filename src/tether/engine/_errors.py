@@ -164,6 +164,20 @@ class EventsGone(TetherError):
         )
 
 
+class StoreUnavailable(TetherError):
+    """With a store: a write cannot be made durable now (the store does not answer).
+
+    Raised before anything changes when the store is already known to be away; raised after
+    the change when the store stopped answering while it was being written (the change stays
+    in memory and is written once the store answers again)."""
+
+    code = "unavailable"
+
+    def __init__(self, reason: str | None) -> None:
+        super().__init__("Session state cannot be made durable now; retry later",
+                         {"reason": reason or "the session store does not answer"})
+
+
 class EngineClosed(TetherError):
     """The engine is shutting down and takes no more lifecycle inputs."""
 

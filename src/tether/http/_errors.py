@@ -66,6 +66,7 @@ STATUS: dict[str, int] = {
     # the service
     "internal_error": 500,
     "engine_closed": 503,
+    "unavailable": 503,
     # Agent-socket errors: answered as error frames, never by the REST API. Their rows say
     # what they would mean over HTTP, should one ever reach a REST answer.
     "protocol_violation": 400,

@@ -37,9 +37,12 @@ class ErrorEnvelope(msgspec.Struct, kw_only=True, frozen=True):
     error: ErrorBody
 
 
-class Health(msgspec.Struct, kw_only=True, frozen=True):
-    status: Literal["ok"]
+class Health(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    #: ``degraded``: Redis mode, and Redis does not answer (reads are served, writes are
+    #: refused with 503 ``unavailable``); ``reason`` says why.
+    status: Literal["ok", "degraded"]
     live_sessions: int
+    reason: str | None = None
 
 
 # -- patterns of request text --------------------------------------------------------------------

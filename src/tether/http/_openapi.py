@@ -26,7 +26,7 @@ _STATUS_TEXT = {
     410: "No longer retained: resynchronise from the current state",
     413: "Body over the server's limit",
     500: "A bug",
-    503: "The engine is shutting down",
+    503: "The engine is shutting down, or (Redis mode) the change cannot be made durable now",
 }
 _STATUS_HEADERS = {
     401: {"WWW-Authenticate": {"description": 'Bearer realm="tether"', "required": True,

@@ -114,4 +114,9 @@ class SessionsApi:
         return Response(self._openapi, content_type="application/json")
 
     async def healthz(self) -> Health:
+        outage = self.engine.store_outage
+        if outage is not None:
+            seconds, error = outage
+            return Health(status="degraded", live_sessions=self.engine.live_sessions,
+                          reason=f"Redis has not answered for {seconds:.0f} s: {error}")
         return Health(status="ok", live_sessions=self.engine.live_sessions)

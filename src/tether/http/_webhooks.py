@@ -45,7 +45,7 @@ class WebhooksApi:
         return Data(data=view)
 
     async def delete_webhook(self, workspace_id: str, webhook_id: str) -> None:
-        self.webhooks.delete(workspace_id, webhook_id)
+        await self.webhooks.delete(workspace_id, webhook_id)
 
     async def test_webhook(self, workspace_id: str, webhook_id: str) -> Data[TestResult]:
         return Data(data=await self.webhooks.send_test(workspace_id, webhook_id))
@@ -58,4 +58,4 @@ class WebhooksApi:
     async def retry_delivery(
         self, workspace_id: str, webhook_id: str, delivery_id: str
     ) -> Data[DeliveryView]:
-        return Data(data=self.webhooks.redeliver(workspace_id, webhook_id, delivery_id))
+        return Data(data=await self.webhooks.redeliver(workspace_id, webhook_id, delivery_id))
