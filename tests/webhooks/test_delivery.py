@@ -112,10 +112,10 @@ async def test_exhausted_event_stays_failed_and_can_be_redelivered(clock,
     times = [r.at for r in receiver.requests]
     assert [b - a for a, b in itertools.pairwise(times)] == [1.0, 2.0, 4.0]
 
-    again = hooks.redeliver(WS, hook.id, d.id)
+    again = await hooks.redeliver(WS, hook.id, d.id)
     assert again.state == "pending"
     with pytest.raises(DeliveryPending):
-        hooks.redeliver(WS, hook.id, d.id)
+        await hooks.redeliver(WS, hook.id, d.id)
     await receiver.wait_for(5)
     await settle(hooks, hook.id)
     [d] = hooks.deliveries(WS, hook.id).data
@@ -207,13 +207,13 @@ async def test_consecutive_failures_disable_the_endpoint_until_enabled(clock,
     await trio.sleep(5)
     assert len(receiver.requests) == sent
     with pytest.raises(WebhookDisabled):
-        hooks.redeliver(WS, hook.id, deliveries[0].id)
+        await hooks.redeliver(WS, hook.id, deliveries[0].id)
 
     receiver.fail = 0
     view = await hooks.update(WS, hook.id, enabled=True)
     assert view.enabled and view.disabled_reason is None and view.consecutive_failures == 0
     for d in deliveries:
-        hooks.redeliver(WS, hook.id, d.id)
+        await hooks.redeliver(WS, hook.id, d.id)
     await receiver.wait_for(sent + 5)
     await settle(hooks, hook.id)
     states = [d.state for d in hooks.deliveries(WS, hook.id).data]
@@ -286,7 +286,7 @@ async def test_endpoints_are_per_workspace_and_deletable(
     with pytest.raises(WebhookNotFound):
         hooks.get("ws_other", hook.id)
     assert hooks.list("ws_other") == []
-    hooks.delete(WS, hook.id)
+    await hooks.delete(WS, hook.id)
     with pytest.raises(WebhookNotFound):
         hooks.get(WS, hook.id)
     await engine.create_session(WS, "mach_1", "host")

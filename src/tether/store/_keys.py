@@ -56,3 +56,19 @@ class Keys:
     def log(self) -> str:
         """A hash: the event log's ``run_id`` and ``next_offset``."""
         return f"{self.prefix}log"
+
+    def webhooks(self, workspace_id: str) -> str:
+        """A hash: the workspace's webhook endpoints by id (secrets included)."""
+        return f"{self._ws(workspace_id)}hooks"
+
+    def deliveries(self, workspace_id: str, webhook_id: str) -> str:
+        """A hash: an endpoint's logged deliveries by id."""
+        return f"{self._ws(workspace_id)}dlv:{webhook_id}"
+
+    def webhook_workspaces(self) -> str:
+        """A set: every workspace with a webhook endpoint."""
+        return f"{self.prefix}webhook-workspaces"
+
+    def webhook_cursor(self) -> str:
+        """A string: the last event the webhook dispatcher made into deliveries."""
+        return f"{self.prefix}webhook-cursor"

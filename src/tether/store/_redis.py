@@ -35,6 +35,12 @@ from tether.engine import (
     SessionSnapshot,
     WriteBatch,
 )
+from tether.webhooks import (
+    DeliverySnapshot,
+    EndpointSnapshot,
+    LoadedWebhooks,
+    WebhookBatch,
+)
 
 from ._keys import DEFAULT_PREFIX, Keys
 
@@ -140,6 +146,8 @@ class RedisStore:
         self._beat = msgspec.msgpack.Decoder(Heartbeat).decode
         self._entry = msgspec.msgpack.Decoder(CommandEntry).decode
         self._event = msgspec.msgpack.Decoder(Event).decode
+        self._endpoint = msgspec.msgpack.Decoder(EndpointSnapshot).decode
+        self._delivery = msgspec.msgpack.Decoder(DeliverySnapshot).decode
 
     async def __aenter__(self) -> RedisStore:
         await self._client.__aenter__()
@@ -228,6 +236,41 @@ class RedisStore:
         if position:
             log_position = LogPosition(int(position[b"run_id"]), int(position[b"next_offset"]))
         return Loaded(sessions=sessions, events=events, log=log_position)
+
+
+    # -- webhooks (``WebhookStore``) --------------------------------------------------------
+
+    async def write_webhooks(self, batch: WebhookBatch) -> None:
+        """One transaction: endpoints, deliveries, evictions and the cursor together."""
+        keys, encode = self.keys, self._encode
+        async with self._client.pipeline(transaction=True) as pipe:
+            for ep in batch.endpoints:
+                pipe.hset(keys.webhooks(ep.workspace_id), {ep.id: encode(ep)})
+                pipe.sadd(keys.webhook_workspaces(), [ep.workspace_id])
+            for ws, hook in batch.deleted:
+                pipe.hdel(keys.webhooks(ws), [hook])
+                pipe.delete([keys.deliveries(ws, hook)])
+            for d in batch.deliveries:
+                pipe.hset(keys.deliveries(d.workspace_id, d.webhook_id), {d.id: encode(d)})
+            for ws, hook, delivery_id in batch.evicted:
+                pipe.hdel(keys.deliveries(ws, hook), [delivery_id])
+            if batch.cursor is not None:
+                pipe.set(keys.webhook_cursor(), batch.cursor)
+            pipe.ping()  # a batch with nothing in it still proves Redis answers
+
+    async def load_webhooks(self) -> LoadedWebhooks:
+        client, keys = self._client, self.keys
+        endpoints: list[EndpointSnapshot] = []
+        deliveries: list[DeliverySnapshot] = []
+        for raw_ws in await client.smembers(keys.webhook_workspaces()):
+            ws = raw_ws.decode()
+            for blob in (await client.hgetall(keys.webhooks(ws))).values():
+                ep = self._endpoint(blob)
+                endpoints.append(ep)
+                stored = await client.hgetall(keys.deliveries(ws, ep.id))
+                deliveries += [self._delivery(d) for d in stored.values()]
+        cursor = await client.get(keys.webhook_cursor())
+        return LoadedWebhooks(endpoints, deliveries, None if cursor is None else cursor.decode())
 
 
 def _with_beat(snap: SessionSnapshot, beat: Heartbeat) -> SessionSnapshot:

@@ -27,6 +27,14 @@ from ._models import (
     WebhookView,
     payload_of,
 )
+from ._persist import (
+    DeliverySnapshot,
+    EndpointSnapshot,
+    LoadedWebhooks,
+    StoredPayload,
+    WebhookBatch,
+    WebhookStore,
+)
 from ._service import Webhooks
 from ._signing import generate_secret, secret_key, signature_headers
 from ._urls import check_url, internal_reason
@@ -38,17 +46,23 @@ __all__ = [
     "DeliveryNotFound",
     "DeliveryPage",
     "DeliveryPending",
+    "DeliverySnapshot",
     "DeliveryView",
+    "EndpointSnapshot",
     "HTTPError",
+    "LoadedWebhooks",
     "Payload",
     "PostClient",
+    "StoredPayload",
     "TestResult",
     "Timeout",
     "TooManyWebhooks",
+    "WebhookBatch",
     "WebhookConfig",
     "WebhookDisabled",
     "WebhookNotFound",
     "WebhookQueueFull",
+    "WebhookStore",
     "WebhookView",
     "Webhooks",
     "check_url",

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from tether.engine import Event, WallClock
 
     from ._config import WebhookConfig
+    from ._persist import WebhookJournal
 
 log = logging.getLogger("tether.webhooks")
 
@@ -48,7 +49,11 @@ class Dispatcher:
         self._client: PostClient | None = None  # for tests of stopped endpoints
         self._tls = ssl.create_default_context()  # shared: one per client costs ~ms each
         self._workers: trio.Nursery | None = None
-        self._id_prefix = "dlv_" + secrets.token_hex(3)
+        # Delivery ids sort by creation, also across restarts (Redis mode keeps the log):
+        # this run's start in milliseconds, a random tag, then a counter.
+        start_ms = int(clock.wall(trio.current_time()) * 1000)
+        self._id_prefix = f"dlv_{start_ms:011x}{secrets.token_hex(2)}"
+        self.journal: WebhookJournal | None = None  # with a store: changes are marked in it
         self._ids = itertools.count(1)
         self._tiebreak = itertools.count()
 
@@ -81,12 +86,18 @@ class Dispatcher:
             ep.scope.cancel()
             ep.scope = None
 
+    def _changed(self, ep: Endpoint, d: Delivery) -> None:
+        if self.journal is not None:
+            self.journal.delivery(ep, d)
+
     def disable(self, ep: Endpoint, reason: str | None) -> None:
         """Stop ``ep`` and fail what it still holds: each stays in the log, redeliverable."""
         self.stop(ep)
         ep.enabled = False
         ep.disabled_reason = reason
         ep.updated_at = trio.current_time()
+        if self.journal is not None:
+            self.journal.endpoint(ep)
         lanes = list(ep.lanes.values())
         ep.lanes.clear()
         ep.ready.clear()
@@ -141,7 +152,8 @@ class Dispatcher:
             ep.counts["overflowed"] += 1
             self._finish(ep, d, "failed")
         else:
-            self._push(ep, d)
+            self.push(ep, d)
+            self._changed(ep, d)
         return d
 
     def requeue(self, ep: Endpoint, d: Delivery) -> None:
@@ -151,10 +163,12 @@ class Dispatcher:
         d.state = "pending"
         d.round_attempts = 0
         d.next_attempt_at = trio.current_time()
-        self._push(ep, d)
+        self.push(ep, d)
+        self._changed(ep, d)
 
     @staticmethod
-    def _push(ep: Endpoint, d: Delivery) -> None:
+    def push(ep: Endpoint, d: Delivery) -> None:
+        """Queue ``d`` at the end of its lane."""
         lane = ep.lanes.get(d.lane)
         if lane is None:
             ep.lanes[d.lane] = deque((d,))
@@ -168,6 +182,7 @@ class Dispatcher:
         d.state = state
         d.next_attempt_at = None
         ep.counts[state] += 1
+        self._changed(ep, d)
         ep.finished.append((d.id, d.generation))
         ep.finished_count += 1
         log_max = self.config.log_max
@@ -178,6 +193,8 @@ class Dispatcher:
                 del ep.log[old_id]
                 ep.finished_count -= 1
                 ep.counts["evicted"] += 1
+                if self.journal is not None:
+                    self.journal.evicted(ep, old_id)
         if len(ep.finished) > 2 * log_max + 1024:  # stale entries left by redeliveries
             ep.finished = deque(
                 (i, g) for i, g in ep.finished
@@ -201,10 +218,14 @@ class Dispatcher:
                 return  # stopped or disabled meanwhile: its deliveries were settled there
             self._record(d, status, error)
             if error is None:
-                ep.consecutive_failures = 0
+                if ep.consecutive_failures:
+                    ep.consecutive_failures = 0
+                    if self.journal is not None:
+                        self.journal.endpoint(ep)
             elif d.round_attempts <= retries:
                 due = trio.current_time() + self.config.backoff(d.round_attempts)
                 d.next_attempt_at = due
+                self._changed(ep, d)
                 heapq.heappush(ep.due, (due, next(self._tiebreak), lane_id))
                 ep.timer.unpark()
                 continue
@@ -213,6 +234,8 @@ class Dispatcher:
             self._finish(ep, d, "succeeded" if error is None else "failed")
             if error is not None:
                 ep.consecutive_failures += 1
+                if self.journal is not None:
+                    self.journal.endpoint(ep)
                 limit = self.config.max_consecutive_failures
                 if limit and ep.consecutive_failures >= limit:
                     log.warning("webhook %s disabled after %d failed events: %s",

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import msgspec
 import trio
 
-from tether.engine import EventsMissed, InvalidParameter
+from tether.engine import EventsGone, EventsMissed, InvalidParameter
 
 from ._config import WebhookConfig
 from ._dispatcher import Dispatcher
@@ -42,6 +42,7 @@ from ._models import (
     TestResult,
     WebhookView,
 )
+from ._persist import LoadedWebhooks, WebhookJournal, WebhookStore, restore_delivery
 from ._signing import generate_secret, secret_key
 from ._urls import check_url
 
@@ -78,10 +79,15 @@ class Webhooks:
     """Webhook endpoints of every workspace, and the delivery of the engine's events to them."""
 
     def __init__(self, engine: Engine, config: WebhookConfig | None = None, *,
-                 client_factory: ClientFactory | None = None) -> None:
+                 client_factory: ClientFactory | None = None,
+                 store: WebhookStore | None = None) -> None:
         """``client_factory`` replaces the HTTP client every endpoint posts with (see
-        :class:`PostClient`): receivers simulated in-process, as the fault simulation does."""
+        :class:`PostClient`): receivers simulated in-process, as the fault simulation does.
+        With a ``store`` (Redis mode) endpoints, deliveries and the dispatcher's place in the
+        event log outlive the process (see ``_persist.py``)."""
         self.engine = engine
+        self._store = store
+        self._journal: WebhookJournal | None = None
         self.config = config or WebhookConfig()
         self._client_factory = client_factory
         self._endpoints: dict[str, Endpoint] = {}
@@ -95,14 +101,22 @@ class Webhooks:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Deliver the engine's events until cancelled. Start it with ``nursery.start``."""
         dispatcher = Dispatcher(self.config, self.engine.clock, self._client_factory)
+        cursor = None
+        if self._store is not None:
+            loaded = await self._store.load_webhooks()
+            self._journal = WebhookJournal(self._store, self.engine.clock)
+            dispatcher.journal = self._journal
+            cursor = self._restore(loaded)
         async with trio.open_nursery() as nursery:
+            if self._journal is not None:
+                nursery.start_soon(self._journal.writer.run)
             await nursery.start(dispatcher.run)
             self._dispatcher = dispatcher
             try:
                 for ep in self._endpoints.values():
                     if ep.enabled:
                         dispatcher.start(ep)
-                subscription = self.engine.subscribe()
+                subscription = self._subscribe(cursor)
                 task_status.started()
                 await self._consume(subscription)
                 # The engine closed its log: what is queued still goes out until cancelled.
@@ -111,6 +125,51 @@ class Webhooks:
                 self._dispatcher = None
                 for ep in self._endpoints.values():
                     ep.scope = None
+
+    def _subscribe(self, cursor: str | None) -> Subscription:
+        """From the event after the last one made into deliveries before a restart (or from
+        now, without a store)."""
+        if cursor is None:
+            return self.engine.subscribe()
+        try:
+            return self.engine.subscribe(after=cursor)
+        except EventsGone:
+            log.warning("webhooks: events after %s are no longer retained; delivering from "
+                        "the oldest retained event", cursor)
+            return self.engine.subscribe(from_oldest=True)
+
+    def _restore(self, loaded: LoadedWebhooks) -> str | None:
+        """Endpoints and deliveries a store kept; pending deliveries are queued again."""
+        clock = self.engine.clock
+        for snap in loaded.endpoints:
+            ep = Endpoint(snap.id, snap.workspace_id, snap.url, frozenset(snap.events),
+                          snap.secret, secret_key(snap.secret), snap.enabled,
+                          clock.trio_time(snap.created_at))
+            ep.disabled_reason = snap.disabled_reason
+            ep.updated_at = clock.trio_time(snap.updated_at)
+            ep.consecutive_failures = snap.consecutive_failures
+            ep.counts.update(snap.counts)
+            self._by_workspace.setdefault(ep.workspace_id, {})[ep.id] = ep
+            self._endpoints[ep.id] = ep
+        for dsnap in sorted(loaded.deliveries, key=lambda s: s.id):
+            found = self._endpoints.get(dsnap.webhook_id)
+            if found is None:
+                continue
+            d = restore_delivery(dsnap, clock)
+            found.log[d.id] = d
+            if d.state == "pending":
+                d.round_attempts = 0  # a fresh retry budget after the restart
+                d.next_attempt_at = trio.current_time()
+                Dispatcher.push(found, d)
+            else:
+                found.finished.append((d.id, d.generation))
+                found.finished_count += 1
+        return loaded.cursor
+
+    async def flush(self) -> None:
+        """With a store: write what changed now, and return once it is durable."""
+        if self._journal is not None:
+            await self._journal.writer.flush()
 
     @property
     def undelivered(self) -> int:
@@ -129,6 +188,8 @@ class Webhooks:
                             exc.missed, exc.resume_from)
 
     def _on_event(self, event: Event) -> None:
+        if self._journal is not None:
+            self._journal.consumed(event.id)
         endpoints = self._by_workspace.get(event.workspace_id)
         if not endpoints:
             return
@@ -155,6 +216,7 @@ class Webhooks:
         enabled: bool = True,
     ) -> WebhookView:
         """A new endpoint; the view carries its secret (generated if not given), this once."""
+        self._check_writable()
         types = check_events(events)
         if secret is None:
             secret = generate_secret()
@@ -169,7 +231,19 @@ class Webhooks:
         self._endpoints[ep.id] = ep
         if ep.enabled and self._dispatcher is not None:
             self._dispatcher.start(ep)
+        await self._commit(ep)
         return ep.view(self.engine.clock, secret=secret)
+
+    def _check_writable(self) -> None:
+        if self._journal is not None:
+            self._journal.writer.check_available()
+
+    async def _commit(self, ep: Endpoint | None = None) -> None:
+        """With a store: ``ep`` changed; return once what changed is durable."""
+        if self._journal is not None:
+            if ep is not None:
+                self._journal.endpoint(ep)
+            await self._journal.writer.commit()
 
     def list(self, workspace_id: str) -> list[WebhookView]:
         """The workspace's endpoints, oldest first."""
@@ -189,6 +263,7 @@ class Webhooks:
         Enabling a disabled endpoint clears its disabled reason and failure count.
         """
         self._endpoint(workspace_id, webhook_id)
+        self._check_writable()
         types = None if events is UNSET else check_events(events)
         new_secret = generate_secret() if secret is None else secret
         key = None if new_secret is UNSET else secret_key(new_secret)
@@ -211,6 +286,7 @@ class Webhooks:
             else:
                 self._disable(ep, None)
         ep.updated_at = trio.current_time()
+        await self._commit(ep)
         shown = new_secret if secret is None and isinstance(new_secret, str) else None
         return ep.view(self.engine.clock, secret=shown)
 
@@ -220,12 +296,16 @@ class Webhooks:
         else:
             ep.enabled, ep.disabled_reason = False, reason
 
-    def delete(self, workspace_id: str, webhook_id: str) -> None:
+    async def delete(self, workspace_id: str, webhook_id: str) -> None:
         ep = self._endpoint(workspace_id, webhook_id)
+        self._check_writable()
         if self._dispatcher is not None:
             self._dispatcher.stop(ep)
         del self._by_workspace[workspace_id][webhook_id]
         del self._endpoints[webhook_id]
+        if self._journal is not None:
+            self._journal.deleted(ep)
+        await self._commit()
 
     # -- deliveries --------------------------------------------------------------------------
 
@@ -274,9 +354,11 @@ class Webhooks:
                               next_before=page[-1].id if has_more else None),
         )
 
-    def redeliver(self, workspace_id: str, webhook_id: str, delivery_id: str) -> DeliveryView:
+    async def redeliver(self, workspace_id: str, webhook_id: str,
+                        delivery_id: str) -> DeliveryView:
         """Queue a finished delivery again (behind its session's queued events)."""
         ep = self._endpoint(workspace_id, webhook_id)
+        self._check_writable()
         d: Delivery | None = ep.log.get(delivery_id)
         if d is None:
             raise DeliveryNotFound(delivery_id)
@@ -287,6 +369,7 @@ class Webhooks:
         if ep.pending >= self.config.queue_max:
             raise WebhookQueueFull(ep.id, ep.pending)
         self._running().requeue(ep, d)
+        await self._commit()
         return d.view(self.engine.clock)
 
     def endpoint_stats(self, workspace_id: str, webhook_id: str) -> dict[str, int]:
