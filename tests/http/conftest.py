@@ -1,13 +1,16 @@
 """A real Hypercorn server on 127.0.0.1 (free port) over a real engine, real clients.
 
-``server`` starts one per test; ``@pytest.mark.engine(grace_period=5, ...)`` configures its
-engine and ``@pytest.mark.http(max_violations=2, ...)`` its HTTP settings. Lifecycle tests take
+``server`` starts one per test, twice: on the in-memory engine and on one whose state is in a
+real ``redis-server`` (one per test session, a key prefix per test): every API answer must be
+the same in both. ``@pytest.mark.engine(grace_period=5, ...)`` configures its engine and
+``@pytest.mark.http(max_violations=2, ...)`` its HTTP settings. Lifecycle tests take
 ``mock_clock`` (rate 0) and move time with ``mock_clock.jump``.
 """
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
+import itertools
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -20,10 +23,13 @@ import trio_websocket
 from tether import wire
 from tether.engine import Engine, EngineConfig
 from tether.http import HttpSettings, KeyStore, create_app, serve, server_config
+from tether.store import RedisStore
 from tether.webhooks import WebhookConfig, Webhooks
 
+from ..redis_server import RedisServer, redis_server
+
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
 
 ACME_KEY = "cmd_acme_test_key_0123456789"
 OTHER_KEY = "cmd_other_test_key_0123456789"
@@ -48,7 +54,16 @@ def _marker_kwargs(request: pytest.FixtureRequest, name: str) -> dict[str, Any]:
     return dict(marker.kwargs) if marker else {}
 
 
-@pytest.fixture
+_prefixes = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(params=["memory", "redis"])
 async def server(request: pytest.FixtureRequest) -> AsyncIterator[Server]:
     keys = KeyStore()
     keys.add_key("api", ACME_KEY, "ws_acme")
@@ -57,8 +72,15 @@ async def server(request: pytest.FixtureRequest) -> AsyncIterator[Server]:
     keys.add_key("agent", OTHER_AGENT, "ws_other")
     settings = HttpSettings(**_marker_kwargs(request, "http"))
     config = EngineConfig(**_marker_kwargs(request, "engine"))
-    async with Engine(config) as engine, trio.open_nursery() as nursery:
-        webhooks = Webhooks(engine, WebhookConfig(allow_private=True))
+    async with AsyncExitStack() as stack:
+        store = None
+        if request.param == "redis":
+            url = request.getfixturevalue("shared_redis").url
+            store = await stack.enter_async_context(
+                RedisStore(url, prefix=f"http{next(_prefixes)}:"))
+        engine = await stack.enter_async_context(Engine(config, store=store))
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        webhooks = Webhooks(engine, WebhookConfig(allow_private=True), store=store)
         await nursery.start(webhooks.run)
         app = create_app(engine, keys, settings, webhooks)
         binds = await nursery.start(
