@@ -9,7 +9,6 @@ the same in both. ``@pytest.mark.engine(grace_period=5, ...)`` configures its en
 
 from __future__ import annotations
 
-import itertools
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -26,10 +25,10 @@ from tether.http import HttpSettings, KeyStore, create_app, serve, server_config
 from tether.store import RedisStore
 from tether.webhooks import WebhookConfig, Webhooks
 
-from ..redis_server import RedisServer, redis_server
+from ..conftest import fresh_prefix
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator
 
 ACME_KEY = "cmd_acme_test_key_0123456789"
 OTHER_KEY = "cmd_other_test_key_0123456789"
@@ -54,15 +53,6 @@ def _marker_kwargs(request: pytest.FixtureRequest, name: str) -> dict[str, Any]:
     return dict(marker.kwargs) if marker else {}
 
 
-_prefixes = itertools.count()
-
-
-@pytest.fixture(scope="session")
-def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    with redis_server(tmp_path_factory.mktemp("redis")) as server:
-        yield server
-
-
 @pytest.fixture(params=["memory", "redis"])
 async def server(request: pytest.FixtureRequest) -> AsyncIterator[Server]:
     keys = KeyStore()
@@ -77,7 +67,7 @@ async def server(request: pytest.FixtureRequest) -> AsyncIterator[Server]:
         if request.param == "redis":
             url = request.getfixturevalue("shared_redis").url
             store = await stack.enter_async_context(
-                RedisStore(url, prefix=f"http{next(_prefixes)}:"))
+                RedisStore(url, prefix=fresh_prefix("http")))
         engine = await stack.enter_async_context(Engine(config, store=store))
         nursery = await stack.enter_async_context(trio.open_nursery())
         webhooks = Webhooks(engine, WebhookConfig(allow_private=True), store=store)

@@ -19,7 +19,10 @@ import trio
 import trio.testing
 
 from tether.engine import Engine, EngineConfig
+from tether.store import RedisStore
 from tether.webhooks import WebhookConfig, Webhooks
+
+from ..conftest import fresh_prefix
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -134,9 +137,17 @@ def clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(autojump_threshold=0.1)
 
 
-@pytest.fixture
-async def engine(clock: trio.testing.MockClock) -> AsyncIterator[Engine]:
-    async with Engine(EngineConfig()) as e:
+@pytest.fixture(params=["memory", "redis"])
+async def engine(request: pytest.FixtureRequest,
+                 clock: trio.testing.MockClock) -> AsyncIterator[Engine]:
+    """The engine, in memory and on Redis-backed state (webhooks too: see ``hooks_factory``)."""
+    if request.param == "memory":
+        async with Engine(EngineConfig()) as e:
+            yield e
+        return
+    url = request.getfixturevalue("shared_redis").url
+    async with RedisStore(url, prefix=fresh_prefix("hooks")) as store, \
+            Engine(EngineConfig(), store=store) as e:
         yield e
 
 
@@ -155,7 +166,9 @@ def hooks_factory(engine: Engine, nursery: trio.Nursery) -> Callable[..., Awaita
     async def make(**overrides: object) -> Webhooks:
         settings: dict[str, object] = {"allow_private": True, "retry_base": 1.0}
         settings.update(overrides)
-        hooks = Webhooks(engine, WebhookConfig(**settings))  # type: ignore[arg-type]
+        store = engine.store if isinstance(engine.store, RedisStore) else None
+        hooks = Webhooks(engine, WebhookConfig(**settings),  # type: ignore[arg-type]
+                         store=store)
         await nursery.start(hooks.run)
         return hooks
 

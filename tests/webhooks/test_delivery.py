@@ -112,14 +112,17 @@ async def test_exhausted_event_stays_failed_and_can_be_redelivered(clock,
     times = [r.at for r in receiver.requests]
     assert [b - a for a, b in itertools.pairwise(times)] == [1.0, 2.0, 4.0]
 
+    receiver.hang = True  # the redelivery stays in flight (a store's commit lets it start)
     again = await hooks.redeliver(WS, hook.id, d.id)
     assert again.state == "pending"
+    await receiver.wait_for(5)
     with pytest.raises(DeliveryPending):
         await hooks.redeliver(WS, hook.id, d.id)
-    await receiver.wait_for(5)
+    receiver.hang = False  # the hung attempt times out; the retry after it succeeds
+    await receiver.wait_for(6)
     await settle(hooks, hook.id)
     [d] = hooks.deliveries(WS, hook.id).data
-    assert (d.state, d.attempts, d.last_status_code) == ("succeeded", 5, 200)
+    assert (d.state, d.attempts, d.last_status_code) == ("succeeded", 6, 200)
     # The same event, the same webhook-id: receivers can de-duplicate.
     assert receiver.requests[-1].headers["webhook-id"] == receiver.requests[0].headers["webhook-id"]
 

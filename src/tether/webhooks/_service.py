@@ -369,8 +369,9 @@ class Webhooks:
         if ep.pending >= self.config.queue_max:
             raise WebhookQueueFull(ep.id, ep.pending)
         self._running().requeue(ep, d)
+        view = d.view(self.engine.clock)  # as queued: it may go out while we commit
         await self._commit()
-        return d.view(self.engine.clock)
+        return view
 
     def endpoint_stats(self, workspace_id: str, webhook_id: str) -> dict[str, int]:
         """Counters of an endpoint (succeeded, failed, overflowed, evicted, pending)."""
