@@ -3,6 +3,7 @@ server on 127.0.0.1 (free port) started and stopped by the test."""
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
@@ -13,6 +14,9 @@ import trio
 from tether.engine import Engine, EngineConfig, WallClock
 from tether.http import HttpSettings, KeyStore, create_app, serve, server_config
 from tether.sim import check_over_rest
+from tether.store import RedisStore
+
+from ..conftest import fresh_prefix
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -42,15 +46,22 @@ def engine_clock() -> WallClock:
     return WallClock(epoch=EPOCH, trio_zero=trio.current_time())
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[Server]:
-    """The project's app over a real engine, served on 127.0.0.1 at a free port."""
+@pytest.fixture(params=["memory", "redis"])
+async def server(request: pytest.FixtureRequest) -> AsyncIterator[Server]:
+    """The project's app over a real engine (in memory, and on Redis-backed state), served on
+    127.0.0.1 at a free port."""
     keys = KeyStore()
     keys.add_key("api", API_KEY, WORKSPACE)
     keys.add_key("agent", AGENT_TOKEN, WORKSPACE)
     settings = HttpSettings()
-    async with Engine(EngineConfig(), clock=engine_clock()) as engine, \
-            trio.open_nursery() as nursery:
+    async with AsyncExitStack() as stack:
+        store = None
+        if request.param == "redis":
+            store = await stack.enter_async_context(RedisStore(
+                request.getfixturevalue("shared_redis").url, prefix=fresh_prefix("sim")))
+        engine = await stack.enter_async_context(
+            Engine(EngineConfig(), clock=engine_clock(), store=store))
+        nursery = await stack.enter_async_context(trio.open_nursery())
         app = create_app(engine, keys, settings)
         binds = await nursery.start(
             partial(serve, app, server_config("127.0.0.1", 0, settings),
