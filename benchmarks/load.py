@@ -74,7 +74,7 @@ def say(text: str) -> None:
 # -- the server process ------------------------------------------------------------------------
 
 
-def run_server(port: int, gc_young: int) -> None:
+def run_server(port: int, gc_young: int, redis: str | None = None) -> None:
     import gc
 
     import trio
@@ -112,7 +112,16 @@ def run_server(port: int, gc_young: int) -> None:
     gc.callbacks.append(on_gc)
 
     async def main() -> None:
-        async with Engine(config) as engine:
+        from contextlib import AsyncExitStack
+
+        from tether.store import RedisStore
+
+        async with AsyncExitStack() as stack:
+            store = None
+            if redis:  # the state in Redis, as ``tether serve --redis``: a fresh prefix
+                store = await stack.enter_async_context(
+                    RedisStore(redis, prefix=f"load{os.getpid()}:"))
+            engine = await stack.enter_async_context(Engine(config, store=store))
             # high enough never to throttle (see the module docstring), yet still on the path
             settings = HttpSettings(agent_frame_rate=1_000_000.0, agent_frame_burst=1_000_000)
             app = create_app(engine, keys, settings)
@@ -405,8 +414,9 @@ def main(args: argparse.Namespace) -> dict[str, object]:
     import httpx
 
     port = free_port()
+    redis = ["--redis", args.redis] if getattr(args, "redis", None) else []
     server = subprocess.Popen([sys.executable, __file__, "--role", "server", "--port", str(port),
-                               "--gc-young", str(args.gc_young)],
+                               "--gc-young", str(args.gc_young), *redis],
                               stdout=subprocess.PIPE, text=True)
     agents: Agents | None = None
     try:
@@ -566,6 +576,9 @@ if __name__ == "__main__":
                         help="frames each agent writes per saturation round")
     parser.add_argument("--rounds", type=int, default=3,
                         help="saturation rounds on each route (alternating)")
+    parser.add_argument("--redis", default=None, metavar="URL",
+                        help="the server's state in Redis (as tether serve --redis); "
+                             "benchmarks/redis_store.py compares the two")
     parser.add_argument("--gc-young", type=int, default=None,
                         help="the server's young-generation GC threshold, as tether serve's "
                              "--gc-young (default: tether serve's; 0: Python's own, 700)")
@@ -575,7 +588,7 @@ if __name__ == "__main__":
 
         args.gc_young = DEFAULT_GC_YOUNG
     if args.role == "server":
-        run_server(args.port, args.gc_young)
+        run_server(args.port, args.gc_young, args.redis)
     elif args.role == "agents":
         run_agents(args.port, args.agents, args.every, args.frames)
     else:
