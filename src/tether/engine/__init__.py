@@ -69,6 +69,7 @@ from ._persist import (
     SessionSnapshot,
     SessionStore,
     WriteBatch,
+    with_heartbeat,
 )
 from ._ports import AgentTransport
 
@@ -134,4 +135,5 @@ __all__ = [
     "WallClock",
     "Welcome",
     "WriteBatch",
+    "with_heartbeat",
 ]

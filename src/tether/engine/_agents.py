@@ -23,6 +23,7 @@ from ._errors import (
     InvalidParameter,
     ResumeRejected,
     SessionNotActive,
+    StoreUnavailable,
 )
 from ._ids import random_id
 from ._lifecycle import Input
@@ -31,7 +32,7 @@ from ._models import CommandEntry, EventCommand, Status, Welcome, check_text
 from ._persist import resume_hash
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from ._apply import Applier
     from ._clock import WallClock
@@ -89,7 +90,8 @@ class AgentDesk:
             if existing.status is Status.PENDING and actor is not None:
                 link = self._link(existing, transport)
                 try:
-                    await actor.call(self._connect, link, agent_version)
+                    await self._acknowledged(link, actor.call(self._connect, link,
+                                                               agent_version))
                 except SessionNotActive:
                     continue  # it timed out or ended meanwhile: look again
                 return link
@@ -105,8 +107,20 @@ class AgentDesk:
         self._spawn(rec)
         journal = self.applier.journal
         if journal is not None:
-            await journal.commit()  # the welcome is an acknowledgement
+            await self._acknowledged(link, journal.commit())  # the welcome acknowledges it
         return link
+
+    @staticmethod
+    async def _acknowledged(link: AgentLink, done: Awaitable[object]) -> None:
+        """Await ``done`` (the hello's change, made durable); if the store cannot make it
+        durable in time, the agent is told so and its transport is treated as lost: the
+        session (kept, and written once the store is back) waits in GRACE_PERIOD for the
+        agent to resume it, instead of staying CONNECTED to a socket nobody reads."""
+        try:
+            await done
+        except StoreUnavailable:
+            link.transport_lost()
+            raise
 
     def _link(self, rec: SessionRecord, transport: AgentTransport) -> AgentLink:
         journal = self.applier.journal
@@ -149,7 +163,7 @@ class AgentDesk:
             await trio.lowlevel.checkpoint()
             raise ResumeRejected()
         link = self._link(rec, transport)
-        await actor.call(self._resume_in_actor, link, token)
+        await self._acknowledged(link, actor.call(self._resume_in_actor, link, token))
         return link
 
     def _resumable(self, workspace_id: str, machine_id: str, token: str) -> SessionRecord | None:
@@ -175,6 +189,9 @@ class AgentDesk:
         self._bind(rec, link, resumed=True)
 
     # -- what links report (LinkHost), inside the session's actor -----------------------------
+
+    def check_writable(self) -> None:
+        self.applier.check_writable()
 
     def report_input(self, link: AgentLink, inp: Input, detail: str | None = None) -> None:
         rec = link._record

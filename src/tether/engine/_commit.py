@@ -62,6 +62,7 @@ class GroupCommit(Generic[B]):
         self.outage_since: float | None = None
         self.last_error: str | None = None
         self.failures = 0  # writes that failed (each is retried)
+        self.failures_this_outage = 0
         self._marks = 0  # every mark so far
         self._durable = 0  # marks written
         self._work = trio.lowlevel.ParkingLot()  # the writer waits here for a mark
@@ -124,8 +125,11 @@ class GroupCommit(Generic[B]):
                     self.last_error = f"no answer within {self.write_timeout:g} s"
                 else:
                     self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("%s write failed (%s); retrying in %.2f s", self.what,
-                            self.last_error, backoff)
+                # Once per outage at warning level; its retries at debug.
+                log.log(logging.WARNING if self.failures_this_outage == 0 else logging.DEBUG,
+                        "%s write failed (%s); retrying every %.2f-%g s until it answers",
+                        self.what, self.last_error, backoff, _MAX_BACKOFF)
+                self.failures_this_outage += 1
                 await trio.sleep(backoff)
                 backoff = min(_MAX_BACKOFF, backoff * 2)
             else:
@@ -134,4 +138,5 @@ class GroupCommit(Generic[B]):
                                 trio.current_time() - self.outage_since)
                 self.outage_since = None
                 self.last_error = None
+                self.failures_this_outage = 0
                 return

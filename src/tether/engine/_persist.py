@@ -132,6 +132,15 @@ class SessionStore(Protocol):
         """Make ``batch`` durable as a whole, or raise (nothing in it is then acknowledged)."""
 
 
+def with_heartbeat(snap: SessionSnapshot, beat: Heartbeat | None) -> SessionSnapshot:
+    """``snap`` with a heartbeat flushed after it (a store keeps the two apart), if newer."""
+    if beat is None or beat.version <= snap.version:
+        return snap
+    return msgspec.structs.replace(snap, last_heartbeat=beat.last_heartbeat,
+                                   telemetry=beat.telemetry, telemetry_at=beat.telemetry_at,
+                                   version=beat.version)
+
+
 # -- records <-> snapshots -------------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ._actor import SessionActor
-from ._link import AgentLink
+from ._link import AgentLink, JournaledLink
 from ._record import SessionRecord
 
 if TYPE_CHECKING:
@@ -176,8 +176,9 @@ def heap_objects() -> dict[str, int]:
     gc.unfreeze()
     gc.collect()
     alive = {SessionRecord: 0, SessionActor: 0, AgentLink: 0}
+    kinds = {kind: kind for kind in alive} | {JournaledLink: AgentLink}  # a store's links too
     for obj in gc.get_objects():
-        kind = type(obj)
-        if kind in alive:
+        kind = kinds.get(type(obj))
+        if kind is not None:
             alive[kind] += 1
     return {kind.__name__: count for kind, count in alive.items()}

@@ -12,8 +12,11 @@ Faults injected: sockets dropped mid-conversation; resumes with stale, forged an
 machine's tokens; duplicate hellos for one machine; clients attaching and commands sent during
 grace periods; terminations racing reconnects in the same instant; every agent dropping in the
 same instant; webhook receivers that fail now and then, always fail, or hang (simulated
-in-process by :mod:`._receivers` behind the real webhooks service). After the run the
-invariants are checked (see :func:`check_invariants` and :func:`check_deliveries`).
+in-process by :mod:`._receivers` behind the real webhooks service). The engine keeps its
+state in a store (:mod:`._store`, in process): the store goes away for a while (an outage:
+writes refused, agents kept), and the node crashes and is started again on it (every socket
+dies with it; agents resume). After the run the invariants are checked (see
+:func:`check_invariants` and :func:`check_deliveries`).
 """
 
 from __future__ import annotations
@@ -38,12 +41,15 @@ from tether.engine import (
     Engine,
     EngineConfig,
     ResumeRejected,
+    StoreUnavailable,
     TetherError,
+    WallClock,
 )
 from tether.engine.testing import RecordingTransport, heap_objects, snapshot
 from tether.webhooks import WebhookConfig, Webhooks
 
 from ._receivers import FAILING, FLAKY, HANGING, HEALTHY, Receiver, Receivers
+from ._store import InProcessStore
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -55,7 +61,7 @@ TERMINAL = ("session.disconnected", "session.error")
 DRIVER_FAULTS = (
     "drop", "resume", "resume_stale", "resume_forged", "resume_other_machine",
     "duplicate_hello", "attach_in_grace", "command_in_grace", "terminate_races_resume",
-    "goodbye", "background", "mass_drop",
+    "goodbye", "background", "mass_drop", "store_outage", "node_restart",
 )
 #: Attempts refused by a receiver of each faulty kind (counted by the receivers).
 RECEIVER_FAULTS = ("receiver_flaky", "receiver_failing", "receiver_hanging")
@@ -166,7 +172,8 @@ class Driver:
                 agent.workspace, transport, machine_id=agent.machine,
                 machine_hostname=f"host-{agent.machine}", resume_token=resume_token,
             )
-        except ResumeRejected:
+        except (ResumeRejected, StoreUnavailable):
+            transport.dropped = True  # told to go away: the agent closes its socket
             return False
         if agent.token is not None:
             agent.stale.append(agent.token)
@@ -206,7 +213,7 @@ class Driver:
             assert agent.link is not None
             agent.link.heartbeat()
             if rng.random() < 0.2:
-                await agent.link.report_command("uptime", 0)
+                await self._quiet(agent.link.report_command("uptime", 0))
         elif roll < 0.55:
             report.count("drop")
             self.drop(agent)
@@ -501,24 +508,92 @@ def check_deliveries(hooks: Webhooks, hook_ids: dict[str, str], receivers: Recei
             report.count(f"receiver_{kind}", receiver.refused)
 
 
+class Node:
+    """The engine and its webhooks, on the run's store; crashed and started again mid-run."""
+
+    def __init__(self, config: EngineConfig, store: InProcessStore, receivers: Receivers,
+                 clock: WallClock) -> None:
+        self.config = config
+        self.clock = clock  # one wall clock for every run: times in the store stay true
+        self.store = store
+        self.receivers = receivers
+        self.engine: Engine
+        self.hooks: Webhooks
+        self._scope = trio.CancelScope()
+        self._stop = trio.Event()
+        self._stopped = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                  ) -> None:
+        try:
+            with self._scope:
+                store = self.store
+                async with Engine(self.config, store=store, clock=self.clock) as engine, \
+                        trio.open_nursery() as nursery:
+                    hooks = Webhooks(engine, WEBHOOKS, client_factory=self.receivers.client,
+                                     store=store)
+                    await nursery.start(hooks.run)
+                    self.engine, self.hooks = engine, hooks
+                    task_status.started()
+                    await self._stop.wait()
+                    nursery.cancel_scope.cancel()  # the webhooks service
+        finally:
+            self._stopped.set()
+
+    async def stop(self) -> None:
+        """A clean exit (what is live is handed over, as on SIGTERM)."""
+        self._stop.set()
+        await self._stopped.wait()
+
+    async def crash(self) -> None:
+        """Gone at once: nothing is flushed or handed over; its sockets die with it."""
+        self._scope.cancel()
+        await self._stopped.wait()
+
+
 async def _simulate(seed: int, agents: int, report: FaultReport, duration: float) -> None:
     config = EngineConfig(heartbeat_interval=10, heartbeat_timeout=45, grace_period=30,
                           pending_timeout=120, background_timeout=60, event_log_max=10**7)
-    async with Engine(config) as engine, trio.open_nursery() as nursery:
-        receivers = Receivers(seed, WEBHOOKS.timeout)
-        hooks = Webhooks(engine, WEBHOOKS, client_factory=receivers.client)
-        await nursery.start(hooks.run)
+    store = InProcessStore(config.event_log_max)
+    receivers = Receivers(seed, WEBHOOKS.timeout)
+    clock = WallClock()
+    async with trio.open_nursery() as nursery:
+        node = Node(config, store, receivers, clock)
+        await nursery.start(node.run)
         hook_ids: dict[str, str] = {}
         for workspace, kind, name in ENDPOINTS:
             receiver = receivers.add(kind, name)
-            hook_ids[name] = (await hooks.create(workspace, receiver.url, ["*"])).id
-        driver = Driver(engine, seed, agents, report)
+            hook_ids[name] = (await node.hooks.create(workspace, receiver.url, ["*"])).id
+        driver = Driver(node.engine, seed, agents, report)
         for agent in driver.agents:
             driver.schedule_agent(agent, driver.rng.uniform(0, 10))
         # every agent drops in the same instant, twice, mid-run
         for when in (duration * 0.4, duration * 0.7):
             driver.at(when, driver.mass_drop)
+
+        async def outage() -> None:  # the store is away for 20 s: writes refused, agents kept
+            await trio.sleep(duration * 0.25)
+            report.count("store_outage")
+            store.down = True
+            await trio.sleep(20.0)
+            store.down = False
+
+        async def restart() -> None:  # the node crashes and a new one starts on the store
+            report.count("node_restart")
+            nonlocal node
+            await node.crash()
+            for agent in driver.agents:  # every socket died with the node
+                if agent.transport is not None:
+                    agent.transport.dropped = True
+                agent.link = None
+            node = Node(config, store, receivers, clock)
+            await nursery.start(node.run)
+            driver.engine = node.engine
+
+        nursery.start_soon(outage)
+        driver.at(duration * 0.55, restart)
         await driver.run(until=duration)
+        engine, hooks = node.engine, node.hooks
         # settle: every grace period and timeout runs out, with nobody acting
         await trio.sleep(config.pending_timeout + config.grace_period + 1)
         # ... and every webhook delivery is settled (retries run out within ~80 s per event)
@@ -532,10 +607,11 @@ async def _simulate(seed: int, agents: int, report: FaultReport, duration: float
         driver.forget()
         await trio.sleep(config.retention + 1)
         check_memory(engine, report)
-        nursery.cancel_scope.cancel()
         engine.shutdown()
+        await node.stop()
     if engine.live_sessions:
         report.violations.append(f"{engine.live_sessions} sessions live after shutdown")
+    del engine, hooks, node
 
 
 def run_faults(seed: int, agents: int, duration: float = 600.0) -> FaultReport:

@@ -34,6 +34,7 @@ from tether.engine import (
     LogPosition,
     SessionSnapshot,
     WriteBatch,
+    with_heartbeat,
 )
 from tether.webhooks import (
     DeliverySnapshot,
@@ -224,9 +225,8 @@ class RedisStore:
                 (snap_raw, beat_raw), history, token = results[3 * i : 3 * i + 3]
                 if snap_raw is None:
                     continue  # purged meanwhile
-                snap = self._snap(snap_raw)
-                if beat_raw is not None:
-                    snap = _with_beat(snap, self._beat(beat_raw))
+                snap = with_heartbeat(self._snap(snap_raw),
+                                      None if beat_raw is None else self._beat(beat_raw))
                 self._tokens[sid] = int(token)
                 sessions.append(LoadedSession(snap, [self._entry(e) for e in history]))
         entries: Any = await client.xrange(keys.events(), "-", "+")
@@ -271,14 +271,6 @@ class RedisStore:
                 deliveries += [self._delivery(d) for d in stored.values()]
         cursor = await client.get(keys.webhook_cursor())
         return LoadedWebhooks(endpoints, deliveries, None if cursor is None else cursor.decode())
-
-
-def _with_beat(snap: SessionSnapshot, beat: Heartbeat) -> SessionSnapshot:
-    if beat.version <= snap.version:
-        return snap
-    return msgspec.structs.replace(snap, last_heartbeat=beat.last_heartbeat,
-                                   telemetry=beat.telemetry, telemetry_at=beat.telemetry_at,
-                                   version=beat.version)
 
 
 def _chunks(items: list[tuple[str, str]], size: int) -> list[list[tuple[str, str]]]:

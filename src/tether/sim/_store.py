@@ -1,0 +1,111 @@
+"""A session and webhook store held in this process, for the fault simulation.
+
+It keeps what ``tether.store.RedisStore`` keeps, as values (snapshots, histories, events, the
+log position, endpoints, deliveries and the dispatcher's cursor), and applies each batch whole
+after one checkpoint, as one round trip to Redis would; setting :attr:`InProcessStore.down`
+makes every write and load fail the way an unreachable Redis does. The simulation restarts
+engines on it and takes it away mid-run, deterministically and without sockets; Redis itself
+is tested against a real ``redis-server`` (``tests/store``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import trio
+
+from tether.engine import Loaded, LoadedSession, with_heartbeat
+from tether.webhooks import LoadedWebhooks
+
+if TYPE_CHECKING:
+    from tether.engine import (
+        CommandEntry,
+        Event,
+        Heartbeat,
+        LogPosition,
+        SessionSnapshot,
+        WriteBatch,
+    )
+    from tether.webhooks import DeliverySnapshot, EndpointSnapshot, WebhookBatch
+
+
+class StoreDown(ConnectionError):
+    """The simulated store does not answer."""
+
+
+class InProcessStore:
+    """``SessionStore`` and ``WebhookStore`` in memory: one engine at a time uses it."""
+
+    def __init__(self, max_events: int) -> None:
+        self.max_events = max_events
+        self.down = False
+        self.writes = 0
+        self.refused = 0  # writes and loads refused while down
+        self._sessions: dict[str, SessionSnapshot] = {}
+        self._beats: dict[str, Heartbeat] = {}
+        self._history: dict[str, list[CommandEntry]] = {}
+        self._events: list[Event] = []
+        self._log: LogPosition | None = None
+        self._endpoints: dict[str, EndpointSnapshot] = {}
+        self._deliveries: dict[str, dict[str, DeliverySnapshot]] = {}
+        self._cursor: str | None = None
+
+    async def _round_trip(self) -> None:
+        await trio.lowlevel.checkpoint()
+        if self.down:
+            self.refused += 1
+            raise StoreDown("the store does not answer (simulated outage)")
+
+    # -- sessions --------------------------------------------------------------------------
+
+    async def write(self, batch: WriteBatch) -> None:
+        await self._round_trip()
+        self.writes += 1
+        for snap in batch.sessions:
+            self._sessions[snap.session_id] = snap
+            self._beats.pop(snap.session_id, None)
+        for append in batch.history:
+            kept = self._history.setdefault(append.session_id, [])
+            kept += append.entries
+            del kept[: max(0, len(kept) - append.cap)]
+        for beat in batch.heartbeats:
+            if beat.session_id in self._sessions:
+                self._beats[beat.session_id] = beat
+        for _, session_id in batch.purged:
+            self._sessions.pop(session_id, None)
+            self._beats.pop(session_id, None)
+            self._history.pop(session_id, None)
+        self._events += batch.events
+        del self._events[: max(0, len(self._events) - self.max_events)]
+        if batch.log is not None:
+            self._log = batch.log
+
+    async def load(self) -> Loaded:
+        await self._round_trip()
+        sessions = [
+            LoadedSession(with_heartbeat(snap, self._beats.get(sid)),
+                          list(self._history.get(sid, ())))
+            for sid, snap in self._sessions.items()
+        ]
+        return Loaded(sessions=sessions, events=list(self._events), log=self._log)
+
+    # -- webhooks --------------------------------------------------------------------------
+
+    async def write_webhooks(self, batch: WebhookBatch) -> None:
+        await self._round_trip()
+        for ep in batch.endpoints:
+            self._endpoints[ep.id] = ep
+        for _, webhook_id in batch.deleted:
+            self._endpoints.pop(webhook_id, None)
+            self._deliveries.pop(webhook_id, None)
+        for d in batch.deliveries:
+            self._deliveries.setdefault(d.webhook_id, {})[d.id] = d
+        for _, webhook_id, delivery_id in batch.evicted:
+            self._deliveries.get(webhook_id, {}).pop(delivery_id, None)
+        if batch.cursor is not None:
+            self._cursor = batch.cursor
+
+    async def load_webhooks(self) -> LoadedWebhooks:
+        await self._round_trip()
+        deliveries = [d for log in self._deliveries.values() for d in log.values()]
+        return LoadedWebhooks(list(self._endpoints.values()), deliveries, self._cursor)
