@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING
 
 import httpx
 import trio
+import trio_websocket
+
+from tether import wire
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
@@ -71,3 +74,23 @@ async def raw_request(url: str, request: bytes) -> tuple[int, dict[str, str], by
     lines = head.decode("latin-1").split("\r\n")
     headers = dict(line.lower().split(": ", 1) for line in lines[1:])
     return int(lines[0].split(" ")[1]), headers, body
+
+
+@asynccontextmanager
+async def open_agent(port: int, token: str) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    """A WebSocket to the agent endpoint of the server on ``port``, with an agent token."""
+    async with trio_websocket.open_websocket_url(
+        f"ws://127.0.0.1:{port}/v1/agent",
+        extra_headers=[(b"authorization", f"Bearer {token}".encode())],
+    ) as ws:
+        yield ws
+
+
+async def say_hello(ws: trio_websocket.WebSocketConnection, machine_id: str = "m1",
+                    machine_hostname: str = "h1", token: str | None = None) -> wire.Welcome:
+    """Send a hello (with a resume token, if given); the welcome."""
+    await ws.send_message(wire.encode(wire.Hello(
+        machine_id=machine_id, machine_hostname=machine_hostname, resume_token=token)).decode())
+    welcome = wire.decode_server_frame(await ws.get_message())
+    assert isinstance(welcome, wire.Welcome), welcome
+    return welcome

@@ -10,11 +10,10 @@ from typing import TYPE_CHECKING
 
 import httpx
 import trio
-import trio_websocket
 
 from tether import wire
 
-from ..serving import free_port, serve_process, wait_ready
+from ..serving import free_port, open_agent, say_hello, serve_process, wait_ready
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -36,14 +35,8 @@ async def test_a_paused_redis_degrades_the_node_and_the_budget_ends_it(
     ) as proc, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30,
                                  headers={"Authorization": f"Bearer {API}"}) as api:
         await wait_ready(api)
-        async with trio_websocket.open_websocket_url(
-            f"ws://127.0.0.1:{port}/v1/agent",
-            extra_headers=[(b"authorization", f"Bearer {AGENT}".encode())],
-        ) as ws:
-            await ws.send_message(wire.encode(wire.Hello(
-                machine_id="m1", machine_hostname="h1")).decode())
-            welcome = wire.decode_server_frame(await ws.get_message())
-            assert isinstance(welcome, wire.Welcome)
+        async with open_agent(port, AGENT) as ws:
+            welcome = await say_hello(ws)
 
             redis.pause()
             try:

@@ -16,7 +16,21 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from tether.engine import Engine, EngineConfig, Status, Telemetry, WallClock
+from tether.engine import (
+    CommandEntry,
+    Engine,
+    EngineConfig,
+    Event,
+    EventData,
+    HistoryAppend,
+    LogPosition,
+    SessionSnapshot,
+    Status,
+    Telemetry,
+    WallClock,
+    WriteBatch,
+)
+from tether.engine._ids import EventIds
 from tether.engine.testing import RecordingTransport
 from tether.store import RedisStore
 
@@ -184,3 +198,54 @@ async def test_a_paused_owner_that_comes_back_cannot_overwrite_its_successor(
             assert [e.id for e in events[: len(successor_events)]] == [
                 e.id for e in successor_events]
             assert all(e.type != "command.completed" for e in events)
+
+
+async def test_a_batch_written_twice_writes_nothing_twice(redis: RedisServer) -> None:
+    """A write whose answer was lost (Redis paused mid-write, say) is retried whole: history
+    entries and events already written are not written again."""
+    snap = SessionSnapshot(session_id="sess_1", workspace_id=WS, machine_id="m", sequence=2,
+                           machine_hostname="h", created_at=EPOCH, status=Status.CONNECTED,
+                           status_since=EPOCH, history_total=2)
+    entries = [CommandEntry(command_id=f"cmd_{i}", command="ls", exit_code=0,
+                            executed_at="2026-02-14T10:00:00Z", user_email=None)
+               for i in range(2)]
+    async with RedisStore(redis.url, prefix="twice:") as store:
+        first = _events(2)
+        batch = WriteBatch(sessions=[snap],
+                           history=[HistoryAppend(WS, "sess_1", 0, entries, 10)],
+                           events=first, log=LogPosition(7, 2))
+        await store.write(batch)
+        await store.write(batch)
+        loaded = await store.load()
+    [session] = loaded.sessions
+    assert [e.command_id for e in session.history] == ["cmd_0", "cmd_1"]
+    assert [e.id for e in loaded.events] == [e.id for e in first]
+
+
+def _events(n: int) -> list[Event]:
+    """``n`` events of session sess_1, with the ids an engine's log of run 7 gives them."""
+    ids = EventIds(7)
+    return [
+        Event(id=ids(i), type="session.connected", timestamp="2026-02-14T10:00:00Z",
+              workspace_id=WS, session_id="sess_1", sequence=i + 1,
+              data=EventData(session_id="sess_1", status=Status.CONNECTED, machine_id="m",
+                             machine_hostname="h", workspace_id=WS,
+                             created_at="2026-02-14T10:00:00Z", connected_at=None,
+                             last_heartbeat_at=None, attached_clients=0,
+                             previous_status=None, reason=None, sequence=i + 1))
+        for i in range(n)
+    ]
+
+
+async def test_many_sessions_changed_at_once_are_written_in_chunks_and_come_back(
+        redis: RedisServer, clock: MockClock) -> None:
+    """600 sessions handed over in one batch (more than one script's worth): all come back."""
+    async with open_engine(redis, prefix="many:") as engine:
+        links = [(await hello(engine, f"mach_{i}"))[0] for i in range(600)]
+    async with open_engine(redis, prefix="many:") as engine:
+        page = engine.list_sessions(WS, status="GRACE_PERIOD", limit=1)
+        assert page.meta.total == 600
+        assert all(e.sequence == 3 for e in engine.events_after(WS, None, 1000)
+                   if e.type == "session.grace_period")
+        resumed, _ = await hello(engine, "mach_599", token=links[599].welcome.resume_token)
+        assert resumed.session_id == links[599].session_id

@@ -13,9 +13,7 @@ import httpx
 import trio
 import trio_websocket
 
-from tether import wire
-
-from ..serving import free_port, serve_process, wait_ready
+from ..serving import free_port, open_agent, say_hello, serve_process, wait_ready
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -42,24 +40,6 @@ def api(port: int) -> httpx.AsyncClient:
                              headers={"Authorization": f"Bearer {API}"})
 
 
-@asynccontextmanager
-async def agent(port: int) -> AsyncIterator[trio_websocket.WebSocketConnection]:
-    async with trio_websocket.open_websocket_url(
-        f"ws://127.0.0.1:{port}/v1/agent",
-        extra_headers=[(b"authorization", f"Bearer {AGENT}".encode())],
-    ) as ws:
-        yield ws
-
-
-async def say_hello(ws: trio_websocket.WebSocketConnection,
-                    token: str | None = None) -> wire.Welcome:
-    await ws.send_message(wire.encode(wire.Hello(machine_id="m1", machine_hostname="h1",
-                                                 resume_token=token)).decode())
-    welcome = wire.decode_server_frame(await ws.get_message())
-    assert isinstance(welcome, wire.Welcome), welcome
-    return welcome
-
-
 async def sessions(client: httpx.AsyncClient) -> dict[str, dict]:
     r = await client.get("/v1/sessions", params={"limit": 100})
     assert r.status_code == 200, r.text
@@ -71,7 +51,7 @@ async def test_kill_9_then_restart_keeps_every_session_and_the_agent_resumes_it(
     port = free_port()
     async with node(redis, tmp_path, port) as first, api(port) as client:
         await wait_ready(client)
-        async with agent(port) as ws:
+        async with open_agent(port, AGENT) as ws:
             welcome = await say_hello(ws)
             r = await client.post("/v1/sessions", json={"machine_id": "m2",
                                                         "machine_hostname": "h2"})
@@ -86,8 +66,8 @@ async def test_kill_9_then_restart_keeps_every_session_and_the_agent_resumes_it(
         assert listed[pending]["status"] == "PENDING"
         detail = (await client.get(f"/v1/sessions/{welcome.session_id}")).json()["data"]
         assert (detail["status"], detail["reason"]) == ("GRACE_PERIOD", "node_lost")
-        async with agent(port) as ws:
-            again = await say_hello(ws, welcome.resume_token)
+        async with open_agent(port, AGENT) as ws:
+            again = await say_hello(ws, token=welcome.resume_token)
             assert (again.session_id, again.resumed) == (welcome.session_id, True)
             listed = await sessions(client)
             assert listed[welcome.session_id]["status"] == "CONNECTED"
@@ -106,6 +86,6 @@ async def test_kill_9_then_restart_keeps_every_session_and_the_agent_resumes_it(
         await wait_ready(client)
         detail = (await client.get(f"/v1/sessions/{welcome.session_id}")).json()["data"]
         assert (detail["status"], detail["reason"]) == ("GRACE_PERIOD", "node_draining")
-        async with agent(port) as ws:
-            third = await say_hello(ws, again.resume_token)
+        async with open_agent(port, AGENT) as ws:
+            third = await say_hello(ws, token=again.resume_token)
             assert (third.session_id, third.resumed) == (welcome.session_id, True)

@@ -30,6 +30,7 @@ from ._config import EngineConfig
 from ._errors import EngineClosed, InvalidParameter, SessionAlreadyActive
 from ._events import EventLog, Subscription
 from ._gc import GcGuard
+from ._ids import parse_event_id
 from ._journal import Journal
 from ._lifecycle import Input
 from ._models import Status, check_text
@@ -137,10 +138,15 @@ class Engine:
         its agent's socket with the process that held it, so it enters GRACE_PERIOD
         (``node_lost``) and its agent may resume it; every live one gets an actor again."""
         clock, config = self.clock, self.config
-        times = [clock.trio_time(clock.parse(event.timestamp)) for event in loaded.events]
         if loaded.log is not None:
-            self.events.restore(loaded.events, loaded.log.run_id, loaded.log.next_offset,
-                                times)
+            run_id = loaded.log.run_id
+            events = []
+            for event in loaded.events:
+                parsed = parse_event_id(event.id)
+                if parsed is not None and parsed[0] == run_id:
+                    at = clock.trio_time(clock.parse(event.timestamp))
+                    events.append((parsed[1], at, event))
+            self.events.restore(events, run_id, loaded.log.next_offset)
         records = [restore(s, clock, config.history_cap) for s in loaded.sessions]
         self._table.restore(records)
         now = trio.current_time()

@@ -22,7 +22,7 @@ from ._ids import EventIds, parse_event_id
 from ._models import Event, EventData
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterable
 
     from ._clock import WallClock
 
@@ -49,7 +49,9 @@ class EventLog:
         self._event_id = EventIds(run_id)
         self._max = max_events
         self._retention = retention
-        self._events: list[Event] = []
+        #: ``None`` marks a gap: an event a store lost with a crash in the middle of a write
+        #: (see :meth:`restore`); readers skip it.
+        self._events: list[Event | None] = []
         self._times = array("d")  # each event's trio time (unboxed, as are offsets below)
         self._start = 0  # index in _events of the oldest retained event
         self._first_offset = 0  # absolute offset of _events[_start]
@@ -118,7 +120,7 @@ class EventLog:
     def unpublished(self) -> list[Event]:
         """The retained events appended but not yet published, oldest first."""
         start = max(self._published, self._first_offset)
-        return [self.at(offset) for offset in range(start, self._next_offset)]
+        return self._present(range(start, self._next_offset))
 
     def publish(self, offset: int) -> None:
         """Events before ``offset`` are durable: readers may see them."""
@@ -127,23 +129,36 @@ class EventLog:
             if self._lot:
                 self._lot.unpark_all()
 
-    def restore(self, events: list[Event], run_id: int, next_offset: int,
-                times: list[float]) -> None:
-        """Continue a log a store kept: its retained ``events`` (oldest first, with their
-        trio ``times``), its run id and the offset of its next event. Nothing else may have
-        been appended yet."""
+    def restore(self, events: list[tuple[int, float, Event]], run_id: int,
+                next_offset: int) -> None:
+        """Continue a log a store kept: its retained events as (offset, trio time, event),
+        its run id and the offset of its next event. Nothing else may have been appended yet.
+
+        Offsets may have gaps: a store writes a batch's sessions in several scripts, and a
+        crash between two loses the later sessions' events along with their state (each
+        session's own events and state stay together). Event ids keep their offsets, so
+        consumers' cursors stay valid; readers skip the gaps."""
         assert self._next_offset == 0, "restore() an empty log"
         self._run_id = run_id
         self._event_id = EventIds(run_id)
-        first = next_offset - len(events)
-        self._first_offset = self._next_offset = self._published = first
+        events = sorted(events, key=lambda item: item[0])
+        first = events[0][0] if events else next_offset
+        self._first_offset = self._next_offset = first
         self._events = []
         self._times = array("d")
-        for event, at in zip(events, times, strict=True):
-            self._by_workspace.setdefault(event.workspace_id, array("q")).append(
-                self._next_offset)
+        for offset, at, event in events:
+            while self._next_offset < offset:  # a gap
+                self._events.append(None)
+                self._times.append(at)
+                self._next_offset += 1
+            self._by_workspace.setdefault(event.workspace_id, array("q")).append(offset)
             self._events.append(event)
             self._times.append(at)
+            self._next_offset += 1
+        last = self._times[-1] if self._times else 0.0
+        while self._next_offset < next_offset:  # a gap at the end
+            self._events.append(None)
+            self._times.append(last)
             self._next_offset += 1
         self._published = self._next_offset
 
@@ -184,11 +199,19 @@ class EventLog:
         """The end of what readers see: the offset after the last published event."""
         return self._published
 
-    def at(self, offset: int) -> Event:
+    def at(self, offset: int) -> Event | None:
+        """The event at ``offset`` (``None`` for a gap)."""
         return self._events[self._start + offset - self._first_offset]
 
+    def _present(self, offsets: Iterable[int]) -> list[Event]:
+        return [event for offset in offsets if (event := self.at(offset)) is not None]
+
     def oldest_id(self) -> str | None:
-        return None if self.next_offset == self._first_offset else self.at(self._first_offset).id
+        for offset in range(self._first_offset, self.next_offset):
+            event = self.at(offset)
+            if event is not None:  # gaps are rare and short: this returns at once
+                return event.id
+        return None
 
     def offset_after(self, after: str | None, now: float) -> int:
         """The offset of the first event after the event ``after`` (from the oldest if ``None``).
@@ -219,12 +242,12 @@ class EventLog:
         end = self.next_offset
         if workspace_id is None:
             stop = min(end, start + limit)
-            return [self.at(offset) for offset in range(start, stop)], stop
+            return self._present(range(start, stop)), stop
         # One workspace's events through its own offsets: no scan over other workspaces'.
         offsets = self._by_workspace.get(workspace_id, ())
         i = bisect_left(offsets, start)
         chosen = offsets[i : min(i + limit, bisect_left(offsets, end))]
-        found = [self.at(offset) for offset in chosen]
+        found = self._present(chosen)
         if len(chosen) < limit:
             return found, end  # read everything up to the end of the log
         return found, chosen[-1] + 1

@@ -29,6 +29,7 @@ from tether.engine import (
     CommandEntry,
     Event,
     Heartbeat,
+    HistoryAppend,
     Loaded,
     LoadedSession,
     LogPosition,
@@ -50,82 +51,96 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tether.store")
 
-# KEYS[1..3]: workspaces set, event stream, log hash; then each item's keys in turn.
-# ARGV[1..8]: counts of sessions, history appends, beats, purges, events; stream maxlen; log
-# run id ('' for none) and next offset; then each item's arguments in turn.
+#: Sessions written per script: each script is atomic and blocks Redis while it runs, so a
+#: mass change (a restart adopting 100,000 sessions) goes out in many short scripts.
+CHUNK = 256
+
+# One script per chunk of sessions. KEYS[1..3]: workspaces set, event stream, log hash; then
+# per session: fence, hash, history list, workspace's sessions set. ARGV[1..4]: sessions in
+# the chunk, stream maxlen, log run id ('' for none), log next offset; then per session:
+# token, session id, workspace, snapshot ('' for none), heartbeat ('' for none), purge ('1'),
+# history cap, number of its first history entry, n, the n entries, m, then m pairs of
+# (event sequence, event).
+# A session's writes are idempotent, so a batch retried after a lost answer writes nothing
+# twice: history entries are pushed only past the count kept in the hash (field ``h``),
+# events only past the last sequence written (field ``q``); the log position only grows.
 # Returns {claimed: {session id, token, ...}, stale: {session id, ...}}.
 _WRITE = """
-local ns, nh, nb, np, ne = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
-  tonumber(ARGV[4]), tonumber(ARGV[5])
-local k, a = 4, 9
-local claimed, stale, skip = {}, {}, {}
-local function owns(fence, token, sid)
-  if skip[sid] then return false end
+local n = tonumber(ARGV[1])
+local k, a = 4, 5
+local claimed, stale = {}, {}
+for _ = 1, n do
+  local fence, hash, list, set = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+  local token, sid, ws = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local snap, beat, purge = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
+  local cap, first, nh = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8])
+  local h0 = a + 9
+  local ne = tonumber(ARGV[h0 + nh])
+  local e0 = h0 + nh + 1
+  k, a = k + 4, e0 + 2 * ne
   local held = redis.call('GET', fence)
+  local owner = held == token
   if token == '0' and not held then
     redis.call('SET', fence, '1')
     table.insert(claimed, sid)
     table.insert(claimed, '1')
-    return true
+    owner = true
   end
-  if held == token then return true end
-  if token == '0' then
-    for i = 1, #claimed, 2 do
-      if claimed[i] == sid then return true end
-    end
-  end
-  skip[sid] = true
-  table.insert(stale, sid)
-  return false
-end
-for _ = 1, ns do
-  local fence, hash, set = KEYS[k], KEYS[k + 1], KEYS[k + 2]
-  local token, snap, ws, sid = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  k, a = k + 3, a + 4
-  if owns(fence, token, sid) then
-    redis.call('HSET', hash, 'snap', snap)
-    redis.call('HDEL', hash, 'beat')
-    redis.call('SADD', set, sid)
-    redis.call('SADD', KEYS[1], ws)
-  end
-end
-for _ = 1, nh do
-  local fence, list = KEYS[k], KEYS[k + 1]
-  local token, sid, cap, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  k = k + 2
-  if owns(fence, token, sid) then
-    for i = 1, n do redis.call('RPUSH', list, ARGV[a + 3 + i]) end
-    redis.call('LTRIM', list, -cap, -1)
-  end
-  a = a + 4 + n
-end
-for _ = 1, nb do
-  local fence, hash = KEYS[k], KEYS[k + 1]
-  local token, sid, beat = ARGV[a], ARGV[a + 1], ARGV[a + 2]
-  k, a = k + 2, a + 3
-  if owns(fence, token, sid) then redis.call('HSET', hash, 'beat', beat) end
-end
-for _ = 1, np do
-  local fence, hash, list, set = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
-  local token, sid = ARGV[a], ARGV[a + 1]
-  k, a = k + 4, a + 2
-  if owns(fence, token, sid) then
+  if not owner then
+    table.insert(stale, sid)
+  elseif purge == '1' then
     redis.call('DEL', hash, list, fence)
     redis.call('SREM', set, sid)
+  else
+    if snap ~= '' then
+      redis.call('HSET', hash, 'snap', snap)
+      redis.call('HDEL', hash, 'beat')
+      redis.call('SADD', set, sid)
+      redis.call('SADD', KEYS[1], ws)
+    end
+    if beat ~= '' then redis.call('HSET', hash, 'beat', beat) end
+    if nh > 0 then
+      local have = tonumber(redis.call('HGET', hash, 'h') or '0')
+      for i = 0, nh - 1 do
+        if first + i >= have then redis.call('RPUSH', list, ARGV[h0 + i]) end
+      end
+      redis.call('HSET', hash, 'h', math.max(have, first + nh))
+      redis.call('LTRIM', list, -cap, -1)
+    end
+    if ne > 0 then
+      local seq = tonumber(redis.call('HGET', hash, 'q') or '0')
+      for i = 0, ne - 1 do
+        local s = tonumber(ARGV[e0 + 2 * i])
+        if s > seq then
+          redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[e0 + 2 * i + 1])
+          seq = s
+        end
+      end
+      redis.call('HSET', hash, 'q', seq)
+    end
   end
 end
-for _ = 1, ne do
-  local sid, event = ARGV[a], ARGV[a + 1]
-  a = a + 2
-  if not skip[sid] then
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'e', event)
-  end
-end
-if ARGV[7] ~= '' then
-  redis.call('HSET', KEYS[3], 'run_id', ARGV[7], 'next_offset', ARGV[8])
+if ARGV[3] ~= '' then
+  local next_offset = tonumber(redis.call('HGET', KEYS[3], 'next_offset') or '0')
+  redis.call('HSET', KEYS[3], 'run_id', ARGV[3],
+             'next_offset', math.max(next_offset, tonumber(ARGV[4])))
 end
 return {claimed, stale}
 """
+
+
+class _Item:
+    """What one batch writes of one session."""
+
+    __slots__ = ("beat", "events", "history", "purge", "snap", "workspace_id")
+
+    def __init__(self, workspace_id: str) -> None:
+        self.workspace_id = workspace_id
+        self.snap: SessionSnapshot | None = None
+        self.beat: Heartbeat | None = None
+        self.purge = False
+        self.history: HistoryAppend | None = None
+        self.events: list[Event] = []
 
 
 class RedisStore:
@@ -166,38 +181,64 @@ class RedisStore:
         return str(self._tokens.get(session_id, 0))
 
     async def write(self, batch: WriteBatch) -> None:
+        """Each session's part of ``batch`` is written whole (its snapshot with its events
+        and history), in scripts of :data:`CHUNK` sessions; the log position goes with each."""
+        items: dict[str, _Item] = {}
+
+        def item(workspace_id: str, session_id: str) -> _Item:
+            found = items.get(session_id)
+            if found is None:
+                found = items[session_id] = _Item(workspace_id)
+            return found
+
+        for snap in batch.sessions:
+            item(snap.workspace_id, snap.session_id).snap = snap
+        for beat in batch.heartbeats:
+            item(beat.workspace_id, beat.session_id).beat = beat
+        for append in batch.history:
+            item(append.workspace_id, append.session_id).history = append
+        for event in batch.events:
+            item(event.workspace_id, event.session_id).events.append(event)
+        for ws, sid in batch.purged:
+            item(ws, sid).purge = True
+        chunk: list[tuple[str, _Item]] = []
+        for pair in items.items():
+            chunk.append(pair)
+            if len(chunk) == CHUNK:
+                await self._write_chunk(chunk, batch)
+                chunk = []
+        if chunk or not items:  # an empty batch is still one round trip: it proves Redis up
+            await self._write_chunk(chunk, batch)
+
+    async def _write_chunk(self, chunk: list[tuple[str, _Item]], batch: WriteBatch) -> None:
         keys, encode = self.keys, self._encode
         script_keys: list[str] = [keys.workspaces(), keys.events(), keys.log()]
-        args: list[Any] = [len(batch.sessions), len(batch.history), len(batch.heartbeats),
-                           len(batch.purged), len(batch.events), self.max_events,
+        args: list[Any] = [len(chunk), self.max_events,
                            "" if batch.log is None else batch.log.run_id,
                            0 if batch.log is None else batch.log.next_offset]
-        for snap in batch.sessions:
-            ws, sid = snap.workspace_id, snap.session_id
-            script_keys += [keys.fence(ws, sid), keys.session(ws, sid), keys.sessions(ws)]
-            args += [self._token(sid), encode(snap), ws, sid]
-        for append in batch.history:
-            ws, sid = append.workspace_id, append.session_id
-            script_keys += [keys.fence(ws, sid), keys.history(ws, sid)]
-            args += [self._token(sid), sid, append.cap, len(append.entries)]
-            args += [encode(entry) for entry in append.entries]
-        for beat in batch.heartbeats:
-            ws, sid = beat.workspace_id, beat.session_id
-            script_keys += [keys.fence(ws, sid), keys.session(ws, sid)]
-            args += [self._token(sid), sid, encode(beat)]
-        for ws, sid in batch.purged:
+        for sid, it in chunk:
+            ws = it.workspace_id
             script_keys += [keys.fence(ws, sid), keys.session(ws, sid), keys.history(ws, sid),
                             keys.sessions(ws)]
-            args += [self._token(sid), sid]
-        for event in batch.events:
-            args += [event.session_id, encode(event)]
+            history = it.history
+            args += [self._token(sid), sid, ws, "" if it.snap is None else encode(it.snap),
+                     "" if it.beat is None else encode(it.beat), "1" if it.purge else "0",
+                     0 if history is None else history.cap,
+                     0 if history is None else history.first,
+                     0 if history is None else len(history.entries)]
+            if history is not None:
+                args += [encode(entry) for entry in history.entries]
+            args.append(len(it.events))
+            for event in it.events:
+                args += [event.sequence, encode(event)]
         reply: Any = await self._script(keys=script_keys, args=args)
         claimed: list[bytes] = reply[0]
         stale: list[bytes] = reply[1]
         for i in range(0, len(claimed), 2):
             self._tokens[claimed[i].decode()] = int(claimed[i + 1])
-        for _ws, sid in batch.purged:
-            self._tokens.pop(sid, None)
+        for sid, it in chunk:
+            if it.purge:
+                self._tokens.pop(sid, None)
         self.stale.update(raw.decode() for raw in stale)
         if stale:
             log.warning("%d sessions were taken over by another process: their writes were "
