@@ -249,3 +249,19 @@ async def test_many_sessions_changed_at_once_are_written_in_chunks_and_come_back
                    if e.type == "session.grace_period")
         resumed, _ = await hello(engine, "mach_599", token=links[599].welcome.resume_token)
         assert resumed.session_id == links[599].session_id
+
+
+async def test_redis_keeps_each_machines_active_session(redis: RedisServer,
+                                                        clock: MockClock) -> None:
+    import coredis
+
+    async with open_engine(redis, prefix="act:") as engine:
+        staying, _ = await hello(engine, "mach_1")
+        leaving, _ = await hello(engine, "mach_2")
+        await leaving.goodbye()
+        replaced, _ = await hello(engine, "mach_3")
+        newer, _ = await hello(engine, "mach_3")  # replaces it
+        async with coredis.Redis.from_url(redis.url, decode_responses=True) as r:
+            assert await r.hgetall("act:{ws_acme}:machines") == {
+                "mach_1": staying.session_id, "mach_3": newer.session_id}
+    assert replaced.session_id != newer.session_id

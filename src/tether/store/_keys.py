@@ -41,6 +41,10 @@ class Keys:
         """A list: the session's command history, oldest first, capped."""
         return f"{self._ws(workspace_id)}h:{session_id}"
 
+    def machines(self, workspace_id: str) -> str:
+        """A hash: machine id -> its live (active) session id, in the workspace."""
+        return f"{self._ws(workspace_id)}machines"
+
     def sessions(self, workspace_id: str) -> str:
         """A set: the workspace's retained session ids."""
         return f"{self._ws(workspace_id)}sessions"

@@ -7,6 +7,7 @@ Data model (``P`` is the prefix, ``{ws}`` the workspace as a hash tag; see ``doc
   telemetry (flushed in batches, so it may be newer than ``snap``);
 - ``P{ws}:h:<session>``: its command history, a list capped like the engine's;
 - ``P{ws}:fence:<session>``: its fencing counter, which grows by one on every take-over;
+- ``P{ws}:machines``: machine id -> its live session (set while live, cleared when it ends);
 - ``P{ws}:sessions``, ``Pworkspaces``: what to load;
 - ``Pevents``: the event log, a Stream trimmed to the engine's retention; ``Plog``: the log's run
   id and next offset, so event ids and consumers' cursors continue across restarts.
@@ -56,11 +57,12 @@ log = logging.getLogger("tether.store")
 CHUNK = 256
 
 # One script per chunk of sessions. KEYS[1..3]: workspaces set, event stream, log hash; then
-# per session: fence, hash, history list, workspace's sessions set. ARGV[1..4]: sessions in
-# the chunk, stream maxlen, log run id ('' for none), log next offset; then per session:
-# token, session id, workspace, snapshot ('' for none), heartbeat ('' for none), purge ('1'),
-# history cap, number of its first history entry, n, the n entries, m, then m pairs of
-# (event sequence, event).
+# per session: fence, hash, history list, workspace's sessions set, workspace's machines hash.
+# ARGV[1..4]: sessions in the chunk, stream maxlen, log run id ('' for none), log next offset;
+# then per session: token, session id, workspace, machine, live ('1' if its snapshot is not in
+# a final status), snapshot ('' for none), heartbeat ('' for none), purge ('1'), history cap,
+# number of its first history entry, n, the n entries, m, then m pairs of (event sequence,
+# event).
 # A session's writes are idempotent, so a batch retried after a lost answer writes nothing
 # twice: history entries are pushed only past the count kept in the hash (field ``h``),
 # events only past the last sequence written (field ``q``); the log position only grows.
@@ -71,13 +73,14 @@ local k, a = 4, 5
 local claimed, stale = {}, {}
 for _ = 1, n do
   local fence, hash, list, set = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
-  local token, sid, ws = ARGV[a], ARGV[a + 1], ARGV[a + 2]
-  local snap, beat, purge = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
-  local cap, first, nh = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8])
-  local h0 = a + 9
+  local machines = KEYS[k + 4]
+  local token, sid, ws, machine = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local live, snap, beat, purge = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]
+  local cap, first, nh = tonumber(ARGV[a + 8]), tonumber(ARGV[a + 9]), tonumber(ARGV[a + 10])
+  local h0 = a + 11
   local ne = tonumber(ARGV[h0 + nh])
   local e0 = h0 + nh + 1
-  k, a = k + 4, e0 + 2 * ne
+  k, a = k + 5, e0 + 2 * ne
   local held = redis.call('GET', fence)
   local owner = held == token
   if token == '0' and not held then
@@ -97,6 +100,12 @@ for _ = 1, n do
       redis.call('HDEL', hash, 'beat')
       redis.call('SADD', set, sid)
       redis.call('SADD', KEYS[1], ws)
+      -- the machine -> active session map: set while live, cleared when it ends
+      if live == '1' then
+        redis.call('HSET', machines, machine, sid)
+      elseif redis.call('HGET', machines, machine) == sid then
+        redis.call('HDEL', machines, machine)
+      end
     end
     if beat ~= '' then redis.call('HSET', hash, 'beat', beat) end
     if nh > 0 then
@@ -219,9 +228,12 @@ class RedisStore:
         for sid, it in chunk:
             ws = it.workspace_id
             script_keys += [keys.fence(ws, sid), keys.session(ws, sid), keys.history(ws, sid),
-                            keys.sessions(ws)]
+                            keys.sessions(ws), keys.machines(ws)]
             history = it.history
-            args += [self._token(sid), sid, ws, "" if it.snap is None else encode(it.snap),
+            snap = it.snap
+            args += [self._token(sid), sid, ws, "" if snap is None else snap.machine_id,
+                     "1" if snap is not None and not snap.status.final else "0",
+                     "" if snap is None else encode(snap),
                      "" if it.beat is None else encode(it.beat), "1" if it.purge else "0",
                      0 if history is None else history.cap,
                      0 if history is None else history.first,
