@@ -32,7 +32,7 @@ class Journal:
     """Marks of what changed; :meth:`run` writes them."""
 
     def __init__(self, store: SessionStore, clock: WallClock, events: EventLog,
-                 history_cap: int, flush_interval: float = 1.0, write_timeout: float = 2.0,
+                 history_cap: int, flush_interval: float = 1.0,
                  commit_timeout: float = 5.0) -> None:
         self.store = store
         self.clock = clock
@@ -43,8 +43,7 @@ class Journal:
         self._purged: list[tuple[str, str]] = []
         self.writer: GroupCommit[tuple[WriteBatch, int]] = GroupCommit(
             self._take, self._write, self._written, what="session store",
-            idle_interval=flush_interval, write_timeout=write_timeout,
-            commit_timeout=commit_timeout,
+            idle_interval=flush_interval, commit_timeout=commit_timeout,
         )
         self.commit = self.writer.commit
         self.flush = self.writer.flush

@@ -129,7 +129,9 @@ class SessionStore(Protocol):
         """Everything stored, and ownership of every live session for this process."""
 
     async def write(self, batch: WriteBatch) -> None:
-        """Make ``batch`` durable as a whole, or raise (nothing in it is then acknowledged)."""
+        """Make ``batch`` durable, or raise (nothing in it is then acknowledged; the same
+        batch is written again, so a store's writes must be idempotent). A store bounds each
+        of its round trips: a store that does not answer must raise, not hang."""
 
 
 def with_heartbeat(snap: SessionSnapshot, beat: Heartbeat | None) -> SessionSnapshot:

@@ -21,10 +21,12 @@ comes back from a pause cannot overwrite the process that took its sessions over
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import coredis
 import msgspec
+import trio
 
 from tether.engine import (
     CommandEntry,
@@ -48,6 +50,8 @@ from tether.webhooks import (
 from ._keys import DEFAULT_PREFIX, Keys
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from coredis.commands.script import Script
 
 log = logging.getLogger("tether.store")
@@ -152,15 +156,22 @@ class _Item:
         self.events: list[Event] = []
 
 
+class RedisTimeout(ConnectionError):
+    """Redis did not answer a round trip in time (down, paused, or overloaded)."""
+
+
 class RedisStore:
     """Sessions, their histories and the event log in one Redis (``SessionStore``)."""
 
     def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX, node_id: str = "",
-                 max_events: int = 1_000_000) -> None:
+                 max_events: int = 1_000_000, timeout: float = 2.0) -> None:
+        """``timeout`` bounds each write's round trip (a batch is many scripts): past it,
+        Redis counts as away (:class:`RedisTimeout`) and the write is retried."""
         self.url = url
         self.keys = Keys(prefix)
         self.node_id = node_id
         self.max_events = max_events
+        self.timeout = timeout
         self._client: coredis.Redis[bytes] = coredis.Redis.from_url(url)
         self._script: Script[bytes] = self._client.register_script(_WRITE)
         self._tokens: dict[str, int] = {}  # session id -> the fencing token this process holds
@@ -185,6 +196,14 @@ class RedisStore:
         await self._client.ping()
 
     # -- writing ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _answer_within(self, seconds: float) -> Iterator[None]:
+        try:
+            with trio.fail_after(seconds):
+                yield
+        except trio.TooSlowError:
+            raise RedisTimeout(f"Redis did not answer within {seconds:g} s") from None
 
     def _token(self, session_id: str) -> str:
         return str(self._tokens.get(session_id, 0))
@@ -243,7 +262,8 @@ class RedisStore:
             args.append(len(it.events))
             for event in it.events:
                 args += [event.sequence, encode(event)]
-        reply: Any = await self._script(keys=script_keys, args=args)
+        with self._answer_within(self.timeout):
+            reply: Any = await self._script(keys=script_keys, args=args)
         claimed: list[bytes] = reply[0]
         stale: list[bytes] = reply[1]
         for i in range(0, len(claimed), 2):
@@ -295,6 +315,10 @@ class RedisStore:
 
     async def write_webhooks(self, batch: WebhookBatch) -> None:
         """One transaction: endpoints, deliveries, evictions and the cursor together."""
+        with self._answer_within(self.timeout):
+            await self._write_webhooks(batch)
+
+    async def _write_webhooks(self, batch: WebhookBatch) -> None:
         keys, encode = self.keys, self._encode
         async with self._client.pipeline(transaction=True) as pipe:
             for ep in batch.endpoints:
