@@ -88,9 +88,16 @@ class GroupCommit(Generic[B]):
         raise StoreUnavailable(self.last_error)
 
     async def flush(self) -> None:
-        """Write a batch now (whatever ``take`` finds) and return once it is durable."""
+        """Write a batch now (whatever ``take`` finds) and return once all is durable, however
+        long that takes (the caller bounds it: a shutdown's drain deadline)."""
         self.mark()
-        await self.commit()
+        await self.settle()
+
+    async def settle(self) -> None:
+        """Return once everything marked until now is durable, without a timeout."""
+        target = self._marks
+        while self._durable < target:
+            await self._written.park()
 
     def check_available(self) -> None:
         """Raise :class:`StoreUnavailable` during an outage: a write would not be durable."""

@@ -130,7 +130,7 @@ class Engine:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(journal.run)
             await self._actors.wait_closed()
-            await journal.commit()
+            await journal.settle()  # bounded by whoever waits for the exit (a drain deadline)
             nursery.cancel_scope.cancel()
 
     async def _recover(self, loaded: Loaded) -> None:

@@ -47,6 +47,7 @@ class Journal:
         )
         self.commit = self.writer.commit
         self.flush = self.writer.flush
+        self.settle = self.writer.settle
         self.check_available = self.writer.check_available
         self.run = self.writer.run
 

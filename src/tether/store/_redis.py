@@ -164,7 +164,7 @@ class RedisStore:
     """Sessions, their histories and the event log in one Redis (``SessionStore``)."""
 
     def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX, node_id: str = "",
-                 max_events: int = 1_000_000, timeout: float = 2.0) -> None:
+                 max_events: int = 1_000_000, timeout: float = 3.0) -> None:
         """``timeout`` bounds each write's round trip (a batch is many scripts): past it,
         Redis counts as away (:class:`RedisTimeout`) and the write is retried."""
         self.url = url
