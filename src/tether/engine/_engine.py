@@ -157,7 +157,9 @@ class Engine:
                 self._applier.change(rec, Input.NODE_LOST, now)
             self._spawn(rec)
         assert self.journal is not None
-        await self.journal.commit()
+        # No caller waits on this: a big adoption (100,000 sessions) takes longer than a
+        # commit's 5 s bound, and must not fail the start for it.
+        await self.journal.settle()
 
     async def __aexit__(
         self,
