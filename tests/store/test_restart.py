@@ -34,6 +34,8 @@ from tether.engine._ids import EventIds
 from tether.engine.testing import RecordingTransport
 from tether.store import RedisStore
 
+from .conftest import lapse
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from contextlib import AbstractAsyncContextManager
@@ -60,12 +62,15 @@ async def let_run(engine: Engine, clock: MockClock, seconds: float = 0.0) -> Non
         await engine.journal.commit()
 
 
-def open_engine(redis: RedisServer, prefix: str = "t:") -> AbstractAsyncContextManager[Engine]:
+def open_engine(redis: RedisServer, prefix: str = "t:",
+                node_id: str = "node-a") -> AbstractAsyncContextManager[Engine]:
+    """An engine on ``redis``; by default always the same node, restarted (so it takes its
+    sessions back at once: see ``test_ownership.py`` for a node that takes over another's)."""
     from contextlib import asynccontextmanager
 
     @asynccontextmanager
     async def opened() -> AsyncIterator[Engine]:
-        async with RedisStore(redis.url, prefix=prefix) as store:
+        async with RedisStore(redis.url, prefix=prefix, node_id=node_id) as store:
             wall = WallClock(epoch=EPOCH, trio_zero=0.0)
             async with Engine(CONFIG, clock=wall, store=store) as engine:
                 yield engine
@@ -175,13 +180,15 @@ async def test_a_clean_exit_hands_sessions_over_instead_of_ending_them(
 
 async def test_a_paused_owner_that_comes_back_cannot_overwrite_its_successor(
         redis: RedisServer, clock: MockClock) -> None:
-    """The first process is still running (as if paused) when a second one starts on the same
-    store and takes its sessions over: the first one's later writes are refused, whole."""
+    """The first process is still running (as if paused past its node lease) when a second
+    one starts on the same store and adopts its sessions: the first one's later writes are
+    refused, whole."""
     wall = WallClock(epoch=EPOCH, trio_zero=0.0)
-    async with RedisStore(redis.url, prefix="z:") as old_store, \
+    async with RedisStore(redis.url, prefix="z:", node_id="node-a") as old_store, \
             Engine(CONFIG, clock=wall, store=old_store) as old:
         link, _ = await hello(old, "mach_1")
-        async with RedisStore(redis.url, prefix="z:") as new_store, \
+        await lapse(redis, "z:", "node-a")
+        async with RedisStore(redis.url, prefix="z:", node_id="node-b") as new_store, \
                 Engine(CONFIG, clock=wall, store=new_store) as new:
             assert new.get_session(WS, link.session_id).status is Status.GRACE_PERIOD
             successor_events = new.events_after(WS, None, 100)
@@ -189,7 +196,7 @@ async def test_a_paused_owner_that_comes_back_cannot_overwrite_its_successor(
             await link.report_command("rm -rf /tmp/x", 0, command_id="cmd_late")
             assert old_store.stale == {link.session_id}
         # What the successor wrote is what a third process finds.
-        async with RedisStore(redis.url, prefix="z:") as third_store, \
+        async with RedisStore(redis.url, prefix="z:", node_id="node-c") as third_store, \
                 Engine(CONFIG, clock=wall, store=third_store) as third:
             detail = third.get_session(WS, link.session_id)
             assert (detail.status, detail.reason) == (Status.GRACE_PERIOD, "node_lost")

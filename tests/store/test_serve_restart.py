@@ -1,6 +1,8 @@
 """A real ``tether serve --redis`` process on a real ``redis-server``: killed with SIGKILL and
-started again with the same flags, it still lists every session and its agent resumes the same
-session; stopped with SIGTERM, it hands its sessions over (close 1012, ``node_draining``)."""
+started again with the same flags (a new node id), it still lists every session, adopts them
+once the dead node's lease lapses (``--lease-ttl``), and its agent resumes the same session;
+stopped with SIGTERM, it hands its sessions over (close 1012, ``node_draining``) and releases
+its lease, so the next node carries them on at once."""
 
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ async def node(redis: RedisServer, tmp_path: Path, port: int) -> AsyncIterator[t
     env = {**os.environ, "TETHER_API_KEYS": f"{API}=ws_r", "TETHER_AGENT_TOKENS": f"{AGENT}=ws_r"}
     async with serve_process(
         "--port", str(port), "--keys", str(tmp_path / "keys.json"), "--log-level", "WARNING",
-        "--redis", redis.url, "--redis-prefix", "restart:", "--drain-timeout", "5", env=env,
+        "--redis", redis.url, "--redis-prefix", "restart:", "--drain-timeout", "5",
+        "--lease-ttl", "1", env=env,
     ) as proc:
         yield proc
 
@@ -64,7 +67,12 @@ async def test_kill_9_then_restart_keeps_every_session_and_the_agent_resumes_it(
         listed = await sessions(client)
         assert set(listed) == {welcome.session_id, pending}
         assert listed[pending]["status"] == "PENDING"
-        detail = (await client.get(f"/v1/sessions/{welcome.session_id}")).json()["data"]
+        with trio.fail_after(5):  # the dead node's lease lapses within a second of the kill
+            while True:
+                detail = (await client.get(f"/v1/sessions/{welcome.session_id}")).json()["data"]
+                if detail["status"] != "CONNECTED":
+                    break
+                await trio.sleep(0.05)
         assert (detail["status"], detail["reason"]) == ("GRACE_PERIOD", "node_lost")
         async with open_agent(port, AGENT) as ws:
             again = await say_hello(ws, token=welcome.resume_token)

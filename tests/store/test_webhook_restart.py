@@ -65,7 +65,7 @@ async def test_deliveries_waiting_at_a_crash_go_out_after_the_restart(
     wall = WallClock(epoch=EPOCH, trio_zero=0.0)
     receiver = Receiver()
     with trio.CancelScope() as run:
-        async with RedisStore(redis.url, prefix="wh:") as store, \
+        async with RedisStore(redis.url, prefix="wh:", node_id="node-a") as store, \
                 Engine(EngineConfig(), clock=wall, store=store) as engine, \
                 trio.open_nursery() as nursery:
             hooks = Webhooks(engine, HOOKS, client_factory=receiver.client, store=store)
@@ -80,7 +80,7 @@ async def test_deliveries_waiting_at_a_crash_go_out_after_the_restart(
             run.cancel()  # crash
 
     receiver.status = 204
-    async with RedisStore(redis.url, prefix="wh:") as store, \
+    async with RedisStore(redis.url, prefix="wh:", node_id="node-a") as store, \
             Engine(EngineConfig(), clock=wall, store=store) as engine, \
             trio.open_nursery() as nursery:
         hooks = Webhooks(engine, HOOKS, client_factory=receiver.client, store=store)
@@ -104,7 +104,7 @@ async def test_deliveries_waiting_at_a_crash_go_out_after_the_restart(
         nursery.cancel_scope.cancel()
 
     posted = len(receiver.posted)
-    async with RedisStore(redis.url, prefix="wh:") as store, \
+    async with RedisStore(redis.url, prefix="wh:", node_id="node-a") as store, \
             Engine(EngineConfig(), clock=wall, store=store) as engine, \
             trio.open_nursery() as nursery:
         hooks = Webhooks(engine, HOOKS, client_factory=receiver.client, store=store)

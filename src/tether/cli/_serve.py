@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import signal
-import socket
 import sys
 from contextlib import asynccontextmanager
 from functools import partial
@@ -117,7 +115,12 @@ def add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
                        "connected, reads are served and writes get 503 (default %(default)s)")
     store.add_argument("--node-id", default=None, metavar="ID",
                        help="this node's name in Redis (default: hostname, pid and a random "
-                       "suffix)")
+                       "suffix). A node started again under the same id takes its sessions "
+                       "back at once; under a new one, after the old one's lease lapses")
+    store.add_argument("--lease-ttl", type=positive, default=10.0, metavar="SECONDS",
+                       help="how long after a node stops (a crash, a pause) other nodes adopt "
+                       "its live sessions; the node renews its lease three times per TTL "
+                       "(default %(default)s)")
     p.add_argument("--drain-timeout", type=positive, default=10.0, metavar="SECONDS",
                    help="on SIGTERM/SIGINT: how long to let agents be told, sessions end and "
                    "their events reach the feed and webhooks before exiting")
@@ -179,10 +182,6 @@ def _leaves(error: BaseException) -> list[BaseException]:
     return [error]
 
 
-def default_node_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-
-
 @asynccontextmanager
 async def open_engine(config: EngineConfig, args: argparse.Namespace) -> AsyncIterator[Engine]:
     """The engine, on Redis with ``--redis``: then it carries on the sessions Redis holds."""
@@ -190,9 +189,9 @@ async def open_engine(config: EngineConfig, args: argparse.Namespace) -> AsyncIt
         async with Engine(config) as engine:
             yield engine
         return
-    node_id = args.node_id or default_node_id()
-    store = RedisStore(args.redis, prefix=args.redis_prefix, node_id=node_id,
-                       max_events=config.event_log_max)
+    store = RedisStore(args.redis, prefix=args.redis_prefix, node_id=args.node_id,
+                       lease_ttl=args.lease_ttl, max_events=config.event_log_max)
+    node_id = store.node_id
     async with store, Engine(config, store=store) as engine:
         log.info("state in Redis at %s (prefix %r, node %s): %d sessions retained, %d live",
                  args.redis, args.redis_prefix, node_id, engine.retained_sessions,

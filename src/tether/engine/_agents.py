@@ -55,6 +55,7 @@ class AgentDesk:
         clock: WallClock,
         new_session: Callable[[str, str, str], SessionRecord],
         spawn: Callable[[SessionRecord], None],
+        own: Callable[[SessionRecord], Awaitable[None]],
     ) -> None:
         self.table = table
         self.applier = applier
@@ -62,6 +63,7 @@ class AgentDesk:
         self.clock = clock
         self._new_session = new_session
         self._spawn = spawn
+        self._own = own  # take over a session another node owns (with a shared store)
 
     # -- hello -------------------------------------------------------------------------------
 
@@ -86,6 +88,9 @@ class AgentDesk:
             existing = active(workspace_id, machine_id)
             if existing is None:
                 break
+            if existing.owner is not None:
+                await self._own(existing)  # run it here first, then replace it
+                continue
             actor = existing.actor
             if existing.status is Status.PENDING and actor is not None:
                 link = self._link(existing, transport)
@@ -158,6 +163,10 @@ class AgentDesk:
         self, workspace_id: str, transport: AgentTransport, machine_id: str, token: str
     ) -> AgentLink:
         rec = self._resumable(workspace_id, machine_id, token)
+        if rec is not None and rec.owner is not None:
+            # Its agent left the node that owns it and came here: run it here, as stored now.
+            await self._own(rec)
+            rec = self._resumable(workspace_id, machine_id, token)
         actor = None if rec is None else rec.actor
         if rec is None or actor is None:
             await trio.lowlevel.checkpoint()

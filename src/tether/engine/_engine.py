@@ -35,6 +35,7 @@ from ._journal import Journal
 from ._lifecycle import Input
 from ._models import Status, check_text
 from ._nurseries import ActorNurseries
+from ._owners import ForeignSessions
 from ._pacer import Pacer
 from ._persist import restore
 from ._queries import DEFAULT_HISTORY, DEFAULT_PAGE, MAX_HISTORY, MAX_PAGE, Queries
@@ -75,6 +76,7 @@ class Engine:
         self.config = config or EngineConfig()
         self.store = store
         self.journal: Journal | None = None
+        self.foreign: ForeignSessions  # with a store: live sessions other nodes own
         self._clock_arg = clock
         self.clock: WallClock
         self.timekeeper = Timekeeper()
@@ -106,10 +108,15 @@ class Engine:
         )
         self._table = table = SessionTable(clock, config.retention)
         self._applier = applier = Applier(table, self.events, clock, config)
-        self._agents = AgentDesk(table, applier, config, clock, self._new_session, self._spawn)
+        self._agents = AgentDesk(table, applier, config, clock, self._new_session, self._spawn,
+                                 self._own)
         self._clients = ClientDesk(table, applier, clock)
         self._queries = Queries(table, clock, config)
-        loaded = None if self.store is None else await self.store.load()
+        loaded = None
+        if self.store is not None:
+            self.foreign = ForeignSessions(self.store, table, clock, config.history_cap,
+                                           self._adopt)
+            loaded = await self.store.load()
         self._nursery_cm = trio.open_nursery()
         self._nursery = await self._nursery_cm.__aenter__()
         self._nursery.start_soon(self._run_services)
@@ -127,16 +134,17 @@ class Engine:
 
     async def _run_journal(self, journal: Journal) -> None:
         """The journal's writer, until every actor has returned and what they did is written."""
+        assert self.store is not None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(journal.run)
+            nursery.start_soon(self.store.run)  # this node's lease lasts as long as its writes
             await self._actors.wait_closed()
             await journal.settle()  # bounded by whoever waits for the exit (a drain deadline)
             nursery.cancel_scope.cancel()
 
     async def _recover(self, loaded: Loaded) -> None:
-        """Carry on the sessions a store kept: a session that was CONNECTED or BACKGROUND lost
-        its agent's socket with the process that held it, so it enters GRACE_PERIOD
-        (``node_lost``) and its agent may resume it; every live one gets an actor again."""
+        """Carry on the sessions a store kept: every live one this engine took over gets an
+        actor again (see :meth:`_adopt`); those another live node owns stay that node's."""
         clock, config = self.clock, self.config
         if loaded.log is not None:
             run_id = loaded.log.run_id
@@ -147,15 +155,16 @@ class Engine:
                     at = clock.trio_time(clock.parse(event.timestamp))
                     events.append((parsed[1], at, event))
             self.events.restore(events, run_id, loaded.log.next_offset)
-        records = [restore(s, clock, config.history_cap) for s in loaded.sessions]
+        records = []
+        for stored in loaded.sessions:
+            rec = restore(stored, clock, config.history_cap)
+            records.append(rec)
+            if stored.owner is not None and not rec.status.final:
+                self.foreign.add(rec, stored.owner)
         self._table.restore(records)
-        now = trio.current_time()
         for rec in records:
-            if rec.status.final:
-                continue
-            if rec.status in (Status.CONNECTED, Status.BACKGROUND):
-                self._applier.change(rec, Input.NODE_LOST, now)
-            self._spawn(rec)
+            if rec.owner is None and not rec.status.final:
+                self._adopt(rec)
         assert self.journal is not None
         # No caller waits on this: a big adoption (100,000 sessions) takes longer than a
         # commit's 5 s bound, and must not fail the start for it.
@@ -205,6 +214,17 @@ class Engine:
                 actor.post(self._hand_over, rec)
                 actor.stop()
 
+    def _adopt(self, rec: SessionRecord) -> None:
+        """Run a live session that another process owned: one that was CONNECTED or
+        BACKGROUND lost its agent's socket with that process, so it enters GRACE_PERIOD
+        (``node_lost``) and its agent may resume it here."""
+        if rec.status in (Status.CONNECTED, Status.BACKGROUND):
+            self._applier.change(rec, Input.NODE_LOST, trio.current_time())
+        self._spawn(rec)
+
+    async def _own(self, rec: SessionRecord) -> None:
+        await self.foreign.own(rec)
+
     def _hand_over(self, rec: SessionRecord) -> None:
         if rec.status in (Status.CONNECTED, Status.BACKGROUND):
             self._applier.change(rec, Input.NODE_DRAINING, trio.current_time())
@@ -220,6 +240,8 @@ class Engine:
                 nursery.start_soon(self._table.run_purger)
                 if self.config.gc_freeze_limit:
                     nursery.start_soon(self._gc_guard.run)
+                if self.store is not None:
+                    nursery.start_soon(self.foreign.run)
 
     # -- supervising actors (and being their ActorHost) -------------------------------------
 

@@ -178,6 +178,17 @@ class StoreUnavailable(TetherError):
                          {"reason": reason or "the session store does not answer"})
 
 
+class OwnerUnreachable(TetherError):
+    """With a shared store: the session is owned by another node, which this one cannot ask
+    to make the change (the change did not happen)."""
+
+    code = "unavailable"
+
+    def __init__(self, session_id: str, owner: str) -> None:
+        super().__init__("The session is owned by another node, which cannot be reached; "
+                         "retry later", {"session_id": session_id, "node_id": owner})
+
+
 class EngineClosed(TetherError):
     """The engine is shutting down and takes no more lifecycle inputs."""
 

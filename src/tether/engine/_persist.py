@@ -112,6 +112,9 @@ class WriteBatch(msgspec.Struct, kw_only=True, gc=False):
 class LoadedSession(msgspec.Struct, frozen=True, gc=False):
     snapshot: SessionSnapshot
     history: list[CommandEntry]  # the retained entries, oldest first
+    #: The node that owns the live session, if another node does (its actor runs there);
+    #: ``None`` when this engine has it.
+    owner: str | None = None
 
 
 class Loaded(msgspec.Struct, frozen=True, gc=False):
@@ -123,15 +126,32 @@ class Loaded(msgspec.Struct, frozen=True, gc=False):
 
 
 class SessionStore(Protocol):
-    """Durable state for an engine (``Engine(config, store=...)``)."""
+    """Durable state for an engine (``Engine(config, store=...)``), shared by the nodes that
+    use the same store. Each live session is owned by one node, the one that runs its actor;
+    a node that stops (and stops renewing its lease, for a store that has them) leaves its
+    sessions orphans, which another node adopts."""
+
+    #: How often the engine asks :meth:`adopt` about the sessions other nodes own (seconds).
+    adopt_interval: float
 
     async def load(self) -> Loaded:
-        """Everything stored, and ownership of every live session for this process."""
+        """Everything stored; this engine takes over every session no live node owns."""
 
     async def write(self, batch: WriteBatch) -> None:
         """Make ``batch`` durable, or raise (nothing in it is then acknowledged; the same
         batch is written again, so a store's writes must be idempotent). A store bounds each
         of its round trips: a store that does not answer must raise, not hang."""
+
+    async def run(self) -> None:
+        """The store's upkeep while the engine runs (a node lease, renewed); never returns."""
+
+    async def adopt(self, sessions: list[tuple[str, str]]) -> list[LoadedSession]:
+        """Take over those of ``sessions`` (workspace, session id) whose owner is gone: their
+        state as the store has it now."""
+
+    async def take_over(self, workspace_id: str, session_id: str) -> LoadedSession | None:
+        """Take a session over from whichever node owns it (its agent came to this one): its
+        state now, or ``None`` if the store no longer has it."""
 
 
 def with_heartbeat(snap: SessionSnapshot, beat: Heartbeat | None) -> SessionSnapshot:

@@ -83,6 +83,7 @@ class SessionRecord:
         "link",
         "machine_hostname",
         "machine_id",
+        "owner",
         "reason",
         "reason_detail",
         "resume_hash",
@@ -131,6 +132,9 @@ class SessionRecord:
         self.history_saved = 0  # entries a store holds (numbered 0 to this one, excluded)
         self.link: AgentCarrier | None = None  # the AgentLink that carries the session
         self.actor: SessionInbox | None = None  # the SessionActor, while the session is live
+        #: With a shared store: the node that owns the live session, when it is not this one
+        #: (its actor runs there; this node only serves reads of it until it takes it over).
+        self.owner: str | None = None
 
     # -- the lifecycle state (``_lifecycle.py``) ---------------------------------------------
 
@@ -155,6 +159,12 @@ class SessionRecord:
         self.reason_detail = state.reason_detail
         self.connected_at = state.connected_at
         self.ended_at = state.ended_at
+
+    def assume(self, stored: SessionRecord) -> None:
+        """Take every changing field of ``stored`` (the same session, as a store has it now,
+        written by another node); its identity, actor, link and owner stay as they are."""
+        for name in _STORED_STATE:
+            setattr(self, name, getattr(stored, name))
 
     # -- command history -------------------------------------------------------------------
 
@@ -314,3 +324,11 @@ class SessionRecord:
 
 
 _NO_TELEMETRY = Telemetry()
+
+
+#: What a store's copy of a session may have that this node's does not (``assume``).
+_STORED_STATE = tuple(
+    name for name in SessionRecord.__slots__
+    if name not in ("session_id", "workspace_id", "machine_id", "created_at", "actor", "link",
+                    "owner")
+)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ._errors import NoActiveSession, SessionNotActive, SessionNotFound
+from ._errors import NoActiveSession, OwnerUnreachable, SessionNotActive, SessionNotFound
 from ._ids import MonotonicIds
 from ._index import ReadIndex
 from ._models import Status, check_text
@@ -115,6 +115,16 @@ class SessionTable:
         if ended:
             self._purge_lot.unpark_all()
 
+    def refresh(self, rec: SessionRecord, stored: SessionRecord, now: float) -> None:
+        """Bring ``rec`` to the state another node wrote of it (``stored``, restored from
+        the store), re-filed in the index and, if it has ended meanwhile, retained from now."""
+        before = rec.status
+        rec.assume(stored)
+        if rec.status is not before:
+            self.index.move(rec, before)
+            if rec.status.final and not before.final:
+                self.finish(rec, now)
+
     # -- lookups -------------------------------------------------------------------------------
 
     def get(self, workspace_id: str, session_id: str) -> SessionRecord:
@@ -129,6 +139,8 @@ class SessionTable:
         """A live session and its actor (``required="CONNECTED"``: a CONNECTED one)."""
         rec = self.get(workspace_id, session_id)
         actor = rec.actor
+        if rec.owner is not None and not rec.status.final:
+            raise OwnerUnreachable(session_id, rec.owner)
         if actor is None or (required == "CONNECTED" and rec.status is not Status.CONNECTED):
             raise SessionNotActive(rec.status.value, required)
         return rec, actor

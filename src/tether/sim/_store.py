@@ -34,13 +34,14 @@ class StoreDown(ConnectionError):
 
 
 class InProcessStore:
-    """``SessionStore`` and ``WebhookStore`` in memory: one engine at a time uses it."""
+    """``SessionStore`` and ``WebhookStore`` in memory: one engine at a time uses it, and it
+    owns every session (no other node exists to own one)."""
+
+    adopt_interval = 1.0
 
     def __init__(self, max_events: int) -> None:
         self.max_events = max_events
         self.down = False
-        self.writes = 0
-        self.refused = 0  # writes and loads refused while down
         self._sessions: dict[str, SessionSnapshot] = {}
         self._beats: dict[str, Heartbeat] = {}
         self._history: dict[str, list[CommandEntry]] = {}
@@ -53,14 +54,12 @@ class InProcessStore:
     async def _round_trip(self) -> None:
         await trio.lowlevel.checkpoint()
         if self.down:
-            self.refused += 1
             raise StoreDown("the store does not answer (simulated outage)")
 
     # -- sessions --------------------------------------------------------------------------
 
     async def write(self, batch: WriteBatch) -> None:
         await self._round_trip()
-        self.writes += 1
         for snap in batch.sessions:
             self._sessions[snap.session_id] = snap
             self._beats.pop(snap.session_id, None)
@@ -82,12 +81,24 @@ class InProcessStore:
 
     async def load(self) -> Loaded:
         await self._round_trip()
-        sessions = [
-            LoadedSession(with_heartbeat(snap, self._beats.get(sid)),
-                          list(self._history.get(sid, ())))
-            for sid, snap in self._sessions.items()
-        ]
+        sessions = [self._loaded(sid, snap) for sid, snap in self._sessions.items()]
         return Loaded(sessions=sessions, events=list(self._events), log=self._log)
+
+    async def run(self) -> None:
+        await trio.sleep_forever()  # no lease to renew
+
+    async def adopt(self, sessions: list[tuple[str, str]]) -> list[LoadedSession]:
+        await self._round_trip()
+        return []  # the one engine owns every session already
+
+    async def take_over(self, workspace_id: str, session_id: str) -> LoadedSession | None:
+        await self._round_trip()
+        snap = self._sessions.get(session_id)
+        return None if snap is None else self._loaded(session_id, snap)
+
+    def _loaded(self, session_id: str, snap: SessionSnapshot) -> LoadedSession:
+        return LoadedSession(with_heartbeat(snap, self._beats.get(session_id)),
+                             list(self._history.get(session_id, ())))
 
     # -- webhooks --------------------------------------------------------------------------
 

@@ -5,16 +5,10 @@ from; see ``docs/redis.md`` for the data model. It may import the engine, never 
 """
 
 from ._keys import DEFAULT_PREFIX, Keys
-from ._lease import FENCE_CHECK, Lease, LeaseLost, StaleFence, run_fenced
 from ._redis import RedisStore
 
 __all__ = [
     "DEFAULT_PREFIX",
-    "FENCE_CHECK",
     "Keys",
-    "Lease",
-    "LeaseLost",
     "RedisStore",
-    "StaleFence",
-    "run_fenced",
 ]

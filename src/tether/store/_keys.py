@@ -25,10 +25,6 @@ class Keys:
     def _ws(self, workspace_id: str) -> str:
         return f"{self.prefix}{{{workspace_id}}}:"
 
-    def lease(self, workspace_id: str, session_id: str) -> str:
-        """Which node owns a live session: ``"<node id> <fencing token>"``, with a TTL."""
-        return f"{self._ws(workspace_id)}lease:{session_id}"
-
     def fence(self, workspace_id: str, session_id: str) -> str:
         """The session's fencing counter: grows by one on every take-over, never expires."""
         return f"{self._ws(workspace_id)}fence:{session_id}"
@@ -48,6 +44,10 @@ class Keys:
     def sessions(self, workspace_id: str) -> str:
         """A set: the workspace's retained session ids."""
         return f"{self._ws(workspace_id)}sessions"
+
+    def node(self, node_id: str) -> str:
+        """A string with a TTL: the node is alive while it exists (it renews it)."""
+        return f"{self.prefix}node:{node_id}"
 
     def workspaces(self) -> str:
         """A set: every workspace with a retained session."""

@@ -7,6 +7,9 @@ Data model (``P`` is the prefix, ``{ws}`` the workspace as a hash tag; see ``doc
   telemetry (flushed in batches, so it may be newer than ``snap``);
 - ``P{ws}:h:<session>``: its command history, a list capped like the engine's;
 - ``P{ws}:fence:<session>``: its fencing counter, which grows by one on every take-over;
+- ``Pnode:<node>``: the node's lease, a key with a TTL it renews while it runs; a live
+  session's hash names its owner (field ``o``), and a session whose owner's lease has lapsed
+  is an orphan, which any node may adopt;
 - ``P{ws}:machines``: machine id -> its live session (set while live, cleared when it ends);
 - ``P{ws}:sessions``, ``Pworkspaces``: what to load;
 - ``Pevents``: the event log, a Stream trimmed to the engine's retention; ``Plog``: the log's run
@@ -21,6 +24,9 @@ comes back from a pause cannot overwrite the process that took its sessions over
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+import socket
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -62,18 +68,18 @@ CHUNK = 256
 
 # One script per chunk of sessions. KEYS[1..3]: workspaces set, event stream, log hash; then
 # per session: fence, hash, history list, workspace's sessions set, workspace's machines hash.
-# ARGV[1..4]: sessions in the chunk, stream maxlen, log run id ('' for none), log next offset;
-# then per session: token, session id, workspace, machine, live ('1' if its snapshot is not in
-# a final status), snapshot ('' for none), heartbeat ('' for none), purge ('1'), history cap,
-# number of its first history entry, n, the n entries, m, then m pairs of (event sequence,
-# event).
+# ARGV[1..5]: sessions in the chunk, stream maxlen, log run id ('' for none), log next offset,
+# this node's id; then per session: token, session id, workspace, machine, live ('1' if its
+# snapshot is not in a final status), snapshot ('' for none), heartbeat ('' for none), purge
+# ('1'), history cap, number of its first history entry, n, the n entries, m, then m pairs of
+# (event sequence, event).
 # A session's writes are idempotent, so a batch retried after a lost answer writes nothing
 # twice: history entries are pushed only past the count kept in the hash (field ``h``),
 # events only past the last sequence written (field ``q``); the log position only grows.
 # Returns {claimed: {session id, token, ...}, stale: {session id, ...}}.
 _WRITE = """
 local n = tonumber(ARGV[1])
-local k, a = 4, 5
+local k, a = 4, 6
 local claimed, stale = {}, {}
 for _ = 1, n do
   local fence, hash, list, set = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
@@ -104,11 +110,15 @@ for _ = 1, n do
       redis.call('HDEL', hash, 'beat')
       redis.call('SADD', set, sid)
       redis.call('SADD', KEYS[1], ws)
-      -- the machine -> active session map: set while live, cleared when it ends
+      -- the machine -> active session map and the owner: set while live, cleared at the end
       if live == '1' then
         redis.call('HSET', machines, machine, sid)
-      elseif redis.call('HGET', machines, machine) == sid then
-        redis.call('HDEL', machines, machine)
+        redis.call('HSET', hash, 'o', ARGV[5])
+      else
+        redis.call('HDEL', hash, 'o')
+        if redis.call('HGET', machines, machine) == sid then
+          redis.call('HDEL', machines, machine)
+        end
       end
     end
     if beat ~= '' then redis.call('HSET', hash, 'beat', beat) end
@@ -141,6 +151,24 @@ end
 return {claimed, stale}
 """
 
+# Take one session over. KEYS: fence, hash. ARGV: the owner the caller found gone ('' for
+# none), '1' to take it whoever holds it (its agent is here now), this node's id.
+# Returns the new fencing token; the owner's id if another node took it meanwhile; 0 if the
+# session is gone (purged). A session that has ended has no owner: any node may take it.
+_CLAIM = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+local owner = redis.call('HGET', KEYS[2], 'o')
+if owner and ARGV[2] ~= '1' and owner ~= ARGV[1] and owner ~= ARGV[3] then return owner end
+local token = redis.call('INCR', KEYS[1])
+if owner then redis.call('HSET', KEYS[2], 'o', ARGV[3]) end
+return token
+"""
+
+
+def default_node_id() -> str:
+    """Hostname, pid and a random suffix: unique per process, readable in Redis and logs."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
 
 class _Item:
     """What one batch writes of one session."""
@@ -161,22 +189,32 @@ class RedisTimeout(ConnectionError):
 
 
 class RedisStore:
-    """Sessions, their histories and the event log in one Redis (``SessionStore``)."""
+    """Sessions, their histories and the event log in one Redis (``SessionStore``), for one
+    node: ``node_id`` names it in Redis, and its lease lapses ``lease_ttl`` seconds after the
+    node stops renewing it (a crash, a pause); then other nodes adopt its live sessions."""
 
-    def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX, node_id: str = "",
-                 max_events: int = 1_000_000, timeout: float = 3.0) -> None:
+    def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX, node_id: str | None = None,
+                 lease_ttl: float = 10.0, max_events: int = 1_000_000,
+                 timeout: float = 3.0) -> None:
         """``timeout`` bounds each write's round trip (a batch is many scripts): past it,
         Redis counts as away (:class:`RedisTimeout`) and the write is retried."""
+        if lease_ttl <= 0:
+            raise ValueError(f"lease_ttl must be positive, not {lease_ttl!r}")
         self.url = url
         self.keys = Keys(prefix)
-        self.node_id = node_id
+        self.node_id = node_id or default_node_id()
+        self.lease_ttl = lease_ttl
+        #: How often the engine looks for orphans among the sessions other nodes own.
+        self.adopt_interval = min(1.0, lease_ttl / 4)
         self.max_events = max_events
         self.timeout = timeout
         self._client: coredis.Redis[bytes] = coredis.Redis.from_url(url)
         self._script: Script[bytes] = self._client.register_script(_WRITE)
+        self._claim: Script[bytes] = self._client.register_script(_CLAIM)
         self._tokens: dict[str, int] = {}  # session id -> the fencing token this process holds
         #: Sessions another process took over since: their writes are skipped.
         self.stale: set[str] = set()
+        self._registered = False
         self._encode = msgspec.msgpack.Encoder().encode
         self._snap = msgspec.msgpack.Decoder(SessionSnapshot).decode
         self._beat = msgspec.msgpack.Decoder(Heartbeat).decode
@@ -190,10 +228,49 @@ class RedisStore:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
-        await self._client.__aexit__(*exc)
+        try:
+            if exc[0] is None and self._registered:
+                await self._release()
+        finally:
+            await self._client.__aexit__(*exc)
 
     async def ping(self) -> None:
         await self._client.ping()
+
+    # -- this node's lease -----------------------------------------------------------------
+
+    async def _register(self) -> None:
+        await self._client.set(self.keys.node(self.node_id), "1", px=self._ttl_ms)
+        self._registered = True
+
+    @property
+    def _ttl_ms(self) -> int:
+        return max(1, int(self.lease_ttl * 1000))
+
+    async def run(self) -> None:
+        """Renew this node's lease while the engine runs (three times per TTL). A renewal
+        Redis does not answer is retried at the next; the journal reports the outage."""
+        key = self.keys.node(self.node_id)
+        while True:
+            await trio.sleep(self.lease_ttl / 3)
+            try:
+                with self._answer_within(self.timeout):
+                    if not await self._client.pexpire(key, self._ttl_ms):
+                        # It lapsed (an outage, a pause): other nodes may have adopted some of
+                        # this node's sessions; their fencing refuses this node's writes.
+                        log.warning("node %s: its lease had lapsed; renewed", self.node_id)
+                        await self._client.set(key, "1", px=self._ttl_ms)
+            except (RedisTimeout, OSError, coredis.exceptions.RedisError) as exc:
+                log.debug("node lease renewal failed: %s", exc)
+
+    async def _release(self) -> None:
+        """Give the node's lease up (a clean exit): its sessions are orphans at once, so the
+        next node adopts what this one handed over without waiting for the TTL."""
+        with trio.move_on_after(1.0):
+            try:
+                await self._client.delete([self.keys.node(self.node_id)])
+            except (OSError, coredis.exceptions.RedisError) as exc:
+                log.warning("node lease not released (it lapses by itself): %s", exc)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -243,7 +320,7 @@ class RedisStore:
         script_keys: list[str] = [keys.workspaces(), keys.events(), keys.log()]
         args: list[Any] = [len(chunk), self.max_events,
                            "" if batch.log is None else batch.log.run_id,
-                           0 if batch.log is None else batch.log.next_offset]
+                           0 if batch.log is None else batch.log.next_offset, self.node_id]
         for sid, it in chunk:
             ws = it.workspace_id
             script_keys += [keys.fence(ws, sid), keys.session(ws, sid), keys.history(ws, sid),
@@ -276,32 +353,23 @@ class RedisStore:
             log.warning("%d sessions were taken over by another process: their writes were "
                         "refused", len(stale))
 
-    # -- loading ---------------------------------------------------------------------------
+    # -- loading and taking over -------------------------------------------------------------
 
     async def load(self) -> Loaded:
-        """Everything stored; this process takes over every session (each one's fencing
-        counter grows, so a previous owner that is still running can no longer write it)."""
+        """Everything stored. This node registers its lease, then takes over every session
+        whose owner is gone (its lease lapsed, or it is this node in an earlier run): each
+        one's fencing counter grows, so an old owner still running can no longer write it.
+        A live session whose owner is alive stays that node's (``LoadedSession.owner``)."""
+        await self._register()
         client, keys = self._client, self.keys
         workspaces = sorted(w.decode() for w in await client.smembers(keys.workspaces()))
         ids: list[tuple[str, str]] = []
         for ws in workspaces:
             ids += [(ws, sid.decode()) for sid in await client.smembers(keys.sessions(ws))]
-        sessions: list[LoadedSession] = []
-        for chunk in _chunks(ids, 1000):
-            async with client.pipeline(transaction=False) as pipe:
-                for ws, sid in chunk:
-                    pipe.hmget(keys.session(ws, sid), ["snap", "beat"])
-                    pipe.lrange(keys.history(ws, sid), 0, -1)
-                    pipe.incr(keys.fence(ws, sid))
-            results = pipe.results or ()
-            for i, (_ws, sid) in enumerate(chunk):
-                (snap_raw, beat_raw), history, token = results[3 * i : 3 * i + 3]
-                if snap_raw is None:
-                    continue  # purged meanwhile
-                snap = with_heartbeat(self._snap(snap_raw),
-                                      None if beat_raw is None else self._beat(beat_raw))
-                self._tokens[sid] = int(token)
-                sessions.append(LoadedSession(snap, [self._entry(e) for e in history]))
+        owners = await self._take_orphans(ids)
+        sessions = await self._read([pair for pair in ids if pair[1] in owners])
+        sessions = [msgspec.structs.replace(s, owner=owners.get(s.snapshot.session_id))
+                    for s in sessions]
         entries: Any = await client.xrange(keys.events(), "-", "+")
         events = [self._event(entry.field_values[b"e"]) for entry in entries]
         position = await client.hgetall(keys.log())
@@ -310,6 +378,86 @@ class RedisStore:
             log_position = LogPosition(int(position[b"run_id"]), int(position[b"next_offset"]))
         return Loaded(sessions=sessions, events=events, log=log_position)
 
+    async def adopt(self, sessions: list[tuple[str, str]]) -> list[LoadedSession]:
+        """Take over those of ``sessions`` (workspace, session id; all owned by other nodes)
+        whose owner's lease has lapsed: their state as it is now. The rest stay foreign."""
+        owners = await self._take_orphans(sessions)
+        return await self._read([pair for pair in sessions
+                                 if pair[1] in owners and owners[pair[1]] is None])
+
+    async def take_over(self, workspace_id: str, session_id: str) -> LoadedSession | None:
+        """Take a session over whoever owns it (its agent has come to this node): its state
+        as it is now, or ``None`` if it is gone."""
+        with self._answer_within(self.timeout):
+            token: Any = await self._claim(
+                keys=[self.keys.fence(workspace_id, session_id),
+                      self.keys.session(workspace_id, session_id)],
+                args=["", "1", self.node_id])
+        if not token:
+            return None
+        self._held(session_id, int(token))
+        found = await self._read([(workspace_id, session_id)])
+        return found[0] if found else None
+
+    def _held(self, session_id: str, token: int) -> None:
+        self._tokens[session_id] = token
+        self.stale.discard(session_id)
+
+    async def _take_orphans(self, ids: list[tuple[str, str]]) -> dict[str, str | None]:
+        """Claim every session of ``ids`` that no live node owns: session id -> ``None`` for
+        those claimed, the owner's id for those another node owns; purged ones are left out."""
+        client, keys = self._client, self.keys
+        found: dict[str, str | None] = {}
+        for chunk in _chunks(ids, 1000):
+            async with client.pipeline(transaction=False) as pipe:
+                for ws, sid in chunk:
+                    pipe.hget(keys.session(ws, sid), "o")
+            for (_ws, sid), raw in zip(chunk, pipe.results or (), strict=True):
+                found[sid] = None if raw is None else raw.decode()
+        others = sorted({o for o in found.values() if o is not None and o != self.node_id})
+        async with client.pipeline(transaction=False) as pipe:
+            for node in others:
+                pipe.exists([keys.node(node)])
+        alive = {node for node, n in zip(others, pipe.results or (), strict=True) if n}
+        owners: dict[str, str | None] = {}
+        orphans: list[tuple[str, str]] = []
+        for ws, sid in ids:
+            owner = found[sid]
+            if owner in alive:
+                owners[sid] = owner
+            else:
+                orphans.append((ws, sid))
+        for chunk in _chunks(orphans, 1000):
+            async with client.pipeline(transaction=False) as pipe:
+                for ws, sid in chunk:
+                    self._claim(keys=[keys.fence(ws, sid), keys.session(ws, sid)],
+                                args=[found[sid] or "", "0", self.node_id], client=pipe)
+            for (_ws, sid), answer in zip(chunk, pipe.results or (), strict=True):
+                if isinstance(answer, bytes):  # another node took it meanwhile
+                    owners[sid] = answer.decode()
+                elif answer:
+                    self._held(sid, int(answer))
+                    owners[sid] = None
+        return owners
+
+    async def _read(self, ids: list[tuple[str, str]]) -> list[LoadedSession]:
+        """The stored state of ``ids`` (those still there), with their heartbeats."""
+        client, keys = self._client, self.keys
+        sessions: list[LoadedSession] = []
+        for chunk in _chunks(ids, 1000):
+            async with client.pipeline(transaction=False) as pipe:
+                for ws, sid in chunk:
+                    pipe.hmget(keys.session(ws, sid), ["snap", "beat"])
+                    pipe.lrange(keys.history(ws, sid), 0, -1)
+            results = pipe.results or ()
+            for i in range(len(chunk)):
+                (snap_raw, beat_raw), history = results[2 * i : 2 * i + 2]
+                if snap_raw is None:
+                    continue  # purged meanwhile
+                snap = with_heartbeat(self._snap(snap_raw),
+                                      None if beat_raw is None else self._beat(beat_raw))
+                sessions.append(LoadedSession(snap, [self._entry(e) for e in history]))
+        return sessions
 
     # -- webhooks (``WebhookStore``) --------------------------------------------------------
 
