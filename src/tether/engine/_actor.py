@@ -101,7 +101,14 @@ class SessionActor:
         self._enqueue(_Call(handler, args))
 
     async def call(self, handler: Callable[..., T], *args: Any) -> T:
-        """Run ``handler(*args)`` in the actor and return (or raise) what it does."""
+        """Run ``handler(*args)`` in the actor and return (or raise) what it does.
+
+        With a store that is away, :class:`StoreUnavailable` is raised here, before anything
+        changes: the change could not be made durable (``post`` is the engine's own, and
+        never refused)."""
+        journal = self.host.journal
+        if journal is not None:
+            journal.check_available()
         message = _Call(handler, args)
         self._enqueue(message)
         message.task = trio.lowlevel.current_task()

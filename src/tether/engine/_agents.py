@@ -199,9 +199,6 @@ class AgentDesk:
 
     # -- what links report (LinkHost), inside the session's actor -----------------------------
 
-    def check_writable(self) -> None:
-        self.applier.check_writable()
-
     def report_input(self, link: AgentLink, inp: Input, detail: str | None = None) -> None:
         rec = link._record
         if rec.link is not link:

@@ -39,7 +39,6 @@ class ClientDesk:
         if mode not in CLIENT_MODES:
             raise InvalidParameter("mode", "must be 'operator' or 'observer'")
         rec, actor = self.table.live(workspace_id, session_id, "CONNECTED")
-        self.applier.check_writable()
         return await actor.call(self._attach, rec, user_email, mode)
 
     def _attach(self, rec: SessionRecord, user_email: str, mode: ClientMode) -> AttachedClient:
@@ -55,7 +54,6 @@ class ClientDesk:
 
     async def detach(self, workspace_id: str, session_id: str, client_id: str) -> None:
         rec, actor = self.table.live(workspace_id, session_id)
-        self.applier.check_writable()
         await actor.call(self._detach, rec, client_id)
 
     def _detach(self, rec: SessionRecord, client_id: str) -> None:
@@ -66,7 +64,6 @@ class ClientDesk:
     ) -> CommandView:
         check_text("command", command, MAX_COMMAND)
         rec, actor = self.table.live(workspace_id, session_id, "CONNECTED")
-        self.applier.check_writable()
         return await actor.call(self._run_command, rec, client_id, command)
 
     def _run_command(self, rec: SessionRecord, client_id: str, command: str) -> CommandView:

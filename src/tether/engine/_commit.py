@@ -60,8 +60,6 @@ class GroupCommit(Generic[B]):
         #: trio time of the first failed write of the current outage (``None``: no outage)
         self.outage_since: float | None = None
         self.last_error: str | None = None
-        self.failures = 0  # writes that failed (each is retried)
-        self.failures_this_outage = 0
         self._marks = 0  # every mark so far
         self._durable = 0  # marks written
         self._work = trio.lowlevel.ParkingLot()  # the writer waits here for a mark
@@ -73,17 +71,11 @@ class GroupCommit(Generic[B]):
         if self._work:
             self._work.unpark_all()
 
-    @property
-    def idle(self) -> bool:
-        return self._marks == self._durable
-
     async def commit(self) -> None:
         """Return once everything marked until now is durable; :class:`StoreUnavailable`
         after ``commit_timeout`` without that (it is still written once the store answers)."""
-        target = self._marks
         with trio.move_on_after(self.commit_timeout):
-            while self._durable < target:
-                await self._written.park()
+            await self.settle()
             return
         raise StoreUnavailable(self.last_error)
 
@@ -123,15 +115,14 @@ class GroupCommit(Generic[B]):
             try:
                 await self._write(batch)
             except Exception as exc:  # the store is away: keep the batch, try again
-                self.failures += 1
-                if self.outage_since is None:
+                first = self.outage_since is None
+                if first:
                     self.outage_since = trio.current_time()
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 # Once per outage at warning level; its retries at debug.
-                log.log(logging.WARNING if self.failures_this_outage == 0 else logging.DEBUG,
+                log.log(logging.WARNING if first else logging.DEBUG,
                         "%s write failed (%s); retrying every %.2f-%g s until it answers",
                         self.what, self.last_error, backoff, _MAX_BACKOFF)
-                self.failures_this_outage += 1
                 await trio.sleep(backoff)
                 backoff = min(_MAX_BACKOFF, backoff * 2)
             else:
@@ -140,5 +131,4 @@ class GroupCommit(Generic[B]):
                                 trio.current_time() - self.outage_since)
                 self.outage_since = None
                 self.last_error = None
-                self.failures_this_outage = 0
                 return

@@ -211,23 +211,24 @@ class Engine:
         for rec in list(self._table.live_records()):
             actor = rec.actor
             if actor is not None:
-                actor.post(self._hand_over, rec)
+                actor.post(self._socket_gone, rec, Input.NODE_DRAINING)
                 actor.stop()
 
     def _adopt(self, rec: SessionRecord) -> None:
         """Run a live session that another process owned: one that was CONNECTED or
         BACKGROUND lost its agent's socket with that process, so it enters GRACE_PERIOD
         (``node_lost``) and its agent may resume it here."""
-        if rec.status in (Status.CONNECTED, Status.BACKGROUND):
-            self._applier.change(rec, Input.NODE_LOST, trio.current_time())
+        self._socket_gone(rec, Input.NODE_LOST)
         self._spawn(rec)
 
     async def _own(self, rec: SessionRecord) -> None:
         await self.foreign.own(rec)
 
-    def _hand_over(self, rec: SessionRecord) -> None:
+    def _socket_gone(self, rec: SessionRecord, inp: Input) -> None:
+        """The agent's socket went with its node (``inp``: lost, or closed by a drain): a
+        CONNECTED or BACKGROUND session waits in GRACE_PERIOD for the agent to resume it."""
         if rec.status in (Status.CONNECTED, Status.BACKGROUND):
-            self._applier.change(rec, Input.NODE_DRAINING, trio.current_time())
+            self._applier.change(rec, inp, trio.current_time())
 
     def _end(self, rec: SessionRecord, inp: Input) -> None:
         self._applier.end(rec, inp, trio.current_time())
@@ -317,7 +318,6 @@ class Engine:
     async def terminate(self, workspace_id: str, session_id: str) -> SessionDetail:
         """End a live session (reason ``terminated``); 409 if it has already ended."""
         rec, actor = self._table.live(workspace_id, session_id)
-        self._applier.check_writable()
         await actor.call(self._change, rec, Input.TERMINATED)
         return rec.detail(self.clock)
 
@@ -389,9 +389,7 @@ class Engine:
 
         See :class:`~tether.engine.EventsMissed` for a subscriber that falls behind.
         """
-        if from_oldest:
-            return Subscription(self.events, workspace_id, self.events.first_offset)
-        return self.events.subscribe(workspace_id, after)
+        return self.events.subscribe(workspace_id, after, from_oldest=from_oldest)
 
     def events_after(
         self, workspace_id: str, after: str | None = None, limit: int = 100
@@ -407,10 +405,6 @@ class Engine:
 
     # -- introspection ---------------------------------------------------------------------
 
-    def _actor_tasks(self) -> int:
-        """Actor tasks running now, for ``testing``."""
-        return self._actors.running() if self._nursery is not None else 0
-
     @property
     def store_outage(self) -> tuple[float, str] | None:
         """With a store that does not answer: for how many seconds, and the last error."""
@@ -423,7 +417,7 @@ class Engine:
     @property
     def actors_running(self) -> int:
         """Session actors running now (after :meth:`drain`, 0 once every one has returned)."""
-        return self._actor_tasks()
+        return self._actors.running() if self._nursery is not None else 0
 
     @property
     def live_sessions(self) -> int:

@@ -146,20 +146,21 @@ class EventLog:
         self._first_offset = self._next_offset = first
         self._events = []
         self._times = array("d")
+
+        def skip_to(offset: int, at: float) -> None:  # a gap: placeholders, as old as ``at``
+            gap = offset - self._next_offset
+            if gap > 0:
+                self._events += [None] * gap
+                self._times.extend([at] * gap)
+                self._next_offset = offset
+
         for offset, at, event in events:
-            while self._next_offset < offset:  # a gap
-                self._events.append(None)
-                self._times.append(at)
-                self._next_offset += 1
+            skip_to(offset, at)
             self._by_workspace.setdefault(event.workspace_id, array("q")).append(offset)
             self._events.append(event)
             self._times.append(at)
             self._next_offset += 1
-        last = self._times[-1] if self._times else 0.0
-        while self._next_offset < next_offset:  # a gap at the end
-            self._events.append(None)
-            self._times.append(last)
-            self._next_offset += 1
+        skip_to(next_offset, self._times[-1] if self._times else 0.0)
         self._published = self._next_offset
 
     def close(self) -> None:
@@ -253,10 +254,14 @@ class EventLog:
         return found, chosen[-1] + 1
 
     def subscribe(
-        self, workspace_id: str | None = None, after: str | None = None, now: float | None = None
+        self, workspace_id: str | None = None, after: str | None = None, now: float | None = None,
+        *, from_oldest: bool = False,
     ) -> Subscription:
-        """A live stream of events; from now, or from the event after ``after``."""
-        if after is None:
+        """A live stream of events: from now, from the event after ``after``, or (with
+        ``from_oldest``) from the oldest retained event."""
+        if from_oldest:
+            start = self.first_offset
+        elif after is None:
             start = self.next_offset
         else:
             start = self.offset_after(after, trio.current_time() if now is None else now)

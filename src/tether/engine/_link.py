@@ -47,9 +47,6 @@ class LinkHost(Protocol):
 
     def report_result(self, link: AgentLink, command_id: str, exit_code: int) -> None: ...
 
-    def check_writable(self) -> None:
-        """Raise ``StoreUnavailable`` while the engine's store is away (before any change)."""
-
 
 class AgentLink:
     """The handle through which one transport reports its agent's messages."""
@@ -104,7 +101,6 @@ class AgentLink:
     async def _input(self, inp: Input, detail: str | None = None) -> None:
         rec = self._check()
         assert rec.actor is not None  # a session with a link is live
-        self._host.check_writable()
         await rec.actor.call(self._host.report_input, self, inp, detail)
 
     async def background(self) -> None:
@@ -149,7 +145,6 @@ class AgentLink:
             check_text("user_email", user_email, MAX_EMAIL)
         rec = self._check()
         assert rec.actor is not None
-        self._host.check_writable()
         return await rec.actor.call(self._host.report_command, self, command_id, command,
                                     exit_code, executed_at, user_email)
 
@@ -159,7 +154,6 @@ class AgentLink:
         check_exit_code(exit_code)
         rec = self._check()
         assert rec.actor is not None
-        self._host.check_writable()
         await rec.actor.call(self._host.report_result, self, command_id, exit_code)
 
     def transport_lost(self) -> None:

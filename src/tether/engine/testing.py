@@ -159,7 +159,7 @@ def snapshot(engine: Engine) -> Snapshot:
         sessions={sid: _facts(rec) for sid, rec in table.records.items()},
         active={(rec.workspace_id, rec.machine_id): rec.session_id
                 for rec in table.live_records()},
-        actor_tasks=engine._actor_tasks(),
+        actor_tasks=engine.actors_running,
     )
 
 

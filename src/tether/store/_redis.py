@@ -251,17 +251,24 @@ class RedisStore:
         """Renew this node's lease while the engine runs (three times per TTL). A renewal
         Redis does not answer is retried at the next; the journal reports the outage."""
         key = self.keys.node(self.node_id)
+        renewed = trio.current_time()
+        wait = self.lease_ttl / 3
         while True:
-            await trio.sleep(self.lease_ttl / 3)
+            await trio.sleep(wait)
             try:
-                with self._answer_within(self.timeout):
+                with self._answer_within(min(self.timeout, self.lease_ttl / 3)):
                     if not await self._client.pexpire(key, self._ttl_ms):
                         # It lapsed (an outage, a pause): other nodes may have adopted some of
                         # this node's sessions; their fencing refuses this node's writes.
-                        log.warning("node %s: its lease had lapsed; renewed", self.node_id)
+                        log.warning("node %s: its lease had lapsed (last renewed %.1f s ago); "
+                                    "renewed", self.node_id, trio.current_time() - renewed)
                         await self._client.set(key, "1", px=self._ttl_ms)
             except (RedisTimeout, OSError, coredis.exceptions.RedisError) as exc:
                 log.debug("node lease renewal failed: %s", exc)
+                wait = min(0.5, self.lease_ttl / 10)  # soon again: the TTL is running out
+            else:
+                renewed = trio.current_time()
+                wait = self.lease_ttl / 3
 
     async def _release(self) -> None:
         """Give the node's lease up (a clean exit): its sessions are orphans at once, so the
