@@ -174,7 +174,9 @@ class SessionActor:
                             if message.task is None:
                                 log.exception("session %s: unhandled error", rec.session_id)
                             result = outcome.Error(exc)
-                        if journal is None:
+                        if journal is None or message.task is None:
+                            # Nobody waits for a posted message (a drain's hand-over, a lost
+                            # transport): it is written with the next batch all the same.
                             message.finish(result)
                         else:
                             done.append((message, result))

@@ -176,19 +176,25 @@ class Engine:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        if exc_type is None:
-            if self.store is None:
-                self.shutdown()
-            else:
-                self.drain()
-        self.pacer.close()  # the last actors wake at once: the pump is about to stop
-        self._services.cancel()
-        self._actors.close()
         try:
-            result: bool | None = await self._nursery_cm.__aexit__(exc_type, exc, tb)
+            if exc_type is None:
+                if self.store is None:
+                    self.shutdown()
+                else:
+                    self.drain()
+                # Every actor returns while the pump still paces them: 100,000 woken in one
+                # pass of the loop stalled it ~10 s (no socket served, Redis answers late).
+                self._actors.close()
+                await self._actors.wait_closed()
         finally:
-            self.events.close()
-            self._nursery = None
+            self.pacer.close()  # whatever is left wakes at once: the pump is about to stop
+            self._services.cancel()
+            self._actors.close()
+            try:
+                result: bool | None = await self._nursery_cm.__aexit__(exc_type, exc, tb)
+            finally:
+                self.events.close()
+                self._nursery = None
         return result
 
     def shutdown(self, reason: Input = Input.SERVER_SHUTDOWN) -> None:
