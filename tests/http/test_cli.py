@@ -93,7 +93,10 @@ async def test_serve_process_and_clean_shutdown(tmp_path, signum):
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
                                      headers={"Authorization": "Bearer cmd_proc"}) as client:
             r = await wait_ready(client)
-            assert r.json() == {"status": "ok", "live_sessions": 0}
+            health = r.json()
+            node = health.pop("node_id")  # the default: hostname, pid and a suffix
+            assert f"-{proc.pid}-" in node and r.headers["X-Tether-Node"] == node
+            assert health == {"status": "ok", "live_sessions": 0}
             r = await client.post("/v1/sessions", json={"machine_id": "m", "machine_hostname": "h"})
             assert r.status_code == 201
             doc = json.loads((await client.get("/openapi.json")).content)

@@ -228,11 +228,21 @@ async def test_keep_alive_survives_early_answers(server, api):
     assert _local_port(await api.get("/v1/sessions")) == port
 
 
+@pytest.mark.http(node_id="node-t")
 async def test_healthz_and_openapi(server, api):
     async with httpx.AsyncClient(base_url=server.url) as anonymous:
         health = await anonymous.get("/healthz")
         assert health.status_code == 200
-        assert health.json() == {"status": "ok", "live_sessions": 0}
+        store = server.engine.store
+        if store is None:
+            assert health.json() == {"status": "ok", "live_sessions": 0, "node_id": "node-t"}
+        else:
+            assert health.json() == {"status": "ok", "live_sessions": 0, "node_id": "node-t",
+                                     "role": "member", "nodes": [store.node_id]}
+        # Every answer names the node that gave it, errors included.
+        assert health.headers["X-Tether-Node"] == "node-t"
+        missing = await anonymous.get("/v1/nowhere")
+        assert (missing.status_code, missing.headers["X-Tether-Node"]) == (404, "node-t")
         r = await anonymous.get("/openapi.json")
     assert r.status_code == 200
     doc = r.json()

@@ -181,26 +181,41 @@ async def test_a_clean_exit_hands_sessions_over_instead_of_ending_them(
 async def test_a_paused_owner_that_comes_back_cannot_overwrite_its_successor(
         redis: RedisServer, clock: MockClock) -> None:
     """The first process is still running (as if paused past its node lease) when a second
-    one starts on the same store and adopts its sessions: the first one's later writes are
-    refused, whole."""
+    one starts on the same store and adopts its sessions: a write the first one had under way
+    is refused, whole, and once it reads the change feed it lets the session go."""
     wall = WallClock(epoch=EPOCH, trio_zero=0.0)
     async with RedisStore(redis.url, prefix="z:", node_id="node-a") as old_store, \
             Engine(CONFIG, clock=wall, store=old_store) as old:
-        link, _ = await hello(old, "mach_1")
+        link, old_socket = await hello(old, "mach_1")
+        sid = link.session_id
         await lapse(redis, "z:", "node-a")
         async with RedisStore(redis.url, prefix="z:", node_id="node-b") as new_store, \
                 Engine(CONFIG, clock=wall, store=new_store) as new:
-            assert new.get_session(WS, link.session_id).status is Status.GRACE_PERIOD
+            assert new.get_session(WS, sid).status is Status.GRACE_PERIOD
             successor_events = new.events_after(WS, None, 100)
-            # The old owner wakes up and reports a command: refused in Redis.
-            await link.report_command("rm -rf /tmp/x", 0, command_id="cmd_late")
-            assert old_store.stale == {link.session_id}
+            # The old owner's write, under way when it was paused, arrives now: refused.
+            late = SessionSnapshot(
+                session_id=sid, workspace_id=WS, machine_id="mach_1",
+                machine_hostname="host-mach_1", created_at=EPOCH, status=Status.CONNECTED,
+                status_since=EPOCH, version=10_000, history_total=1)
+            entry = CommandEntry(command_id="cmd_late", command="rm -rf /tmp/x", exit_code=0,
+                                 executed_at="2026-02-14T10:00:00Z", user_email=None)
+            await old_store.write(WriteBatch(
+                sessions=[late], history=[HistoryAppend(WS, sid, 0, [entry], 10)]))
+            assert old_store.stale == {sid}
+            # Awake, it reads that node-b took the session: it closes the agent's socket.
+            for _ in range(100):
+                if old_socket.closed is not None:
+                    break
+                await let_run(old, clock)
+            assert old_socket.closed == "resumed_elsewhere"
+            assert old.actors_running == 0
         # What the successor wrote is what a third process finds.
         async with RedisStore(redis.url, prefix="z:", node_id="node-c") as third_store, \
                 Engine(CONFIG, clock=wall, store=third_store) as third:
-            detail = third.get_session(WS, link.session_id)
+            detail = third.get_session(WS, sid)
             assert (detail.status, detail.reason) == (Status.GRACE_PERIOD, "node_lost")
-            assert third.history(WS, link.session_id).data == []
+            assert third.history(WS, sid).data == []
             events = third.events_after(WS, None, 100)
             assert [e.id for e in events[: len(successor_events)]] == [
                 e.id for e in successor_events]

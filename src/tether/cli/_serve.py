@@ -26,7 +26,7 @@ from tether.http import (
     server_config,
     tune_gc,
 )
-from tether.store import DEFAULT_PREFIX, Keys, RedisStore
+from tether.store import DEFAULT_PREFIX, Keys, RedisStore, default_node_id
 from tether.webhooks import WebhookConfig, Webhooks
 
 from ._args import (
@@ -114,9 +114,10 @@ def add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
                        "non-zero for its supervisor to restart it; meanwhile agents stay "
                        "connected, reads are served and writes get 503 (default %(default)s)")
     store.add_argument("--node-id", default=None, metavar="ID",
-                       help="this node's name in Redis (default: hostname, pid and a random "
-                       "suffix). A node started again under the same id takes its sessions "
-                       "back at once; under a new one, after the old one's lease lapses")
+                       help="this node's name: in Redis, in the X-Tether-Node header and in "
+                       "/healthz (default: hostname, pid and a random suffix). A node started "
+                       "again under the same id takes its sessions back at once; under a new "
+                       "one, after the old one's lease lapses")
     store.add_argument("--lease-ttl", type=positive, default=10.0, metavar="SECONDS",
                        help="how long after a node stops (a crash, a pause) other nodes adopt "
                        "its live sessions; the node renews its lease three times per TTL "
@@ -189,9 +190,9 @@ async def open_engine(config: EngineConfig, args: argparse.Namespace) -> AsyncIt
         async with Engine(config) as engine:
             yield engine
         return
-    store = RedisStore(args.redis, prefix=args.redis_prefix, node_id=args.node_id,
+    node_id = args.node_id
+    store = RedisStore(args.redis, prefix=args.redis_prefix, node_id=node_id,
                        lease_ttl=args.lease_ttl, max_events=config.event_log_max)
-    node_id = store.node_id
     async with store, Engine(config, store=store) as engine:
         log.info("state in Redis at %s (prefix %r, node %s): %d sessions retained, %d live",
                  args.redis, args.redis_prefix, node_id, engine.retained_sessions,
@@ -290,6 +291,7 @@ async def _serve(
 
 def run_serve(args: argparse.Namespace) -> int:
     try:
+        args.node_id = args.node_id or default_node_id()
         engine_config = EngineConfig(
             heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
             grace_period=args.grace_period, pending_timeout=args.pending_timeout,
@@ -298,7 +300,7 @@ def run_serve(args: argparse.Namespace) -> int:
         settings = HttpSettings(
             max_body_bytes=args.max_body_bytes, max_frame_bytes=args.max_frame_bytes,
             max_violations=args.max_violations, agent_frame_rate=args.agent_frame_rate,
-            agent_frame_burst=args.agent_frame_burst,
+            agent_frame_burst=args.agent_frame_burst, node_id=args.node_id,
         )
         webhook_config = WebhookConfig(
             retry_base=args.webhook_retry_base, timeout=args.webhook_timeout,

@@ -61,6 +61,7 @@ from ._models import (
     Welcome,
 )
 from ._persist import (
+    Changes,
     CommandSnapshot,
     Heartbeat,
     HistoryAppend,
@@ -89,6 +90,7 @@ __all__ = [
     "AgentLinkClosed",
     "AgentTransport",
     "AttachedClient",
+    "Changes",
     "ClientMode",
     "ClientNotFound",
     "ClientNotOperator",

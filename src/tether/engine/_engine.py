@@ -29,6 +29,7 @@ from ._clock import WallClock
 from ._config import EngineConfig
 from ._errors import EngineClosed, InvalidParameter, SessionAlreadyActive
 from ._events import EventLog, Subscription
+from ._forward import Forwarder
 from ._gc import GcGuard
 from ._ids import parse_event_id
 from ._journal import Journal
@@ -77,6 +78,7 @@ class Engine:
         self.store = store
         self.journal: Journal | None = None
         self.foreign: ForeignSessions  # with a store: live sessions other nodes own
+        self.forwarder: Forwarder  # with a store: writes for those, carried to their owner
         self._clock_arg = clock
         self.clock: WallClock
         self.timekeeper = Timekeeper()
@@ -116,6 +118,11 @@ class Engine:
         if self.store is not None:
             self.foreign = ForeignSessions(self.store, table, clock, config.history_cap,
                                            self._adopt)
+            clients = self._clients
+            self.forwarder = Forwarder(self.store, {
+                "attach": clients.attach, "detach": clients.detach,
+                "run_command": clients.run_command, "terminate": self._terminate_here,
+            })
             loaded = await self.store.load()
         self._nursery_cm = trio.open_nursery()
         self._nursery = await self._nursery_cm.__aenter__()
@@ -130,6 +137,7 @@ class Engine:
             self._nursery.start_soon(self._run_journal, journal)
             if loaded is not None:
                 await self._recover(loaded)
+            self.foreign.start()
         return self
 
     async def _run_journal(self, journal: Journal) -> None:
@@ -249,6 +257,7 @@ class Engine:
                     nursery.start_soon(self._gc_guard.run)
                 if self.store is not None:
                     nursery.start_soon(self.foreign.run)
+                    nursery.start_soon(self.forwarder.serve)
 
     # -- supervising actors (and being their ActorHost) -------------------------------------
 
@@ -321,8 +330,19 @@ class Engine:
         return await self._agents.hello(workspace_id, transport, machine_id, machine_hostname,
                                         resume_token, agent_version)
 
+    # Each write for a session another node owns runs there (``_forward.py``); the owner runs
+    # it with the ``_here`` variant, which never forwards again.
+
     async def terminate(self, workspace_id: str, session_id: str) -> SessionDetail:
         """End a live session (reason ``terminated``); 409 if it has already ended."""
+        owner = self._owner(workspace_id, session_id)
+        if owner is not None:
+            detail: SessionDetail = await self.forwarder.call(owner, "terminate",
+                                                              workspace_id, session_id)
+            return detail
+        return await self._terminate_here(workspace_id, session_id)
+
+    async def _terminate_here(self, workspace_id: str, session_id: str) -> SessionDetail:
         rec, actor = self._table.live(workspace_id, session_id)
         await actor.call(self._change, rec, Input.TERMINATED)
         return rec.detail(self.clock)
@@ -331,17 +351,36 @@ class Engine:
         self, workspace_id: str, session_id: str, user_email: str, mode: ClientMode
     ) -> AttachedClient:
         """Attach an operator or observer to a CONNECTED session."""
+        owner = self._owner(workspace_id, session_id)
+        if owner is not None:
+            client: AttachedClient = await self.forwarder.call(
+                owner, "attach", workspace_id, session_id, user_email, mode)
+            return client
         return await self._clients.attach(workspace_id, session_id, user_email, mode)
 
     async def detach_client(self, workspace_id: str, session_id: str, client_id: str) -> None:
         """Detach a client from a live session."""
+        owner = self._owner(workspace_id, session_id)
+        if owner is not None:
+            await self.forwarder.call(owner, "detach", workspace_id, session_id, client_id)
+            return
         await self._clients.detach(workspace_id, session_id, client_id)
 
     async def run_command(
         self, workspace_id: str, session_id: str, client_id: str, command: str
     ) -> CommandView:
         """An attached operator's command: sent to the agent as ``run_command``."""
+        owner = self._owner(workspace_id, session_id)
+        if owner is not None:
+            view: CommandView = await self.forwarder.call(
+                owner, "run_command", workspace_id, session_id, client_id, command)
+            return view
         return await self._clients.run_command(workspace_id, session_id, client_id, command)
+
+    def _owner(self, workspace_id: str, session_id: str) -> str | None:
+        """The node that runs a live session, if not this one (with a shared store)."""
+        rec = self._table.get(workspace_id, session_id)
+        return None if rec.status.final else rec.owner
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -419,6 +458,16 @@ class Engine:
             return None
         return (trio.current_time() - journal.outage_since,
                 journal.last_error or "the session store does not answer")
+
+    @property
+    def cluster_nodes(self) -> list[str] | None:
+        """With a store: the nodes alive on it (this one included), as last seen."""
+        return None if self.store is None else list(self.store.live_nodes)
+
+    @property
+    def draining(self) -> bool:
+        """Whether the engine has stopped taking new sessions (a shutdown or a drain)."""
+        return self._closing
 
     @property
     def actors_running(self) -> int:

@@ -23,7 +23,7 @@ read and write of the index files it first.
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, insort
 from typing import TYPE_CHECKING, Any
 
 from sortedcontainers import SortedList
@@ -55,14 +55,18 @@ def _append(
     key: Any,
     rec: SessionRecord,
 ) -> None:
-    # Records are added in creation order, so appending keeps these ordered.
+    # Records are added in creation order, so appending keeps these ordered; one another node
+    # created may be older than this node's newest (session ids order by creation).
     items = table.get(key)
     if items is None:
         table[key] = (rec,)
-    elif isinstance(items, tuple):
-        table[key] = [*items, rec]
-    else:
+        return
+    if isinstance(items, tuple):
+        items = table[key] = list(items)
+    if items[-1].session_id < rec.session_id:
         items.append(rec)
+    else:
+        insort(items, rec, key=_session_id)
 
 
 def _session_id(rec: SessionRecord) -> str:

@@ -1,5 +1,12 @@
 """Sessions another node owns, on a store that nodes share: listed here, run there.
 
+Every node follows what the others write (the store's change feed, :class:`Changes`): a
+session another node created, changed, took over or purged is created, refreshed, handed
+over or forgotten here, so every node's reads answer what the owner's do. A session this node
+runs and another node took over (its agent resumed there, or a hello there replaced it) is let
+go of here: its agent's socket closed (``resumed_elsewhere``) and its actor stopped.
+
+
 With a shared store (Redis), each live session has one owner: the node that runs its actor and
 holds its agent's socket. When this engine opens, a session whose owner is still alive stays
 that node's; this engine lists and reads it but runs nothing for it. It takes one over when
@@ -17,14 +24,15 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ._apply import close_transport
 from ._errors import StoreUnavailable
-from ._persist import restore
+from ._persist import LoadedSession, restore
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ._clock import WallClock
-    from ._persist import LoadedSession, SessionStore
+    from ._persist import Changes, Heartbeat, HistoryAppend, SessionSnapshot, SessionStore
     from ._record import SessionRecord
     from ._table import SessionTable
 
@@ -44,6 +52,11 @@ class ForeignSessions:
         self._records: dict[str, SessionRecord] = {}
         self._taking: dict[str, trio.Event] = {}
         self._added = trio.lowlevel.ParkingLot()
+        self._started = trio.Event()
+
+    def start(self) -> None:
+        """The engine holds what the store loaded: follow what is written from then on."""
+        self._started.set()
 
     def __len__(self) -> int:
         return len(self._records)
@@ -74,7 +87,14 @@ class ForeignSessions:
                 done.set()
 
     async def run(self) -> None:
-        """Adopt the sessions whose owner has gone, as the store finds them."""
+        """Follow the other nodes' writes, and adopt the sessions whose owner has gone (once
+        the engine has taken in what the store held: :meth:`start`)."""
+        await self._started.wait()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.store.follow, self.apply)
+            await self._adopt_orphans()
+
+    async def _adopt_orphans(self) -> None:
         while True:
             if not self._records:
                 await self._added.park()
@@ -105,3 +125,83 @@ class ForeignSessions:
         self.table.refresh(rec, restore(stored, self.clock, self.history_cap), now)
         if not rec.status.final:
             self._adopt(rec)
+
+    # -- what other nodes wrote --------------------------------------------------------------
+
+    def apply(self, changes: Changes) -> None:
+        """Make this node's copy of the sessions say what ``changes`` wrote."""
+        node, now = changes.node_id, trio.current_time()
+        for workspace_id, session_id in changes.owners:
+            rec = self.table.records.get(session_id)
+            if rec is not None and rec.workspace_id == workspace_id:
+                self._moved(rec, node)
+        history = {h.session_id: h for h in changes.history}
+        for snap in changes.sessions:
+            self._snapshot(snap, node, history.get(snap.session_id), now)
+        for beat in changes.heartbeats:
+            self._heartbeat(beat)
+        for _, session_id in changes.purged:
+            self._records.pop(session_id, None)
+            self.table.forget(session_id)
+        if changes.complete:
+            kept = {snap.session_id for snap in changes.sessions}
+            gone = [sid for sid, rec in self.table.records.items()
+                    if sid not in kept and rec.actor is None]  # not one this node runs
+            for session_id in gone:
+                self._records.pop(session_id, None)
+                self.table.forget(session_id)
+
+    def _moved(self, rec: SessionRecord, node: str) -> None:
+        """``node`` took ``rec`` over."""
+        if rec.owner is None and rec.actor is not None:
+            actor = rec.actor
+            actor.post(self._let_go, rec)
+            actor.stop()
+        if not rec.status.final:
+            self.add(rec, node)
+
+    @staticmethod
+    def _let_go(rec: SessionRecord) -> None:
+        """In the session's actor, which then returns: its agent went to the other node."""
+        link, rec.link = rec.link, None
+        if link is not None:
+            close_transport(link.transport, "resumed_elsewhere")
+
+    def _snapshot(self, snap: SessionSnapshot, node: str, appended: HistoryAppend | None,
+                  now: float) -> None:
+        rec = self.table.records.get(snap.session_id)
+        if rec is None:
+            entries = [] if appended is None else appended.entries
+            rec = restore(LoadedSession(snap, entries), self.clock, self.history_cap)
+            self.table.add_stored(rec, now)
+            if not rec.status.final:
+                self.add(rec, node)
+            return
+        if snap.version <= rec.version or rec.workspace_id != snap.workspace_id:
+            return  # old news: this node has it already (or wrote it itself)
+        if rec.owner is None and rec.actor is not None:
+            self._moved(rec, node)  # a newer write than this node's: it was taken over
+        self.table.refresh(rec, restore(LoadedSession(snap, []), self.clock, self.history_cap),
+                           now, history=False)
+        if appended is not None:
+            for i, entry in enumerate(appended.entries):
+                if appended.first + i >= rec.history_total:
+                    rec.record_command(entry, self.history_cap)
+            rec.history_saved = rec.history_total
+        if rec.status.final:
+            self._records.pop(rec.session_id, None)
+            rec.owner = None
+        else:
+            self.add(rec, node)
+
+    def _heartbeat(self, beat: Heartbeat) -> None:
+        rec = self.table.records.get(beat.session_id)
+        if rec is None or rec.owner is None or beat.version <= rec.version:
+            return
+        clock = self.clock
+        rec.last_heartbeat = None if beat.last_heartbeat is None else clock.trio_time(
+            beat.last_heartbeat)
+        rec.telemetry = beat.telemetry
+        rec.telemetry_at = None if beat.telemetry_at is None else clock.trio_time(
+            beat.telemetry_at)
+        rec.version = beat.version

@@ -23,6 +23,8 @@ from ._models import AttachedClient, CommandEntry, CommandState, Event, Status, 
 from ._record import OperatorCommand, SessionRecord
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ._clock import WallClock
 
 
@@ -125,12 +127,32 @@ class Loaded(msgspec.Struct, frozen=True, gc=False):
     log: LogPosition | None
 
 
+class Changes(msgspec.Struct, kw_only=True, gc=False):
+    """What another node wrote, in the order it wrote it, as this node reads it back.
+
+    ``owners``: sessions it took over (from this node, perhaps: then this node lets go of
+    them). ``complete``: ``sessions`` is everything the store holds (a node that fell too far
+    behind the feed reads it all again), so a session missing from it was purged.
+    """
+
+    node_id: str
+    sessions: list[SessionSnapshot] = []
+    history: list[HistoryAppend] = []
+    heartbeats: list[Heartbeat] = []
+    purged: list[tuple[str, str]] = []  # (workspace_id, session_id)
+    owners: list[tuple[str, str]] = []  # (workspace_id, session_id)
+    complete: bool = False
+
+
 class SessionStore(Protocol):
     """Durable state for an engine (``Engine(config, store=...)``), shared by the nodes that
     use the same store. Each live session is owned by one node, the one that runs its actor;
     a node that stops (and stops renewing its lease, for a store that has them) leaves its
     sessions orphans, which another node adopts."""
 
+    #: This node's name in the store, and the nodes alive on it (this one included).
+    node_id: str
+    live_nodes: list[str]
     #: How often the engine asks :meth:`adopt` about the sessions other nodes own (seconds).
     adopt_interval: float
 
@@ -152,6 +174,16 @@ class SessionStore(Protocol):
     async def take_over(self, workspace_id: str, session_id: str) -> LoadedSession | None:
         """Take a session over from whichever node owns it (its agent came to this one): its
         state now, or ``None`` if the store no longer has it."""
+
+    async def follow(self, apply: Callable[[Changes], None]) -> None:
+        """Call ``apply`` with what other nodes write, from where :meth:`load` read the
+        store, in the order they wrote it; never returns."""
+
+    async def send(self, node_id: str, message: bytes) -> None:
+        """Deliver ``message`` to a node's inbox (a write forwarded to it, or an answer)."""
+
+    async def receive(self) -> bytes | None:
+        """The next message in this node's inbox, or ``None`` after waiting a while."""
 
 
 def with_heartbeat(snap: SessionSnapshot, beat: Heartbeat | None) -> SessionSnapshot:

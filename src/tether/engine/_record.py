@@ -160,10 +160,11 @@ class SessionRecord:
         self.connected_at = state.connected_at
         self.ended_at = state.ended_at
 
-    def assume(self, stored: SessionRecord) -> None:
+    def assume(self, stored: SessionRecord, *, history: bool = True) -> None:
         """Take every changing field of ``stored`` (the same session, as a store has it now,
-        written by another node); its identity, actor, link and owner stay as they are."""
-        for name in _STORED_STATE:
+        written by another node), its command history too unless ``history`` is false; its
+        identity, actor, link and owner stay as they are."""
+        for name in _STORED_STATE if history else _STORED_STATUS:
             setattr(self, name, getattr(stored, name))
 
     # -- command history -------------------------------------------------------------------
@@ -332,3 +333,4 @@ _STORED_STATE = tuple(
     if name not in ("session_id", "workspace_id", "machine_id", "created_at", "actor", "link",
                     "owner")
 )
+_STORED_STATUS = tuple(name for name in _STORED_STATE if not name.startswith("history"))

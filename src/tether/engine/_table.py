@@ -66,9 +66,10 @@ class SessionTable:
         self.live_count += 1
         return rec
 
-    def finish(self, rec: SessionRecord, now: float) -> None:
+    def finish(self, rec: SessionRecord, now: float, *, live: bool = True) -> None:
         """``rec`` has ended (its machine is free): its retention starts now."""
-        self.live_count -= 1
+        if live:
+            self.live_count -= 1
         was_empty = not self._ended
         self._ended.append((now, rec.session_id))
         if was_empty:
@@ -115,11 +116,30 @@ class SessionTable:
         if ended:
             self._purge_lot.unpark_all()
 
-    def refresh(self, rec: SessionRecord, stored: SessionRecord, now: float) -> None:
+    def add_stored(self, rec: SessionRecord, now: float) -> None:
+        """A session another node created (restored from what it wrote)."""
+        self.records[rec.session_id] = rec
+        self.index.add(rec)
+        if rec.status.final:
+            self.finish(rec, now, live=False)
+        else:
+            self.live_count += 1
+
+    def forget(self, session_id: str) -> None:
+        """Drop a session another node purged (the store has forgotten it already)."""
+        rec = self.records.pop(session_id, None)
+        if rec is not None:
+            self.index.remove(rec)
+            if not rec.status.final:
+                self.live_count -= 1
+
+    def refresh(self, rec: SessionRecord, stored: SessionRecord, now: float, *,
+                history: bool = True) -> None:
         """Bring ``rec`` to the state another node wrote of it (``stored``, restored from
-        the store), re-filed in the index and, if it has ended meanwhile, retained from now."""
+        the store; its history too unless ``history`` is false), re-filed in the index and,
+        if it has ended meanwhile, retained from now."""
         before = rec.status
-        rec.assume(stored)
+        rec.assume(stored, history=history)
         if rec.status is not before:
             self.index.move(rec, before)
             if rec.status.final and not before.final:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
-from quart import request
+from quart import Response, request
 from quart_trio import QuartTrio
 
 from . import _errors, _malformed
@@ -66,7 +66,15 @@ def create_app(
     app.url_map.merge_slashes = False
     app.before_request(_drain_body)
     _errors.install(app)
-    sessions = SessionsApi(engine, openapi_document())
+    sessions = SessionsApi(engine, openapi_document(), settings.node_id)
+    if settings.node_id:
+        node_id = settings.node_id
+
+        async def name_the_node(response: Response) -> Response:
+            response.headers["X-Tether-Node"] = node_id
+            return response
+
+        app.after_request(name_the_node)
     apis: dict[str, object] = {
         "sessions": sessions,
         "service": sessions,

@@ -43,6 +43,12 @@ class Health(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     status: Literal["ok", "degraded"]
     live_sessions: int
     reason: str | None = None
+    #: The node that answered (``--node-id``), and its role: ``standalone`` (state in memory),
+    #: ``member`` of the nodes sharing one Redis, or ``draining`` (shutting down).
+    node_id: str | None = None
+    role: Literal["standalone", "member", "draining"] = "standalone"
+    #: Redis mode: the nodes alive on the same Redis and prefix (this one included).
+    nodes: list[str] | None = None
 
 
 # -- patterns of request text --------------------------------------------------------------------

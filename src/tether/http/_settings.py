@@ -29,6 +29,9 @@ class HttpSettings(msgspec.Struct, kw_only=True, frozen=True):
     #: slows itself (TCP pushes back on it) and never the other agents.
     agent_frame_rate: float = 100.0
     agent_frame_burst: int = 200
+    #: The node's name: every response carries it in ``X-Tether-Node``, and ``/healthz``
+    #: says it ("" for neither).
+    node_id: str = ""
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_frame_bytes", "max_violations", "agent_send_queue"):

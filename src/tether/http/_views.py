@@ -8,7 +8,7 @@ returns what the route table says it answers. Errors are raised and rendered by
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from quart import Response
 
@@ -34,9 +34,10 @@ if TYPE_CHECKING:
 class SessionsApi:
     """The Sessions API over one engine, and the service's own operations."""
 
-    def __init__(self, engine: Engine, openapi: bytes) -> None:
+    def __init__(self, engine: Engine, openapi: bytes, node_id: str = "") -> None:
         self.engine = engine
         self._openapi = openapi
+        self.node_id = node_id
 
     # -- reads (the seed) ------------------------------------------------------------------
 
@@ -114,9 +115,15 @@ class SessionsApi:
         return Response(self._openapi, content_type="application/json")
 
     async def healthz(self) -> Health:
-        outage = self.engine.store_outage
+        engine = self.engine
+        nodes = engine.cluster_nodes
+        role: Literal["standalone", "member", "draining"] = (
+            "draining" if engine.draining else "standalone" if nodes is None else "member")
+        outage = engine.store_outage
+        reason = None
         if outage is not None:
             seconds, error = outage
-            return Health(status="degraded", live_sessions=self.engine.live_sessions,
-                          reason=f"Redis has not answered for {seconds:.0f} s: {error}")
-        return Health(status="ok", live_sessions=self.engine.live_sessions)
+            reason = f"Redis has not answered for {seconds:.0f} s: {error}"
+        return Health(status="ok" if reason is None else "degraded",
+                      live_sessions=engine.live_sessions, reason=reason,
+                      node_id=self.node_id or None, role=role, nodes=nodes)

@@ -18,7 +18,10 @@ from tether.engine import Loaded, LoadedSession, with_heartbeat
 from tether.webhooks import LoadedWebhooks
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from tether.engine import (
+        Changes,
         CommandEntry,
         Event,
         Heartbeat,
@@ -38,6 +41,8 @@ class InProcessStore:
     owns every session (no other node exists to own one)."""
 
     adopt_interval = 1.0
+    node_id = "sim"
+    live_nodes = ["sim"]
 
     def __init__(self, max_events: int) -> None:
         self.max_events = max_events
@@ -86,6 +91,16 @@ class InProcessStore:
 
     async def run(self) -> None:
         await trio.sleep_forever()  # no lease to renew
+
+    async def follow(self, apply: Callable[[Changes], None]) -> None:
+        await trio.sleep_forever()  # no other node writes
+
+    async def send(self, node_id: str, message: bytes) -> None:
+        raise StoreDown(f"no node {node_id} shares this store")
+
+    async def receive(self) -> bytes | None:
+        await trio.sleep_forever()  # no other node sends anything
+        return None
 
     async def adopt(self, sessions: list[tuple[str, str]]) -> list[LoadedSession]:
         await self._round_trip()

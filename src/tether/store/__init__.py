@@ -5,10 +5,11 @@ from; see ``docs/redis.md`` for the data model. It may import the engine, never 
 """
 
 from ._keys import DEFAULT_PREFIX, Keys
-from ._redis import RedisStore
+from ._redis import RedisStore, default_node_id
 
 __all__ = [
     "DEFAULT_PREFIX",
     "Keys",
     "RedisStore",
+    "default_node_id",
 ]

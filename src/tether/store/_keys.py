@@ -49,6 +49,15 @@ class Keys:
         """A string with a TTL: the node is alive while it exists (it renews it)."""
         return f"{self.prefix}node:{node_id}"
 
+    def inbox(self, node_id: str) -> str:
+        """A list: messages for a node (writes forwarded to it, answers to its own)."""
+        return f"{self.prefix}inbox:{node_id}"
+
+    def nodes(self) -> str:
+        """A hash: every node that registered (id -> when it started), alive or not; a node
+        is alive while its ``node`` key exists."""
+        return f"{self.prefix}nodes"
+
     def workspaces(self) -> str:
         """A set: every workspace with a retained session."""
         return f"{self.prefix}workspaces"
@@ -56,6 +65,10 @@ class Keys:
     def events(self) -> str:
         """A stream: the event log."""
         return f"{self.prefix}events"
+
+    def changes(self) -> str:
+        """A stream: what each node wrote, for the other nodes to follow (kept a minute)."""
+        return f"{self.prefix}changes"
 
     def log(self) -> str:
         """A hash: the event log's ``run_id`` and ``next_offset``."""

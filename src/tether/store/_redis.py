@@ -23,10 +23,12 @@ comes back from a pause cannot overwrite the process that took its sessions over
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
 import socket
+import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +37,7 @@ import msgspec
 import trio
 
 from tether.engine import (
+    Changes,
     CommandEntry,
     Event,
     Heartbeat,
@@ -56,7 +59,7 @@ from tether.webhooks import (
 from ._keys import DEFAULT_PREFIX, Keys
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from coredis.commands.script import Script
 
@@ -66,28 +69,36 @@ log = logging.getLogger("tether.store")
 #: mass change (a restart adopting 100,000 sessions) goes out in many short scripts.
 CHUNK = 256
 
-# One script per chunk of sessions. KEYS[1..3]: workspaces set, event stream, log hash; then
-# per session: fence, hash, history list, workspace's sessions set, workspace's machines hash.
-# ARGV[1..5]: sessions in the chunk, stream maxlen, log run id ('' for none), log next offset,
-# this node's id; then per session: token, session id, workspace, machine, live ('1' if its
-# snapshot is not in a final status), snapshot ('' for none), heartbeat ('' for none), purge
-# ('1'), history cap, number of its first history entry, n, the n entries, m, then m pairs of
-# (event sequence, event).
+# One script per chunk of sessions. KEYS[1..4]: workspaces set, event stream, log hash, change
+# feed; then per session: fence, hash, history list, workspace's sessions set, workspace's
+# machines hash.
+# ARGV[1..6]: sessions in the chunk, stream maxlen, log run id ('' for none), log next offset,
+# this node's id, how long the change feed keeps an entry (ms); then per session: token,
+# session id, workspace, machine, live ('1' if its snapshot is not in a final status),
+# snapshot ('' for none), heartbeat ('' for none), purge ('1'), its history append as one
+# blob for the change feed ('' for none), history cap, number of its first history entry, n,
+# the n entries, m, then m pairs of (event sequence, event).
 # A session's writes are idempotent, so a batch retried after a lost answer writes nothing
 # twice: history entries are pushed only past the count kept in the hash (field ``h``),
 # events only past the last sequence written (field ``q``); the log position only grows.
+# What was written goes on the change feed as one entry (``c``: its number, one more than the
+# entry before, from the log hash's ``feed``, so a reader knows when it missed one; ``n``: the
+# node; ``s<id>``,
+# ``b<id>``, ``h<id>``: a snapshot, heartbeat, history append; ``p<id>``: a purge, with the
+# workspace), for the other nodes to read.
 # Returns {claimed: {session id, token, ...}, stale: {session id, ...}}.
 _WRITE = """
 local n = tonumber(ARGV[1])
-local k, a = 4, 6
-local claimed, stale = {}, {}
+local k, a = 5, 7
+local claimed, stale, feed = {}, {}, {}
 for _ = 1, n do
   local fence, hash, list, set = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
   local machines = KEYS[k + 4]
   local token, sid, ws, machine = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local live, snap, beat, purge = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]
-  local cap, first, nh = tonumber(ARGV[a + 8]), tonumber(ARGV[a + 9]), tonumber(ARGV[a + 10])
-  local h0 = a + 11
+  local appended = ARGV[a + 8]
+  local cap, first, nh = tonumber(ARGV[a + 9]), tonumber(ARGV[a + 10]), tonumber(ARGV[a + 11])
+  local h0 = a + 12
   local ne = tonumber(ARGV[h0 + nh])
   local e0 = h0 + nh + 1
   k, a = k + 5, e0 + 2 * ne
@@ -104,6 +115,8 @@ for _ = 1, n do
   elseif purge == '1' then
     redis.call('DEL', hash, list, fence)
     redis.call('SREM', set, sid)
+    table.insert(feed, 'p' .. sid)
+    table.insert(feed, ws)
   else
     if snap ~= '' then
       redis.call('HSET', hash, 'snap', snap)
@@ -120,8 +133,14 @@ for _ = 1, n do
           redis.call('HDEL', machines, machine)
         end
       end
+      table.insert(feed, 's' .. sid)
+      table.insert(feed, snap)
     end
-    if beat ~= '' then redis.call('HSET', hash, 'beat', beat) end
+    if beat ~= '' then
+      redis.call('HSET', hash, 'beat', beat)
+      table.insert(feed, 'b' .. sid)
+      table.insert(feed, beat)
+    end
     if nh > 0 then
       local have = tonumber(redis.call('HGET', hash, 'h') or '0')
       for i = 0, nh - 1 do
@@ -129,6 +148,8 @@ for _ = 1, n do
       end
       redis.call('HSET', hash, 'h', math.max(have, first + nh))
       redis.call('LTRIM', list, -cap, -1)
+      table.insert(feed, 'h' .. sid)
+      table.insert(feed, appended)
     end
     if ne > 0 then
       local seq = tonumber(redis.call('HGET', hash, 'q') or '0')
@@ -148,21 +169,43 @@ if ARGV[3] ~= '' then
   redis.call('HSET', KEYS[3], 'run_id', ARGV[3],
              'next_offset', math.max(next_offset, tonumber(ARGV[4])))
 end
+if #feed > 0 then
+  local now = redis.call('TIME')
+  local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - ARGV[6]
+  local count = redis.call('HINCRBY', KEYS[3], 'feed', 1)
+  redis.call('XADD', KEYS[4], 'MINID', '~', oldest, '*', 'c', count, 'n', ARGV[5], unpack(feed))
+end
 return {claimed, stale}
 """
 
-# Take one session over. KEYS: fence, hash. ARGV: the owner the caller found gone ('' for
-# none), '1' to take it whoever holds it (its agent is here now), this node's id.
+# Take one session over. KEYS: fence, hash, change feed, log hash. ARGV: the owner the caller
+# found gone ('' for none), '1' to take it whoever holds it (its agent is here now), this
+# node's id, how long the change feed keeps an entry (ms), the session's id and workspace.
 # Returns the new fencing token; the owner's id if another node took it meanwhile; 0 if the
-# session is gone (purged). A session that has ended has no owner: any node may take it.
+# session is gone (purged). A session that has ended has no owner: any node may take it. A
+# live session's new owner goes on the change feed (``o<id>``: the workspace), so the old
+# owner, if it is alive, lets go of it.
 _CLAIM = """
 if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 local owner = redis.call('HGET', KEYS[2], 'o')
 if owner and ARGV[2] ~= '1' and owner ~= ARGV[1] and owner ~= ARGV[3] then return owner end
 local token = redis.call('INCR', KEYS[1])
-if owner then redis.call('HSET', KEYS[2], 'o', ARGV[3]) end
+if owner then
+  redis.call('HSET', KEYS[2], 'o', ARGV[3])
+  if owner ~= ARGV[3] then
+    local now = redis.call('TIME')
+    local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - ARGV[4]
+    local count = redis.call('HINCRBY', KEYS[4], 'feed', 1)
+    redis.call('XADD', KEYS[3], 'MINID', '~', oldest, '*', 'c', count, 'n', ARGV[3],
+               'o' .. ARGV[5], ARGV[6])
+  end
+end
 return token
 """
+
+#: How long the change feed keeps what a node wrote: a node that falls further behind than
+#: this reads every session again (``Changes.complete``).
+FEED_RETENTION_MS = 60_000
 
 
 def default_node_id() -> str:
@@ -215,10 +258,15 @@ class RedisStore:
         #: Sessions another process took over since: their writes are skipped.
         self.stale: set[str] = set()
         self._registered = False
+        #: The nodes alive on this Redis (this one included), as last seen (every TTL/3).
+        self.live_nodes: list[str] = []
         self._encode = msgspec.msgpack.Encoder().encode
         self._snap = msgspec.msgpack.Decoder(SessionSnapshot).decode
         self._beat = msgspec.msgpack.Decoder(Heartbeat).decode
         self._entry = msgspec.msgpack.Decoder(CommandEntry).decode
+        self._history = msgspec.msgpack.Decoder(HistoryAppend).decode
+        self._feed_position = b"0-0"  # the change feed's last entry when load() ran
+        self._feed_count = 0  # and its number
         self._event = msgspec.msgpack.Decoder(Event).decode
         self._endpoint = msgspec.msgpack.Decoder(EndpointSnapshot).decode
         self._delivery = msgspec.msgpack.Decoder(DeliverySnapshot).decode
@@ -240,8 +288,25 @@ class RedisStore:
     # -- this node's lease -----------------------------------------------------------------
 
     async def _register(self) -> None:
-        await self._client.set(self.keys.node(self.node_id), "1", px=self._ttl_ms)
+        keys = self.keys
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.set(keys.node(self.node_id), "1", px=self._ttl_ms)
+            pipe.hset(keys.nodes(), {self.node_id: str(int(time.time()))})
         self._registered = True
+        await self._see_nodes()
+
+    async def _see_nodes(self) -> None:
+        """Which registered nodes are alive (and forget the ones that are not)."""
+        client, keys = self._client, self.keys
+        ids = sorted(raw.decode() for raw in await client.hkeys(keys.nodes()))
+        async with client.pipeline(transaction=False) as pipe:
+            for node in ids:
+                pipe.exists([keys.node(node)])
+        alive = pipe.results or ()
+        dead = [node for node, n in zip(ids, alive, strict=True) if not n]
+        if dead:
+            await client.hdel(keys.nodes(), dead)
+        self.live_nodes = [node for node, n in zip(ids, alive, strict=True) if n]
 
     @property
     def _ttl_ms(self) -> int:
@@ -269,13 +334,18 @@ class RedisStore:
             else:
                 renewed = trio.current_time()
                 wait = self.lease_ttl / 3
+                with contextlib.suppress(RedisTimeout, OSError, coredis.exceptions.RedisError), \
+                        self._answer_within(self.timeout):
+                    await self._see_nodes()
 
     async def _release(self) -> None:
         """Give the node's lease up (a clean exit): its sessions are orphans at once, so the
         next node adopts what this one handed over without waiting for the TTL."""
         with trio.move_on_after(1.0):
             try:
-                await self._client.delete([self.keys.node(self.node_id)])
+                async with self._client.pipeline(transaction=True) as pipe:
+                    pipe.delete([self.keys.node(self.node_id)])
+                    pipe.hdel(self.keys.nodes(), [self.node_id])
             except (OSError, coredis.exceptions.RedisError) as exc:
                 log.warning("node lease not released (it lapses by itself): %s", exc)
 
@@ -324,10 +394,11 @@ class RedisStore:
 
     async def _write_chunk(self, chunk: list[tuple[str, _Item]], batch: WriteBatch) -> None:
         keys, encode = self.keys, self._encode
-        script_keys: list[str] = [keys.workspaces(), keys.events(), keys.log()]
+        script_keys: list[str] = [keys.workspaces(), keys.events(), keys.log(), keys.changes()]
         args: list[Any] = [len(chunk), self.max_events,
                            "" if batch.log is None else batch.log.run_id,
-                           0 if batch.log is None else batch.log.next_offset, self.node_id]
+                           0 if batch.log is None else batch.log.next_offset, self.node_id,
+                           FEED_RETENTION_MS]
         for sid, it in chunk:
             ws = it.workspace_id
             script_keys += [keys.fence(ws, sid), keys.session(ws, sid), keys.history(ws, sid),
@@ -338,6 +409,7 @@ class RedisStore:
                      "1" if snap is not None and not snap.status.final else "0",
                      "" if snap is None else encode(snap),
                      "" if it.beat is None else encode(it.beat), "1" if it.purge else "0",
+                     "" if history is None else encode(history),
                      0 if history is None else history.cap,
                      0 if history is None else history.first,
                      0 if history is None else len(history.entries)]
@@ -360,6 +432,21 @@ class RedisStore:
             log.warning("%d sessions were taken over by another process: their writes were "
                         "refused", len(stale))
 
+    # -- messages between nodes (forwarded writes) ---------------------------------------------
+
+    async def send(self, node_id: str, message: bytes) -> None:
+        """Put ``message`` in a node's inbox (it expires if nobody reads it for a minute)."""
+        inbox = self.keys.inbox(node_id)
+        with self._answer_within(self.timeout):
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.rpush(inbox, [message])
+                pipe.pexpire(inbox, FEED_RETENTION_MS)
+
+    async def receive(self) -> bytes | None:
+        """The next message in this node's inbox, waiting up to a second (``None``)."""
+        reply: Any = await self._client.blpop([self.keys.inbox(self.node_id)], timeout=1)
+        return None if reply is None else reply[1]
+
     # -- loading and taking over -------------------------------------------------------------
 
     async def load(self) -> Loaded:
@@ -369,10 +456,16 @@ class RedisStore:
         A live session whose owner is alive stays that node's (``LoadedSession.owner``)."""
         await self._register()
         client, keys = self._client, self.keys
-        workspaces = sorted(w.decode() for w in await client.smembers(keys.workspaces()))
-        ids: list[tuple[str, str]] = []
-        for ws in workspaces:
-            ids += [(ws, sid.decode()) for sid in await client.smembers(keys.sessions(ws))]
+        # What is written from now on is followed (``follow``): read before the sessions, so
+        # nothing written meanwhile is missed (what is read twice is old news: its version).
+        counted = await client.hget(keys.log(), "feed")
+        last: Any = await client.xrevrange(keys.changes(), count=1)
+        if last:
+            self._feed_position = last[0].identifier
+            self._feed_count = int(last[0].field_values[b"c"])
+        else:
+            self._feed_position, self._feed_count = b"0-0", int(counted or 0)
+        ids = await self._session_ids()
         owners = await self._take_orphans(ids)
         sessions = await self._read([pair for pair in ids if pair[1] in owners])
         sessions = [msgspec.structs.replace(s, owner=owners.get(s.snapshot.session_id))
@@ -384,6 +477,70 @@ class RedisStore:
         if position:
             log_position = LogPosition(int(position[b"run_id"]), int(position[b"next_offset"]))
         return Loaded(sessions=sessions, events=events, log=log_position)
+
+    async def _session_ids(self) -> list[tuple[str, str]]:
+        client, keys = self._client, self.keys
+        workspaces = sorted(w.decode() for w in await client.smembers(keys.workspaces()))
+        ids: list[tuple[str, str]] = []
+        for ws in workspaces:
+            ids += [(ws, sid.decode()) for sid in await client.smembers(keys.sessions(ws))]
+        return ids
+
+    # -- following the other nodes ---------------------------------------------------------
+
+    async def follow(self, apply: Callable[[Changes], None]) -> None:
+        """Tail the change feed from where :meth:`load` read the store: every entry another
+        node wrote, decoded, to ``apply``. A node that fell further behind than the feed keeps
+        (a minute) reads every session again instead."""
+        key = self.keys.changes()
+        position, count = self._feed_position, self._feed_count
+        while True:
+            try:
+                reply: Any = await self._client.xread({key: position}, count=256, block=1000)
+            except (OSError, coredis.exceptions.RedisError) as exc:
+                log.debug("following the change feed failed: %s", exc)
+                await trio.sleep(0.5)
+                continue
+            if not reply:
+                continue
+            for entry in reply[key.encode()]:
+                position = entry.identifier
+                fields = entry.field_values
+                numbered = int(fields[b"c"])
+                if numbered != count + 1:  # entries were trimmed before this node read them
+                    log.warning("node %s missed %d change feed entries; reading every session "
+                                "again", self.node_id, numbered - count - 1)
+                    everything = await self._read(await self._session_ids())
+                    apply(Changes(node_id="", sessions=[s.snapshot for s in everything],
+                                  complete=True))
+                count = numbered
+                changes = self._decode_changes(fields)
+                if changes is not None:
+                    apply(changes)
+                    # An entry is a script's worth (up to 256 sessions): the loop serves
+                    # sockets between two, even when another node adopts 100,000 at once.
+                    await trio.lowlevel.checkpoint()
+
+    def _decode_changes(self, fields: dict[bytes, bytes]) -> Changes | None:
+        node = fields.get(b"n", b"").decode()
+        if node == self.node_id:
+            return None
+        changes = Changes(node_id=node)
+        for name, value in fields.items():
+            kind, sid = name[:1], name[1:].decode()
+            if kind == b"s":
+                changes.sessions.append(self._snap(value))
+            elif kind == b"b":
+                changes.heartbeats.append(self._beat(value))
+            elif kind == b"h":
+                changes.history.append(self._history(value))
+            elif kind == b"p":
+                changes.purged.append((value.decode(), sid))
+            elif kind == b"o":
+                changes.owners.append((value.decode(), sid))
+                self.stale.add(sid)  # its fencing counter moved past this node's token
+                self._tokens.pop(sid, None)
+        return changes
 
     async def adopt(self, sessions: list[tuple[str, str]]) -> list[LoadedSession]:
         """Take over those of ``sessions`` (workspace, session id; all owned by other nodes)
@@ -397,14 +554,18 @@ class RedisStore:
         as it is now, or ``None`` if it is gone."""
         with self._answer_within(self.timeout):
             token: Any = await self._claim(
-                keys=[self.keys.fence(workspace_id, session_id),
-                      self.keys.session(workspace_id, session_id)],
-                args=["", "1", self.node_id])
+                keys=self._claim_keys(workspace_id, session_id),
+                args=["", "1", self.node_id, FEED_RETENTION_MS, session_id, workspace_id])
         if not token:
             return None
         self._held(session_id, int(token))
         found = await self._read([(workspace_id, session_id)])
         return found[0] if found else None
+
+    def _claim_keys(self, workspace_id: str, session_id: str) -> list[str]:
+        keys = self.keys
+        return [keys.fence(workspace_id, session_id), keys.session(workspace_id, session_id),
+                keys.changes(), keys.log()]
 
     def _held(self, session_id: str, token: int) -> None:
         self._tokens[session_id] = token
@@ -437,8 +598,9 @@ class RedisStore:
         for chunk in _chunks(orphans, 1000):
             async with client.pipeline(transaction=False) as pipe:
                 for ws, sid in chunk:
-                    self._claim(keys=[keys.fence(ws, sid), keys.session(ws, sid)],
-                                args=[found[sid] or "", "0", self.node_id], client=pipe)
+                    self._claim(keys=self._claim_keys(ws, sid),
+                                args=[found[sid] or "", "0", self.node_id, FEED_RETENTION_MS,
+                                      sid, ws], client=pipe)
             for (_ws, sid), answer in zip(chunk, pipe.results or (), strict=True):
                 if isinstance(answer, bytes):  # another node took it meanwhile
                     owners[sid] = answer.decode()
