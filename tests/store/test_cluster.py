@@ -176,3 +176,33 @@ async def test_a_write_for_an_owner_that_does_not_answer_is_refused_and_never_ma
             await b.attach_client(WS, link.session_id, "ops@example.com", "operator")
         assert refused.value.details["node_id"] == "node-a"
         assert b.get_session(WS, link.session_id).attached_clients == []
+
+
+async def test_one_event_log_the_same_ids_in_the_same_order_on_every_node(
+        redis: RedisServer) -> None:
+    async with two_nodes(redis) as (a, b):
+        on_a, _ = await hello(a, "mach_1")
+        on_b, _ = await hello(b, "mach_2")
+        await on_a.goodbye(None)
+        # A node's own events are in its log when the write is answered...
+        assert ("session.disconnected", on_a.session_id) in [
+            (e.type, e.session_id) for e in a.events_after(WS)]
+        await on_b.report_command("uptime", 0)
+        # ...and the other node's within the follow.
+        await until(lambda: len(a.events_after(WS)) == len(b.events_after(WS)) == 6)
+        assert a.events_after(WS) == b.events_after(WS)
+        ids = [e.id for e in a.events_after(WS)]
+        assert len(set(ids)) == 6
+        # A cursor from one node resumes on the other.
+        assert b.events_after(WS, ids[2]) == a.events_after(WS, ids[2])
+        # Per session, in sequence order.
+        for sid in (on_a.session_id, on_b.session_id):
+            sequences = [e.sequence for e in b.events_after(WS) if e.session_id == sid]
+            assert sequences == sorted(sequences)
+        # A subscriber on b hears an event a makes.
+        subscription = b.subscribe(WS)
+        client = await a.attach_client(WS, on_b.session_id, "ops@example.com", "observer")
+        with trio.fail_after(5):
+            event = await subscription.__anext__()
+        assert event.type == "session.client_attached"
+        assert event.data.client is not None and event.data.client.client_id == client.client_id

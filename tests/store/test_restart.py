@@ -23,14 +23,12 @@ from tether.engine import (
     Event,
     EventData,
     HistoryAppend,
-    LogPosition,
     SessionSnapshot,
     Status,
     Telemetry,
     WallClock,
     WriteBatch,
 )
-from tether.engine._ids import EventIds
 from tether.engine.testing import RecordingTransport
 from tether.store import RedisStore
 
@@ -235,20 +233,21 @@ async def test_a_batch_written_twice_writes_nothing_twice(redis: RedisServer) ->
         first = _events(2)
         batch = WriteBatch(sessions=[snap],
                            history=[HistoryAppend(WS, "sess_1", 0, entries, 10)],
-                           events=first, log=LogPosition(7, 2))
+                           events=first)
         await store.write(batch)
         await store.write(batch)
         loaded = await store.load()
     [session] = loaded.sessions
     assert [e.command_id for e in session.history] == ["cmd_0", "cmd_1"]
-    assert [e.id for e in loaded.events] == [e.id for e in first]
+    # Each event once, numbered by the store in the order written.
+    assert [(offset, e.sequence) for offset, e in loaded.events] == [(0, 1), (1, 2)]
+    assert loaded.log is not None and loaded.log.next_offset == 2
 
 
 def _events(n: int) -> list[Event]:
-    """``n`` events of session sess_1, with the ids an engine's log of run 7 gives them."""
-    ids = EventIds(7)
+    """``n`` events of session sess_1, as an engine's journal writes them (unnumbered)."""
     return [
-        Event(id=ids(i), type="session.connected", timestamp="2026-02-14T10:00:00Z",
+        Event(id="", type="session.connected", timestamp="2026-02-14T10:00:00Z",
               workspace_id=WS, session_id="sess_1", sequence=i + 1,
               data=EventData(session_id="sess_1", status=Status.CONNECTED, machine_id="m",
                              machine_hostname="h", workspace_id=WS,

@@ -45,7 +45,6 @@ class GroupCommit(Generic[B]):
         self,
         take: Callable[[], B],
         write: Callable[[B], Awaitable[None]],
-        written: Callable[[B], None] | None = None,
         *,
         what: str = "store",
         idle_interval: float = 1.0,
@@ -53,7 +52,6 @@ class GroupCommit(Generic[B]):
     ) -> None:
         self._take = take  # everything marked so far, as one batch (synchronous)
         self._write = write
-        self._written_hook = written  # called once a batch is durable
         self.what = what
         self.idle_interval = idle_interval
         self.commit_timeout = commit_timeout
@@ -105,8 +103,6 @@ class GroupCommit(Generic[B]):
             batch = self._take()
             await self._write_until_done(batch)
             self._durable = marks
-            if self._written_hook is not None:
-                self._written_hook(batch)
             self._written.unpark_all()
 
     async def _write_until_done(self, batch: B) -> None:

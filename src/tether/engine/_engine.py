@@ -31,7 +31,6 @@ from ._errors import EngineClosed, InvalidParameter, SessionAlreadyActive
 from ._events import EventLog, Subscription
 from ._forward import Forwarder
 from ._gc import GcGuard
-from ._ids import parse_event_id
 from ._journal import Journal
 from ._lifecycle import Input
 from ._models import Status, check_text
@@ -117,7 +116,7 @@ class Engine:
         loaded = None
         if self.store is not None:
             self.foreign = ForeignSessions(self.store, table, clock, config.history_cap,
-                                           self._adopt)
+                                           self._adopt, self.events.place)
             clients = self._clients
             self.forwarder = Forwarder(self.store, {
                 "attach": clients.attach, "detach": clients.detach,
@@ -155,14 +154,7 @@ class Engine:
         actor again (see :meth:`_adopt`); those another live node owns stay that node's."""
         clock, config = self.clock, self.config
         if loaded.log is not None:
-            run_id = loaded.log.run_id
-            events = []
-            for event in loaded.events:
-                parsed = parse_event_id(event.id)
-                if parsed is not None and parsed[0] == run_id:
-                    at = clock.trio_time(clock.parse(event.timestamp))
-                    events.append((parsed[1], at, event))
-            self.events.restore(events, run_id, loaded.log.next_offset)
+            self.events.restore(loaded.events, loaded.log.run_id, loaded.log.next_offset)
         records = []
         for stored in loaded.sessions:
             rec = restore(stored, clock, config.history_cap)

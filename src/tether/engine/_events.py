@@ -15,6 +15,7 @@ from array import array
 from bisect import bisect_left
 from typing import TYPE_CHECKING
 
+import msgspec
 import trio
 
 from ._errors import EventsGone, InvalidParameter
@@ -56,10 +57,12 @@ class EventLog:
         self._start = 0  # index in _events of the oldest retained event
         self._first_offset = 0  # absolute offset of _events[_start]
         self._next_offset = 0  # absolute offset of the next event appended
-        #: Events before this offset are visible to readers. Without a store, every event is
-        #: as soon as it is appended; with one, once the journal has written it.
-        self._published = 0
+        #: With a store, the log is the store's: an event appended here waits (unnumbered, out
+        #: of readers' sight) until the journal has written it, and enters the log when it is
+        #: read back from the store with the offset the store gave it (:meth:`place`), in the
+        #: order of the store, where other nodes' events are too.
         self.durable = False
+        self._pending: list[Event] = []
         #: Each workspace's event offsets, ascending: a workspace's page never scans others'.
         self._by_workspace: dict[str, array[int]] = {}
         self._lot = trio.lowlevel.ParkingLot()
@@ -76,6 +79,12 @@ class EventLog:
         sequence: int,
         data: EventData,
     ) -> Event:
+        if self.durable:
+            event = Event(id="", type=type, timestamp=self._clock.rfc3339(at),
+                          workspace_id=workspace_id, session_id=session_id, sequence=sequence,
+                          data=data)
+            self._pending.append(event)
+            return event
         offset = self._next_offset
         self._next_offset = offset + 1
         event = Event(
@@ -96,72 +105,69 @@ class EventLog:
         start = self._start
         if len(self._events) - start > self._max or self._times[start] < at - self._retention:
             self._trim(at)  # only when something is due to go
-        if not self.durable:
-            self._published = offset + 1
-            if self._lot:
-                self._lot.unpark_all()
+        if self._lot:
+            self._lot.unpark_all()
         return event
 
-    # -- with a store: events are published once written ------------------------------------
+    # -- with a store: the store's log, in its order -----------------------------------------
 
     @property
     def run_id(self) -> int:
         return self._run_id
 
-    @property
-    def appended_offset(self) -> int:
-        """The offset the next appended event gets (published or not)."""
-        return self._next_offset
+    def take_pending(self) -> list[Event]:
+        """The events appended since the last call, for the journal to write (unnumbered:
+        the store numbers them)."""
+        pending, self._pending = self._pending, []
+        return pending
 
-    @property
-    def published_offset(self) -> int:
-        return self._published
-
-    def unpublished(self) -> list[Event]:
-        """The retained events appended but not yet published, oldest first."""
-        start = max(self._published, self._first_offset)
-        return self._present(range(start, self._next_offset))
-
-    def publish(self, offset: int) -> None:
-        """Events before ``offset`` are durable: readers may see them."""
-        if offset > self._published:
-            self._published = offset
-            if self._lot:
-                self._lot.unpark_all()
-
-    def restore(self, events: list[tuple[int, float, Event]], run_id: int,
-                next_offset: int) -> None:
-        """Continue a log a store kept: its retained events as (offset, trio time, event),
-        its run id and the offset of its next event. Nothing else may have been appended yet.
-
-        Offsets may have gaps: a store writes a batch's sessions in several scripts, and a
-        crash between two loses the later sessions' events along with their state (each
-        session's own events and state stay together). Event ids keep their offsets, so
-        consumers' cursors stay valid; readers skip the gaps."""
+    def restore(self, events: list[tuple[int, Event]], run_id: int, next_offset: int) -> None:
+        """Continue a log a store kept: its retained events with their offsets, its run id and
+        the offset of its next event. Nothing may have been placed yet."""
         assert self._next_offset == 0, "restore() an empty log"
         self._run_id = run_id
         self._event_id = EventIds(run_id)
-        events = sorted(events, key=lambda item: item[0])
-        first = events[0][0] if events else next_offset
+        first = min((offset for offset, _ in events), default=next_offset)
         self._first_offset = self._next_offset = first
         self._events = []
         self._times = array("d")
+        self.place(events)
+        self._skip_to(next_offset, self._times[-1] if self._times else 0.0)
 
-        def skip_to(offset: int, at: float) -> None:  # a gap: placeholders, as old as ``at``
-            gap = offset - self._next_offset
-            if gap > 0:
-                self._events += [None] * gap
-                self._times.extend([at] * gap)
-                self._next_offset = offset
-
-        for offset, at, event in events:
-            skip_to(offset, at)
+    def place(self, events: list[tuple[int, Event]]) -> None:
+        """Events the store holds, with the offsets it gave them (from any node, this one's
+        included; those already here are skipped). Offsets may have gaps (events the store
+        trimmed, or lost with a crash between two of a batch's scripts, each session's events
+        and state together): readers skip them, and event ids keep their offsets, so
+        consumers' cursors stay valid."""
+        clock = self._clock
+        placed = False
+        at = 0.0
+        for offset, stored in sorted(events, key=lambda item: item[0]):
+            if offset < self._next_offset:
+                continue
+            at = clock.trio_time(clock.parse(stored.timestamp))
+            self._skip_to(offset, at)
+            event = msgspec.structs.replace(stored, id=self._event_id(offset))
             self._by_workspace.setdefault(event.workspace_id, array("q")).append(offset)
             self._events.append(event)
             self._times.append(at)
             self._next_offset += 1
-        skip_to(next_offset, self._times[-1] if self._times else 0.0)
-        self._published = self._next_offset
+            placed = True
+        if placed:
+            start = self._start
+            if len(self._events) - start > self._max or self._times[start] < at - self._retention:
+                self._trim(at)  # as of the newest event placed
+            if self._lot:
+                self._lot.unpark_all()
+
+    def _skip_to(self, offset: int, at: float) -> None:
+        """A gap up to ``offset``: placeholders, as old as ``at``."""
+        gap = offset - self._next_offset
+        if gap > 0:
+            self._events += [None] * gap
+            self._times.extend([at] * gap)
+            self._next_offset = offset
 
     def close(self) -> None:
         """No more events: subscribers finish once they have read what is retained."""
@@ -197,8 +203,8 @@ class EventLog:
 
     @property
     def next_offset(self) -> int:
-        """The end of what readers see: the offset after the last published event."""
-        return self._published
+        """The end of what readers see: the offset after the last event."""
+        return self._next_offset
 
     def at(self, offset: int) -> Event | None:
         """The event at ``offset`` (``None`` for a gap)."""

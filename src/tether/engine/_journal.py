@@ -7,7 +7,7 @@ actor answers anyone, it waits for :meth:`Journal.commit`. The writer (a
 :class:`~tether.engine._persist.WriteBatch` (snapshots taken at that moment, so a session that
 changed ten times is written once) and writes it; every commit waiting for a mark in it
 returns when it is durable. Events become visible to subscribers (the feed, SSE, webhooks)
-only once written: the log's published offset follows the writes.
+only once written: they enter the log when read back from the store, numbered by it.
 
 Heartbeats and telemetry only mark the session "beaten"; they go out with the next batch, and
 the writer writes at least every ``flush_interval``, so the hot path never waits on the store.
@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._commit import GroupCommit
-from ._persist import HistoryAppend, LogPosition, WriteBatch, heartbeat, snapshot
+from ._persist import HistoryAppend, WriteBatch, heartbeat, snapshot
 
 if TYPE_CHECKING:
     from ._clock import WallClock
@@ -41,8 +41,8 @@ class Journal:
         self._changed: dict[str, SessionRecord] = {}
         self._beaten: dict[str, SessionRecord] = {}
         self._purged: list[tuple[str, str]] = []
-        self.writer: GroupCommit[tuple[WriteBatch, int]] = GroupCommit(
-            self._take, self._write, self._written, what="session store",
+        self.writer: GroupCommit[WriteBatch] = GroupCommit(
+            self._take, self._write, what="session store",
             idle_interval=flush_interval, commit_timeout=commit_timeout,
         )
         self.commit = self.writer.commit
@@ -77,8 +77,8 @@ class Journal:
 
     # -- batches ---------------------------------------------------------------------------
 
-    def _take(self) -> tuple[WriteBatch, int]:
-        """Everything marked, as one batch, with the log offset it covers."""
+    def _take(self) -> WriteBatch:
+        """Everything marked, as one batch."""
         clock = self.clock
         changed, self._changed = self._changed, {}
         beaten, self._beaten = self._beaten, {}
@@ -95,20 +95,17 @@ class Journal:
                 history.append(HistoryAppend(rec.workspace_id, rec.session_id, first, entries,
                                              self.history_cap))
                 rec.history_saved = total
-        events_log = self.events
-        start, end = events_log.published_offset, events_log.appended_offset
-        batch = WriteBatch(
+        return WriteBatch(
             sessions=sessions,
             history=history,
             heartbeats=[heartbeat(rec, clock) for rec in beaten.values()],
-            events=events_log.unpublished(),
+            events=self.events.take_pending(),
             purged=purged,
-            log=LogPosition(events_log.run_id, end) if end > start or sessions else None,
         )
-        return batch, end
 
-    async def _write(self, taken: tuple[WriteBatch, int]) -> None:
-        await self.store.write(taken[0])
-
-    def _written(self, taken: tuple[WriteBatch, int]) -> None:
-        self.events.publish(taken[1])
+    async def _write(self, batch: WriteBatch) -> None:
+        await self.store.write(batch)
+        if batch.events:
+            # Read the log back: this node's events enter it with the offsets the store gave
+            # them, in the store's order, before anyone is answered.
+            self.events.place(await self.store.new_events())

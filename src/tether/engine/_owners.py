@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ._clock import WallClock
+    from ._models import Event
     from ._persist import Changes, Heartbeat, HistoryAppend, SessionSnapshot, SessionStore
     from ._record import SessionRecord
     from ._table import SessionTable
@@ -43,12 +44,14 @@ class ForeignSessions:
     """The live sessions other nodes own, until this engine takes them over."""
 
     def __init__(self, store: SessionStore, table: SessionTable, clock: WallClock,
-                 history_cap: int, adopt: Callable[[SessionRecord], None]) -> None:
+                 history_cap: int, adopt: Callable[[SessionRecord], None],
+                 place: Callable[[list[tuple[int, Event]]], None]) -> None:
         self.store = store
         self.table = table
         self.clock = clock
         self.history_cap = history_cap
         self._adopt = adopt  # give the record an actor here (the engine's)
+        self._place = place  # events the store numbered, into the engine's log
         self._records: dict[str, SessionRecord] = {}
         self._taking: dict[str, trio.Event] = {}
         self._added = trio.lowlevel.ParkingLot()
@@ -91,7 +94,7 @@ class ForeignSessions:
         the engine has taken in what the store held: :meth:`start`)."""
         await self._started.wait()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.store.follow, self.apply)
+            nursery.start_soon(self.store.follow, self.apply, self._place)
             await self._adopt_orphans()
 
     async def _adopt_orphans(self) -> None:

@@ -106,9 +106,8 @@ class WriteBatch(msgspec.Struct, kw_only=True, gc=False):
     sessions: list[SessionSnapshot] = []
     history: list[HistoryAppend] = []
     heartbeats: list[Heartbeat] = []
-    events: list[Event] = []
+    events: list[Event] = []  # unnumbered: the store gives each its offset, in its order
     purged: list[tuple[str, str]] = []  # (workspace_id, session_id)
-    log: LogPosition | None = None
 
 
 class LoadedSession(msgspec.Struct, frozen=True, gc=False):
@@ -123,8 +122,8 @@ class Loaded(msgspec.Struct, frozen=True, gc=False):
     """Everything a store holds, as the engine reads it when it opens."""
 
     sessions: list[LoadedSession]
-    events: list[Event]  # the retained events, oldest first
-    log: LogPosition | None
+    events: list[tuple[int, Event]]  # the retained events and their offsets, oldest first
+    log: LogPosition | None  # ``None``: an empty store
 
 
 class Changes(msgspec.Struct, kw_only=True, gc=False):
@@ -175,9 +174,15 @@ class SessionStore(Protocol):
         """Take a session over from whichever node owns it (its agent came to this one): its
         state now, or ``None`` if the store no longer has it."""
 
-    async def follow(self, apply: Callable[[Changes], None]) -> None:
+    async def follow(self, apply: Callable[[Changes], None],
+                     place: Callable[[list[tuple[int, Event]]], None]) -> None:
         """Call ``apply`` with what other nodes write, from where :meth:`load` read the
-        store, in the order they wrote it; never returns."""
+        store, in the order they wrote it, and ``place`` with the events written (by any
+        node) and their offsets; never returns."""
+
+    async def new_events(self) -> list[tuple[int, Event]]:
+        """The events written since :meth:`load` or the last call (or ``follow``'s last
+        read), with their offsets: the store numbers events, one log for every node."""
 
     async def send(self, node_id: str, message: bytes) -> None:
         """Deliver ``message`` to a node's inbox (a write forwarded to it, or an answer)."""

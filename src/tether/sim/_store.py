@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from tether.engine import Loaded, LoadedSession, with_heartbeat
+from tether.engine import Loaded, LoadedSession, LogPosition, with_heartbeat
 from tether.webhooks import LoadedWebhooks
 
 if TYPE_CHECKING:
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
         CommandEntry,
         Event,
         Heartbeat,
-        LogPosition,
         SessionSnapshot,
         WriteBatch,
     )
@@ -50,8 +49,10 @@ class InProcessStore:
         self._sessions: dict[str, SessionSnapshot] = {}
         self._beats: dict[str, Heartbeat] = {}
         self._history: dict[str, list[CommandEntry]] = {}
-        self._events: list[Event] = []
-        self._log: LogPosition | None = None
+        self._events: list[tuple[int, Event]] = []  # with their offsets
+        self._next_offset = 0
+        self._read_offset = 0  # the engine has read the events before this one
+        self._run_id = 7
         self._endpoints: dict[str, EndpointSnapshot] = {}
         self._deliveries: dict[str, dict[str, DeliverySnapshot]] = {}
         self._cursor: str | None = None
@@ -79,20 +80,30 @@ class InProcessStore:
             self._sessions.pop(session_id, None)
             self._beats.pop(session_id, None)
             self._history.pop(session_id, None)
-        self._events += batch.events
+        for event in batch.events:  # numbered here, as Redis numbers them
+            self._events.append((self._next_offset, event))
+            self._next_offset += 1
         del self._events[: max(0, len(self._events) - self.max_events)]
-        if batch.log is not None:
-            self._log = batch.log
 
     async def load(self) -> Loaded:
         await self._round_trip()
         sessions = [self._loaded(sid, snap) for sid, snap in self._sessions.items()]
-        return Loaded(sessions=sessions, events=list(self._events), log=self._log)
+        self._read_offset = self._next_offset
+        return Loaded(sessions=sessions, events=list(self._events),
+                      log=LogPosition(self._run_id, self._next_offset))
+
+    async def new_events(self) -> list[tuple[int, Event]]:
+        await self._round_trip()
+        found = [(offset, event) for offset, event in self._events
+                 if offset >= self._read_offset]
+        self._read_offset = self._next_offset
+        return found
 
     async def run(self) -> None:
         await trio.sleep_forever()  # no lease to renew
 
-    async def follow(self, apply: Callable[[Changes], None]) -> None:
+    async def follow(self, apply: Callable[[Changes], None],
+                     place: Callable[[list[tuple[int, Event]]], None]) -> None:
         await trio.sleep_forever()  # no other node writes
 
     async def send(self, node_id: str, message: bytes) -> None:

@@ -72,15 +72,17 @@ CHUNK = 256
 # One script per chunk of sessions. KEYS[1..4]: workspaces set, event stream, log hash, change
 # feed; then per session: fence, hash, history list, workspace's sessions set, workspace's
 # machines hash.
-# ARGV[1..6]: sessions in the chunk, stream maxlen, log run id ('' for none), log next offset,
-# this node's id, how long the change feed keeps an entry (ms); then per session: token,
+# ARGV[1..4]: sessions in the chunk, event stream maxlen, this node's id, how long the change
+# feed keeps an entry (ms); then per session: token,
 # session id, workspace, machine, live ('1' if its snapshot is not in a final status),
 # snapshot ('' for none), heartbeat ('' for none), purge ('1'), its history append as one
 # blob for the change feed ('' for none), history cap, number of its first history entry, n,
 # the n entries, m, then m pairs of (event sequence, event).
 # A session's writes are idempotent, so a batch retried after a lost answer writes nothing
 # twice: history entries are pushed only past the count kept in the hash (field ``h``),
-# events only past the last sequence written (field ``q``); the log position only grows.
+# events only past the last sequence written (field ``q``). Each event written gets the log's
+# next offset (the log hash's ``next_offset``, one counter for every node), kept beside it in
+# the stream (``o``), so the event log is one, in the order of the writes, across nodes.
 # What was written goes on the change feed as one entry (``c``: its number, one more than the
 # entry before, from the log hash's ``feed``, so a reader knows when it missed one; ``n``: the
 # node; ``s<id>``,
@@ -89,7 +91,7 @@ CHUNK = 256
 # Returns {claimed: {session id, token, ...}, stale: {session id, ...}}.
 _WRITE = """
 local n = tonumber(ARGV[1])
-local k, a = 5, 7
+local k, a = 5, 5
 local claimed, stale, feed = {}, {}, {}
 for _ = 1, n do
   local fence, hash, list, set = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
@@ -126,7 +128,7 @@ for _ = 1, n do
       -- the machine -> active session map and the owner: set while live, cleared at the end
       if live == '1' then
         redis.call('HSET', machines, machine, sid)
-        redis.call('HSET', hash, 'o', ARGV[5])
+        redis.call('HSET', hash, 'o', ARGV[3])
       else
         redis.call('HDEL', hash, 'o')
         if redis.call('HGET', machines, machine) == sid then
@@ -156,7 +158,9 @@ for _ = 1, n do
       for i = 0, ne - 1 do
         local s = tonumber(ARGV[e0 + 2 * i])
         if s > seq then
-          redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[e0 + 2 * i + 1])
+          local offset = redis.call('HINCRBY', KEYS[3], 'next_offset', 1) - 1
+          redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'o', offset,
+                     'e', ARGV[e0 + 2 * i + 1])
           seq = s
         end
       end
@@ -164,16 +168,11 @@ for _ = 1, n do
     end
   end
 end
-if ARGV[3] ~= '' then
-  local next_offset = tonumber(redis.call('HGET', KEYS[3], 'next_offset') or '0')
-  redis.call('HSET', KEYS[3], 'run_id', ARGV[3],
-             'next_offset', math.max(next_offset, tonumber(ARGV[4])))
-end
 if #feed > 0 then
   local now = redis.call('TIME')
-  local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - ARGV[6]
+  local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - ARGV[4]
   local count = redis.call('HINCRBY', KEYS[3], 'feed', 1)
-  redis.call('XADD', KEYS[4], 'MINID', '~', oldest, '*', 'c', count, 'n', ARGV[5], unpack(feed))
+  redis.call('XADD', KEYS[4], 'MINID', '~', oldest, '*', 'c', count, 'n', ARGV[3], unpack(feed))
 end
 return {claimed, stale}
 """
@@ -267,6 +266,7 @@ class RedisStore:
         self._history = msgspec.msgpack.Decoder(HistoryAppend).decode
         self._feed_position = b"0-0"  # the change feed's last entry when load() ran
         self._feed_count = 0  # and its number
+        self._events_position = b"0-0"  # the last event stream entry this store has read
         self._event = msgspec.msgpack.Decoder(Event).decode
         self._endpoint = msgspec.msgpack.Decoder(EndpointSnapshot).decode
         self._delivery = msgspec.msgpack.Decoder(DeliverySnapshot).decode
@@ -395,10 +395,7 @@ class RedisStore:
     async def _write_chunk(self, chunk: list[tuple[str, _Item]], batch: WriteBatch) -> None:
         keys, encode = self.keys, self._encode
         script_keys: list[str] = [keys.workspaces(), keys.events(), keys.log(), keys.changes()]
-        args: list[Any] = [len(chunk), self.max_events,
-                           "" if batch.log is None else batch.log.run_id,
-                           0 if batch.log is None else batch.log.next_offset, self.node_id,
-                           FEED_RETENTION_MS]
+        args: list[Any] = [len(chunk), self.max_events, self.node_id, FEED_RETENTION_MS]
         for sid, it in chunk:
             ws = it.workspace_id
             script_keys += [keys.fence(ws, sid), keys.session(ws, sid), keys.history(ws, sid),
@@ -470,13 +467,37 @@ class RedisStore:
         sessions = await self._read([pair for pair in ids if pair[1] in owners])
         sessions = [msgspec.structs.replace(s, owner=owners.get(s.snapshot.session_id))
                     for s in sessions]
-        entries: Any = await client.xrange(keys.events(), "-", "+")
-        events = [self._event(entry.field_values[b"e"]) for entry in entries]
+        # One run id for the log, whichever node writes first: event ids are the same on
+        # every node.
+        await client.hsetnx(keys.log(), "run_id", str(secrets.randbits(40)))
         position = await client.hgetall(keys.log())
-        log_position = None
-        if position:
-            log_position = LogPosition(int(position[b"run_id"]), int(position[b"next_offset"]))
+        entries: Any = await client.xrange(keys.events(), "-", "+")
+        events = self._events_of(entries)
+        log_position = LogPosition(int(position[b"run_id"]),
+                                   int(position.get(b"next_offset", 0)))
         return Loaded(sessions=sessions, events=events, log=log_position)
+
+    def _events_of(self, entries: Any) -> list[tuple[int, Event]]:
+        """Stream entries as (offset, event); this store's place in the stream moves past
+        them."""
+        if entries:
+            last = entries[-1].identifier
+            if _stream_id(last) > _stream_id(self._events_position):
+                self._events_position = last
+        return [(int(entry.field_values[b"o"]), self._event(entry.field_values[b"e"]))
+                for entry in entries]
+
+    async def new_events(self) -> list[tuple[int, Event]]:
+        """The events written since this store last read the stream (by any node)."""
+        key = self.keys.events()
+        found: list[tuple[int, Event]] = []
+        with self._answer_within(self.timeout):
+            while True:
+                entries: Any = await self._client.xrange(
+                    key, b"(" + self._events_position, "+", count=1000)
+                found += self._events_of(entries)
+                if len(entries) < 1000:
+                    return found
 
     async def _session_ids(self) -> list[tuple[str, str]]:
         client, keys = self._client, self.keys
@@ -488,22 +509,28 @@ class RedisStore:
 
     # -- following the other nodes ---------------------------------------------------------
 
-    async def follow(self, apply: Callable[[Changes], None]) -> None:
+    async def follow(self, apply: Callable[[Changes], None],
+                     place: Callable[[list[tuple[int, Event]]], None]) -> None:
         """Tail the change feed from where :meth:`load` read the store: every entry another
-        node wrote, decoded, to ``apply``. A node that fell further behind than the feed keeps
-        (a minute) reads every session again instead."""
-        key = self.keys.changes()
+        node wrote, decoded, to ``apply`` (a node that fell further behind than the feed keeps,
+        a minute, reads every session again instead); and the event stream: every event any
+        node wrote, to ``place``."""
+        key, events = self.keys.changes(), self.keys.events()
         position, count = self._feed_position, self._feed_count
         while True:
             try:
-                reply: Any = await self._client.xread({key: position}, count=256, block=1000)
+                reply: Any = await self._client.xread(
+                    {key: position, events: self._events_position}, count=256, block=1000)
             except (OSError, coredis.exceptions.RedisError) as exc:
                 log.debug("following the change feed failed: %s", exc)
                 await trio.sleep(0.5)
                 continue
             if not reply:
                 continue
-            for entry in reply[key.encode()]:
+            written = reply.get(events.encode())
+            if written:
+                place(self._events_of(written))
+            for entry in reply.get(key.encode(), ()):
                 position = entry.identifier
                 fields = entry.field_values
                 numbered = int(fields[b"c"])
@@ -665,6 +692,11 @@ class RedisStore:
                 deliveries += [self._delivery(d) for d in stored.values()]
         cursor = await client.get(keys.webhook_cursor())
         return LoadedWebhooks(endpoints, deliveries, None if cursor is None else cursor.decode())
+
+
+def _stream_id(raw: bytes) -> tuple[int, int]:
+    ms, _, seq = raw.partition(b"-")
+    return int(ms), int(seq or 0)
 
 
 def _chunks(items: list[tuple[str, str]], size: int) -> list[list[tuple[str, str]]]:
