@@ -177,29 +177,44 @@ end
 return {claimed, stale}
 """
 
-# Take one session over. KEYS: fence, hash, change feed, log hash. ARGV: the owner the caller
-# found gone ('' for none), '1' to take it whoever holds it (its agent is here now), this
-# node's id, how long the change feed keeps an entry (ms), the session's id and workspace.
-# Returns the new fencing token; the owner's id if another node took it meanwhile; 0 if the
-# session is gone (purged). A session that has ended has no owner: any node may take it. A
-# live session's new owner goes on the change feed (``o<id>``: the workspace), so the old
-# owner, if it is alive, lets go of it.
+# Take sessions over, a chunk at a time. KEYS[1..2]: change feed, log hash; then per session:
+# fence, hash. ARGV[1..4]: '1' to take each whoever holds it (its agent is here now), this
+# node's id, how long the change feed keeps an entry (ms), sessions in the chunk; then per
+# session: the owner the caller found gone ('' for none), session id, workspace.
+# Returns per session the new fencing token; the owner's id if another node took it
+# meanwhile; 0 if the session is gone (purged). A session that has ended has no owner: any
+# node may take it. The new owner of live sessions goes on the change feed, one entry for the
+# chunk (``o<id>``: the workspace), so a previous owner that is alive lets go of them.
 _CLAIM = """
-if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
-local owner = redis.call('HGET', KEYS[2], 'o')
-if owner and ARGV[2] ~= '1' and owner ~= ARGV[1] and owner ~= ARGV[3] then return owner end
-local token = redis.call('INCR', KEYS[1])
-if owner then
-  redis.call('HSET', KEYS[2], 'o', ARGV[3])
-  if owner ~= ARGV[3] then
-    local now = redis.call('TIME')
-    local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - ARGV[4]
-    local count = redis.call('HINCRBY', KEYS[4], 'feed', 1)
-    redis.call('XADD', KEYS[3], 'MINID', '~', oldest, '*', 'c', count, 'n', ARGV[3],
-               'o' .. ARGV[5], ARGV[6])
+local answers, feed = {}, {}
+for i = 0, tonumber(ARGV[4]) - 1 do
+  local fence, hash = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
+  local expected, sid, ws = ARGV[5 + 3 * i], ARGV[6 + 3 * i], ARGV[7 + 3 * i]
+  local answer = 0
+  if redis.call('EXISTS', hash) == 1 then
+    local owner = redis.call('HGET', hash, 'o')
+    if owner and ARGV[1] ~= '1' and owner ~= expected and owner ~= ARGV[2] then
+      answer = owner
+    else
+      answer = redis.call('INCR', fence)
+      if owner then
+        redis.call('HSET', hash, 'o', ARGV[2])
+        if owner ~= ARGV[2] then
+          table.insert(feed, 'o' .. sid)
+          table.insert(feed, ws)
+        end
+      end
+    end
   end
+  table.insert(answers, answer)
 end
-return token
+if #feed > 0 then
+  local now = redis.call('TIME')
+  local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - ARGV[3]
+  local count = redis.call('HINCRBY', KEYS[2], 'feed', 1)
+  redis.call('XADD', KEYS[1], 'MINID', '~', oldest, '*', 'c', count, 'n', ARGV[2], unpack(feed))
+end
+return answers
 """
 
 #: How long the change feed keeps what a node wrote: a node that falls further behind than
@@ -580,19 +595,25 @@ class RedisStore:
         """Take a session over whoever owns it (its agent has come to this node): its state
         as it is now, or ``None`` if it is gone."""
         with self._answer_within(self.timeout):
-            token: Any = await self._claim(
-                keys=self._claim_keys(workspace_id, session_id),
-                args=["", "1", self.node_id, FEED_RETENTION_MS, session_id, workspace_id])
-        if not token:
+            [token] = await self._claim_chunk([(workspace_id, session_id, "")], force=True)
+        if not token or isinstance(token, bytes):
             return None
         self._held(session_id, int(token))
         found = await self._read([(workspace_id, session_id)])
         return found[0] if found else None
 
-    def _claim_keys(self, workspace_id: str, session_id: str) -> list[str]:
+    async def _claim_chunk(self, chunk: list[tuple[str, str, str]], *,
+                           force: bool) -> list[Any]:
+        """Run ``_CLAIM`` over (workspace, session id, owner found gone) triples: their
+        answers, in order."""
         keys = self.keys
-        return [keys.fence(workspace_id, session_id), keys.session(workspace_id, session_id),
-                keys.changes(), keys.log()]
+        script_keys = [keys.changes(), keys.log()]
+        args: list[Any] = ["1" if force else "0", self.node_id, FEED_RETENTION_MS, len(chunk)]
+        for ws, sid, expected in chunk:
+            script_keys += [keys.fence(ws, sid), keys.session(ws, sid)]
+            args += [expected, sid, ws]
+        answers: Any = await self._claim(keys=script_keys, args=args)
+        return list(answers)
 
     def _held(self, session_id: str, token: int) -> None:
         self._tokens[session_id] = token
@@ -622,13 +643,10 @@ class RedisStore:
                 owners[sid] = owner
             else:
                 orphans.append((ws, sid))
-        for chunk in _chunks(orphans, 1000):
-            async with client.pipeline(transaction=False) as pipe:
-                for ws, sid in chunk:
-                    self._claim(keys=self._claim_keys(ws, sid),
-                                args=[found[sid] or "", "0", self.node_id, FEED_RETENTION_MS,
-                                      sid, ws], client=pipe)
-            for (_ws, sid), answer in zip(chunk, pipe.results or (), strict=True):
+        for chunk in _chunks(orphans, CHUNK):
+            answers = await self._claim_chunk([(ws, sid, found[sid] or "") for ws, sid in chunk],
+                                              force=False)
+            for (_ws, sid), answer in zip(chunk, answers, strict=True):
                 if isinstance(answer, bytes):  # another node took it meanwhile
                     owners[sid] = answer.decode()
                 elif answer:
