@@ -116,7 +116,7 @@ class Engine:
         loaded = None
         if self.store is not None:
             self.foreign = ForeignSessions(self.store, table, clock, config.history_cap,
-                                           self._adopt, self.events.place)
+                                           self._adopt, self.events.place_new)
             clients = self._clients
             self.forwarder = Forwarder(self.store, {
                 "attach": clients.attach, "detach": clients.detach,

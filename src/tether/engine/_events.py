@@ -134,19 +134,23 @@ class EventLog:
         self.place(events)
         self._skip_to(next_offset, self._times[-1] if self._times else 0.0)
 
-    def place(self, events: list[tuple[int, Event]]) -> None:
+    def place_new(self, events: list[tuple[int, Event]]) -> None:
+        """Events just written (by any node): :meth:`place`, retained from now."""
+        self.place(events, trio.current_time())
+
+    def place(self, events: list[tuple[int, Event]], now: float | None = None) -> None:
         """Events the store holds, with the offsets it gave them (from any node, this one's
-        included; those already here are skipped). Offsets may have gaps (events the store
-        trimmed, or lost with a crash between two of a batch's scripts, each session's events
-        and state together): readers skip them, and event ids keep their offsets, so
-        consumers' cursors stay valid."""
+        included; those already here are skipped), retained from their timestamps (or from
+        ``now``). Offsets may have gaps (events the store trimmed): readers skip them, and
+        event ids keep their offsets, so consumers' cursors stay valid."""
         clock = self._clock
         placed = False
-        at = 0.0
+        at = 0.0 if now is None else now
         for offset, stored in sorted(events, key=lambda item: item[0]):
             if offset < self._next_offset:
                 continue
-            at = clock.trio_time(clock.parse(stored.timestamp))
+            if now is None:
+                at = clock.trio_time(clock.parse(stored.timestamp))
             self._skip_to(offset, at)
             event = msgspec.structs.replace(stored, id=self._event_id(offset))
             self._by_workspace.setdefault(event.workspace_id, array("q")).append(offset)

@@ -108,4 +108,4 @@ class Journal:
         if batch.events:
             # Read the log back: this node's events enter it with the offsets the store gave
             # them, in the store's order, before anyone is answered.
-            self.events.place(await self.store.new_events())
+            self.events.place_new(await self.store.new_events())

@@ -94,8 +94,9 @@ class InProcessStore:
 
     async def new_events(self) -> list[tuple[int, Event]]:
         await self._round_trip()
-        found = [(offset, event) for offset, event in self._events
-                 if offset >= self._read_offset]
+        events = self._events
+        first = events[0][0] if events else self._next_offset  # offsets are consecutive
+        found = events[max(0, self._read_offset - first):]
         self._read_offset = self._next_offset
         return found
 
