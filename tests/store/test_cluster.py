@@ -59,6 +59,13 @@ async def hello(engine: Engine, machine: str, token: str | None = None):
     return link, transport
 
 
+async def agent_on(a: Engine, b: Engine):
+    """An agent connected to node a, its session seen by node b too."""
+    link, transport = await hello(a, "mach_1")
+    await until(lambda: b.retained_sessions == 1)
+    return link, transport
+
+
 async def test_what_one_node_writes_the_other_reads(redis: RedisServer) -> None:
     async with two_nodes(redis) as (a, b):
         link, _ = await hello(a, "mach_1")
@@ -102,9 +109,8 @@ async def test_what_one_node_writes_the_other_reads(redis: RedisServer) -> None:
 async def test_an_agent_that_moves_to_the_other_node_takes_its_session_along(
         redis: RedisServer) -> None:
     async with two_nodes(redis) as (a, b):
-        link, on_a = await hello(a, "mach_1")
+        link, on_a = await agent_on(a, b)
         sid = link.session_id
-        await until(lambda: b.retained_sessions == 1)
         assert link.welcome is not None
         moved, _ = await hello(b, "mach_1", token=link.welcome.resume_token)
         assert (moved.session_id, moved.welcome and moved.welcome.resumed) == (sid, True)
@@ -140,9 +146,8 @@ async def test_a_hello_on_the_other_node_replaces_the_machines_session(
 async def test_writes_on_any_node_run_on_the_owner_and_fail_cleanly_without_it(
         redis: RedisServer) -> None:
     async with two_nodes(redis) as (a, b):
-        link, on_a = await hello(a, "mach_1")
+        link, on_a = await agent_on(a, b)
         sid = link.session_id
-        await until(lambda: b.retained_sessions == 1)
         client = await b.attach_client(WS, sid, "ops@example.com", "operator")
         assert [c.client_id for c in a.get_session(WS, sid).attached_clients] == [
             client.client_id]

@@ -11,8 +11,9 @@ request carries its deadline, and the owner drops one it finds past it.
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 import logging
+import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +37,7 @@ _MARGIN = 1.0
 
 
 class Request(msgspec.Struct, frozen=True, tag="request"):
-    id: int
+    id: int  # random: a node restarted under the same id never takes an old answer for new
     reply_to: str  # the asking node
     deadline: float  # wall time after which the owner must not run it
     op: str
@@ -80,7 +81,6 @@ class Forwarder:
         self.store = store
         self.operations = operations  # op -> the local call that runs it here
         self.timeout = timeout
-        self._ids = itertools.count(1)
         self._waiting: dict[int, trio.MemorySendChannel[Reply]] = {}
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode = msgspec.msgpack.Decoder(Request | Reply).decode
@@ -91,7 +91,7 @@ class Forwarder:
         """Run ``op`` on ``owner`` and return (or raise) what it did there."""
         # The owner starts nothing past this deadline, a margin before this node gives up,
         # so a write this node answers 503 for does not happen after all.
-        request = Request(next(self._ids), self.store.node_id,
+        request = Request(secrets.randbits(62), self.store.node_id,
                           time.time() + self.timeout - _MARGIN, op,
                           [workspace_id, session_id, *args])
         send, receive = trio.open_memory_channel[Reply](1)
@@ -139,7 +139,8 @@ class Forwarder:
                 if isinstance(message, Reply):
                     waiting = self._waiting.get(message.id)
                     if waiting is not None:
-                        waiting.send_nowait(message)
+                        with contextlib.suppress(trio.WouldBlock):  # answered already
+                            waiting.send_nowait(message)
                 else:
                     nursery.start_soon(self._answer, message)
 
@@ -154,6 +155,11 @@ class Forwarder:
             result = await run(*request.args)
         except TetherError as exc:
             reply = Reply(request.id, code=exc.code, message=exc.message, details=exc.details)
+        except Exception:  # a bug, or a request this version cannot run: the asker gets 503
+            log.exception("forwarded %s failed", request.op)
+            reply = Reply(request.id, code=OwnerUnreachable.code,
+                          message="The session's node could not run the request",
+                          details={"node_id": self.store.node_id})
         else:
             reply = Reply(request.id, result=None if result is None else self._encode(result))
         try:

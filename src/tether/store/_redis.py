@@ -69,6 +69,20 @@ log = logging.getLogger("tether.store")
 #: mass change (a restart adopting 100,000 sessions) goes out in many short scripts.
 CHUNK = 256
 
+# Both scripts below end by adding what they wrote to the change feed, as one entry: its
+# number (one more than the entry before, from the log hash's ``feed``, so a reader knows when
+# it missed one), the writing node and the fields (``fields``), trimming entries older than
+# ``retention`` ms by Redis's clock.
+_FEED = """
+local function to_feed(stream, log, node, retention, fields)
+  if #fields == 0 then return end
+  local now = redis.call('TIME')
+  local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - retention
+  local count = redis.call('HINCRBY', log, 'feed', 1)
+  redis.call('XADD', stream, 'MINID', '~', oldest, '*', 'c', count, 'n', node, unpack(fields))
+end
+"""
+
 # One script per chunk of sessions. KEYS[1..4]: workspaces set, event stream, log hash, change
 # feed; then per session: fence, hash, history list, workspace's sessions set, workspace's
 # machines hash.
@@ -89,7 +103,7 @@ CHUNK = 256
 # ``b<id>``, ``h<id>``: a snapshot, heartbeat, history append; ``p<id>``: a purge, with the
 # workspace), for the other nodes to read.
 # Returns {claimed: {session id, token, ...}, stale: {session id, ...}}.
-_WRITE = """
+_WRITE = _FEED + """
 local n = tonumber(ARGV[1])
 local k, a = 5, 5
 local claimed, stale, feed = {}, {}, {}
@@ -168,12 +182,7 @@ for _ = 1, n do
     end
   end
 end
-if #feed > 0 then
-  local now = redis.call('TIME')
-  local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - ARGV[4]
-  local count = redis.call('HINCRBY', KEYS[3], 'feed', 1)
-  redis.call('XADD', KEYS[4], 'MINID', '~', oldest, '*', 'c', count, 'n', ARGV[3], unpack(feed))
-end
+to_feed(KEYS[4], KEYS[3], ARGV[3], ARGV[4], feed)
 return {claimed, stale}
 """
 
@@ -185,7 +194,7 @@ return {claimed, stale}
 # meanwhile; 0 if the session is gone (purged). A session that has ended has no owner: any
 # node may take it. The new owner of live sessions goes on the change feed, one entry for the
 # chunk (``o<id>``: the workspace), so a previous owner that is alive lets go of them.
-_CLAIM = """
+_CLAIM = _FEED + """
 local answers, feed = {}, {}
 for i = 0, tonumber(ARGV[4]) - 1 do
   local fence, hash = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
@@ -208,12 +217,7 @@ for i = 0, tonumber(ARGV[4]) - 1 do
   end
   table.insert(answers, answer)
 end
-if #feed > 0 then
-  local now = redis.call('TIME')
-  local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - ARGV[3]
-  local count = redis.call('HINCRBY', KEYS[2], 'feed', 1)
-  redis.call('XADD', KEYS[1], 'MINID', '~', oldest, '*', 'c', count, 'n', ARGV[2], unpack(feed))
-end
+to_feed(KEYS[1], KEYS[2], ARGV[2], ARGV[3], feed)
 return answers
 """
 
