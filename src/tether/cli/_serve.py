@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
@@ -38,9 +39,9 @@ from ._args import (
     non_negative_seconds,
     positive,
 )
+from ._workers import supervise
 
 if TYPE_CHECKING:
-    import argparse
     from collections.abc import AsyncIterator
     from pathlib import Path
 
@@ -122,6 +123,12 @@ def add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
                        help="how long after a node stops (a crash, a pause) other nodes adopt "
                        "its live sessions; the node renews its lease three times per TTL "
                        "(default %(default)s)")
+    store.add_argument("--workers", type=count, default=1, metavar="N",
+                       help="start N nodes on this host and port, one process each, sharing "
+                       "the listening socket and the Redis state (needs --redis): one command "
+                       "uses every core. Each is named <node id>-<i>; one that dies is started "
+                       "again")
+    p.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--drain-timeout", type=positive, default=10.0, metavar="SECONDS",
                    help="on SIGTERM/SIGINT: how long to let agents be told, sessions end and "
                    "their events reach the feed and webhooks before exiting")
@@ -242,6 +249,8 @@ async def _serve(
     re-reads the keys.
     """
     config = server_config(args.host, args.port, settings, access_log=args.access_log)
+    if args.listen_fd is not None:  # a worker of ``--workers``: the parent's socket
+        config.bind = [f"fd://{args.listen_fd}"]
     drain = args.drain_timeout
     config.graceful_timeout = drain  # open requests (event streams) may run until the deadline
     stop = trio.Event()
@@ -254,8 +263,17 @@ async def _serve(
         app = create_app(engine, keys.keys, settings, webhooks)
         deadline = trio.current_time() + 10**9
 
-        async def on_signal() -> None:
+        def shut_down(why: str) -> None:
             nonlocal deadline
+            log.info("%s: shutting down (drain %g s)", why, drain)
+            deadline = trio.current_time() + drain
+            stop.set()  # the server stops accepting
+            if engine.journal is None:
+                engine.shutdown()  # sessions end; their agents are told and closed
+            else:
+                engine.drain()  # sessions are handed over; agents told to resume
+
+        async def on_signal() -> None:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM,
                                            signal.SIGHUP) as signals:
                 async for signum in signals:
@@ -266,16 +284,19 @@ async def _serve(
                         log.warning("%s again: exiting now", signal.Signals(signum).name)
                         services.cancel_scope.cancel()
                         return
-                    log.info("%s: shutting down (drain %g s)", signal.Signals(signum).name,
-                             drain)
-                    deadline = trio.current_time() + drain
-                    stop.set()  # the server stops accepting
-                    if engine.journal is None:
-                        engine.shutdown()  # sessions end; their agents are told and closed
-                    else:
-                        engine.drain()  # sessions are handed over; agents told to resume
+                    shut_down(signal.Signals(signum).name)
+
+        async def outlive_no_parent() -> None:
+            """A worker of ``--workers`` whose parent died (kill -9) stops as if told to."""
+            parent = os.getppid()
+            while os.getppid() == parent:
+                await trio.sleep(1.0)
+            if not stop.is_set():
+                shut_down("the parent process is gone")
 
         services.start_soon(on_signal)
+        if args.listen_fd is not None:
+            services.start_soon(outlive_no_parent)
         if engine.journal is not None:
             services.start_soon(watch_store, engine, args.redis_outage_budget)
         tune_gc(args.gc_young)  # start-up is done: freeze it, and collect young objects less often
@@ -309,10 +330,14 @@ def run_serve(args: argparse.Namespace) -> int:
         )
         path = args.keys or default_keys_file()
         Keys(args.redis_prefix)  # checked before anything starts
+        if args.workers > 1 and not args.redis:
+            raise ValueError("--workers needs --redis: the workers share their state there")
         keys = KeysFileWatcher(load_keys(path), path, args.keys_reload_interval)
     except (TetherError, ValueError, OSError) as error:
         print(f"tether serve: {error}", file=sys.stderr)
         return 2
+    if args.workers > 1:
+        return trio.run(supervise, args, args.argv)
     failure: list[BaseException] = []
     try:
         trio.run(_serve, engine_config, webhook_config, keys, settings, args)
