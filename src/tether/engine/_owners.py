@@ -160,6 +160,9 @@ class ForeignSessions:
             actor = rec.actor
             actor.post(self._let_go, rec)
             actor.stop()
+            # This node's copy counted heartbeats it never wrote: the new owner's versions go
+            # on from the stored one, so whatever it writes next is newer than this copy.
+            rec.version = -1
         if not rec.status.final:
             self.add(rec, node)
 
