@@ -43,6 +43,7 @@ from ._table import SessionTable
 from ._timers import Timekeeper
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
     from types import TracebackType
 
     from ._link import AgentLink
@@ -113,15 +114,17 @@ class Engine:
                                  self._own)
         self._clients = ClientDesk(table, applier, clock)
         self._queries = Queries(table, clock, config)
+        # Each write through the API, as this node runs it for a session it owns.
+        clients = self._clients
+        self._writes_here: dict[str, Callable[..., Awaitable[Any]]] = {
+            "attach": clients.attach, "detach": clients.detach,
+            "run_command": clients.run_command, "terminate": self._terminate_here,
+        }
         loaded = None
         if self.store is not None:
             self.foreign = ForeignSessions(self.store, table, clock, config.history_cap,
                                            self._adopt, self.events.place_new)
-            clients = self._clients
-            self.forwarder = Forwarder(self.store, {
-                "attach": clients.attach, "detach": clients.detach,
-                "run_command": clients.run_command, "terminate": self._terminate_here,
-            })
+            self.forwarder = Forwarder(self.store, self._writes_here)
             loaded = await self.store.load()
         self._nursery_cm = trio.open_nursery()
         self._nursery = await self._nursery_cm.__aenter__()
@@ -322,17 +325,10 @@ class Engine:
         return await self._agents.hello(workspace_id, transport, machine_id, machine_hostname,
                                         resume_token, agent_version)
 
-    # Each write for a session another node owns runs there (``_forward.py``); the owner runs
-    # it with the ``_here`` variant, which never forwards again.
-
     async def terminate(self, workspace_id: str, session_id: str) -> SessionDetail:
         """End a live session (reason ``terminated``); 409 if it has already ended."""
-        owner = self._owner(workspace_id, session_id)
-        if owner is not None:
-            detail: SessionDetail = await self.forwarder.call(owner, "terminate",
-                                                              workspace_id, session_id)
-            return detail
-        return await self._terminate_here(workspace_id, session_id)
+        detail: SessionDetail = await self._write("terminate", workspace_id, session_id)
+        return detail
 
     async def _terminate_here(self, workspace_id: str, session_id: str) -> SessionDetail:
         rec, actor = self._table.live(workspace_id, session_id)
@@ -343,31 +339,29 @@ class Engine:
         self, workspace_id: str, session_id: str, user_email: str, mode: ClientMode
     ) -> AttachedClient:
         """Attach an operator or observer to a CONNECTED session."""
-        owner = self._owner(workspace_id, session_id)
-        if owner is not None:
-            client: AttachedClient = await self.forwarder.call(
-                owner, "attach", workspace_id, session_id, user_email, mode)
-            return client
-        return await self._clients.attach(workspace_id, session_id, user_email, mode)
+        client: AttachedClient = await self._write("attach", workspace_id, session_id,
+                                                   user_email, mode)
+        return client
 
     async def detach_client(self, workspace_id: str, session_id: str, client_id: str) -> None:
         """Detach a client from a live session."""
-        owner = self._owner(workspace_id, session_id)
-        if owner is not None:
-            await self.forwarder.call(owner, "detach", workspace_id, session_id, client_id)
-            return
-        await self._clients.detach(workspace_id, session_id, client_id)
+        await self._write("detach", workspace_id, session_id, client_id)
 
     async def run_command(
         self, workspace_id: str, session_id: str, client_id: str, command: str
     ) -> CommandView:
         """An attached operator's command: sent to the agent as ``run_command``."""
+        view: CommandView = await self._write("run_command", workspace_id, session_id,
+                                              client_id, command)
+        return view
+
+    async def _write(self, op: str, workspace_id: str, session_id: str, *args: str) -> Any:
+        """Run a write here, or (a session another node owns) on its owner (``_forward.py``),
+        which runs it here-only: it never forwards again."""
         owner = self._owner(workspace_id, session_id)
         if owner is not None:
-            view: CommandView = await self.forwarder.call(
-                owner, "run_command", workspace_id, session_id, client_id, command)
-            return view
-        return await self._clients.run_command(workspace_id, session_id, client_id, command)
+            return await self.forwarder.call(owner, op, workspace_id, session_id, *args)
+        return await self._writes_here[op](workspace_id, session_id, *args)
 
     def _owner(self, workspace_id: str, session_id: str) -> str | None:
         """The node that runs a live session, if not this one (with a shared store)."""

@@ -1,20 +1,19 @@
 """Sessions another node owns, on a store that nodes share: listed here, run there.
 
-Every node follows what the others write (the store's change feed, :class:`Changes`): a
-session another node created, changed, took over or purged is created, refreshed, handed
-over or forgotten here, so every node's reads answer what the owner's do. A session this node
-runs and another node took over (its agent resumed there, or a hello there replaced it) is let
-go of here: its agent's socket closed (``resumed_elsewhere``) and its actor stopped.
-
-
 With a shared store (Redis), each live session has one owner: the node that runs its actor and
-holds its agent's socket. When this engine opens, a session whose owner is still alive stays
-that node's; this engine lists and reads it but runs nothing for it. It takes one over when
-the session's agent comes here (a resume, or a hello that replaces it), and adopts every one
-whose owner has gone (for Redis: the owner's node lease lapsed), asking the store every
-``adopt_interval``. Either way the session's state is re-read from the store at that moment,
-and a session that was CONNECTED or BACKGROUND enters GRACE_PERIOD (``node_lost``): its socket
-was on the other node.
+holds its agent's socket. Every node follows what the others write (the store's change feed,
+:class:`Changes`): a session another node created, changed, took over or purged is created,
+refreshed, handed over or forgotten here, so every node's reads answer what the owner's do. A
+session this node runs and another node took over (its agent resumed there, or a hello there
+replaced it) is let go of here: its agent's socket closed (``resumed_elsewhere``) and its
+actor stopped.
+
+When this engine opens, a session whose owner is still alive stays that node's; this engine
+lists and reads it but runs nothing for it. It takes one over when the session's agent comes
+here (a resume, or a hello that replaces it), and adopts every one whose owner has gone (for
+Redis: the owner's node lease lapsed), asking the store every ``adopt_interval``. Either way
+the session's state is re-read from the store at that moment, and a session that was
+CONNECTED or BACKGROUND enters GRACE_PERIOD (``node_lost``): its socket was on the other node.
 """
 
 from __future__ import annotations
