@@ -307,25 +307,29 @@ class RedisStore:
     # -- this node's lease -----------------------------------------------------------------
 
     async def _register(self) -> None:
+        """Take this node's lease, and list it among the nodes."""
         keys = self.keys
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.set(keys.node(self.node_id), "1", px=self._ttl_ms)
             pipe.hset(keys.nodes(), {self.node_id: str(int(time.time()))})
         self._registered = True
-        await self._see_nodes()
+
+    async def _alive(self, nodes: list[str]) -> set[str]:
+        """Those of ``nodes`` whose lease is held."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for node in nodes:
+                pipe.exists([self.keys.node(node)])
+        return {node for node, n in zip(nodes, pipe.results or (), strict=True) if n}
 
     async def _see_nodes(self) -> None:
         """Which registered nodes are alive (and forget the ones that are not)."""
         client, keys = self._client, self.keys
         ids = sorted(raw.decode() for raw in await client.hkeys(keys.nodes()))
-        async with client.pipeline(transaction=False) as pipe:
-            for node in ids:
-                pipe.exists([keys.node(node)])
-        alive = pipe.results or ()
-        dead = [node for node, n in zip(ids, alive, strict=True) if not n]
+        alive = await self._alive(ids)
+        dead = [node for node in ids if node not in alive]
         if dead:
             await client.hdel(keys.nodes(), dead)
-        self.live_nodes = [node for node, n in zip(ids, alive, strict=True) if n]
+        self.live_nodes = [node for node in ids if node in alive]
 
     @property
     def _ttl_ms(self) -> int:
@@ -344,9 +348,11 @@ class RedisStore:
                     if not await self._client.pexpire(key, self._ttl_ms):
                         # It lapsed (an outage, a pause): other nodes may have adopted some of
                         # this node's sessions; their fencing refuses this node's writes.
+                        # Another node may also have struck it off the nodes hash: register
+                        # again, not only the lease.
                         log.warning("node %s: its lease had lapsed (last renewed %.1f s ago); "
                                     "renewed", self.node_id, trio.current_time() - renewed)
-                        await self._client.set(key, "1", px=self._ttl_ms)
+                        await self._register()
             except (RedisTimeout, OSError, coredis.exceptions.RedisError) as exc:
                 log.debug("node lease renewal failed: %s", exc)
                 wait = min(0.5, self.lease_ttl / 10)  # soon again: the TTL is running out
@@ -471,6 +477,7 @@ class RedisStore:
         one's fencing counter grows, so an old owner still running can no longer write it.
         A live session whose owner is alive stays that node's (``LoadedSession.owner``)."""
         await self._register()
+        await self._see_nodes()
         client, keys = self._client, self.keys
         # What is written from now on is followed (``follow``): read before the sessions, so
         # nothing written meanwhile is missed (what is read twice is old news: its version).
@@ -634,11 +641,8 @@ class RedisStore:
                     pipe.hget(keys.session(ws, sid), "o")
             for (_ws, sid), raw in zip(chunk, pipe.results or (), strict=True):
                 found[sid] = None if raw is None else raw.decode()
-        others = sorted({o for o in found.values() if o is not None and o != self.node_id})
-        async with client.pipeline(transaction=False) as pipe:
-            for node in others:
-                pipe.exists([keys.node(node)])
-        alive = {node for node, n in zip(others, pipe.results or (), strict=True) if n}
+        alive = await self._alive(
+            sorted({o for o in found.values() if o is not None and o != self.node_id}))
         owners: dict[str, str | None] = {}
         orphans: list[tuple[str, str]] = []
         for ws, sid in ids:
