@@ -70,7 +70,8 @@ async def server(request: pytest.FixtureRequest) -> AsyncIterator[Server]:
                 RedisStore(url, prefix=fresh_prefix("http")))
         engine = await stack.enter_async_context(Engine(config, store=store))
         nursery = await stack.enter_async_context(trio.open_nursery())
-        webhooks = Webhooks(engine, WebhookConfig(allow_private=True), store=store)
+        webhooks = Webhooks(engine, WebhookConfig(allow_private=True),
+                            store=None if store is None else store.webhooks)
         await nursery.start(webhooks.run)
         app = create_app(engine, keys, settings, webhooks)
         binds = await nursery.start(

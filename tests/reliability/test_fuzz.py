@@ -114,14 +114,14 @@ class Fixture:
                 elif detail.attached_clients:
                     bundle["client_id"] = detail.attached_clients[0].client_id
                 bundles.append(bundle)
-            hooks = self.server.webhooks.list("ws_acme")
+            hooks = await self.server.webhooks.list("ws_acme")
             if len(hooks) < 2:
                 await api.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/hook",
                                                      "events": ["*"]})
-                hooks = self.server.webhooks.list("ws_acme")
+                hooks = await self.server.webhooks.list("ws_acme")
             webhook_bundles = []
             for hook in hooks[:4]:
-                page = self.server.webhooks.deliveries("ws_acme", hook.id, limit=5)
+                page = await self.server.webhooks.deliveries("ws_acme", hook.id, limit=5)
                 for d in page.data or [None]:
                     b = {"webhook_id": hook.id}
                     if d is not None:

@@ -68,7 +68,8 @@ async def test_deliveries_waiting_at_a_crash_go_out_after_the_restart(
         async with RedisStore(redis.url, prefix="wh:", node_id="node-a") as store, \
                 Engine(EngineConfig(), clock=wall, store=store) as engine, \
                 trio.open_nursery() as nursery:
-            hooks = Webhooks(engine, HOOKS, client_factory=receiver.client, store=store)
+            hooks = Webhooks(engine, HOOKS, client_factory=receiver.client,
+                         store=store.webhooks)
             await nursery.start(hooks.run)
             hook = await hooks.create(WS, "http://127.0.0.1:9/hook", ["*"])
             await engine.agent_hello(WS, RecordingTransport(), machine_id="m1",
@@ -83,9 +84,10 @@ async def test_deliveries_waiting_at_a_crash_go_out_after_the_restart(
     async with RedisStore(redis.url, prefix="wh:", node_id="node-a") as store, \
             Engine(EngineConfig(), clock=wall, store=store) as engine, \
             trio.open_nursery() as nursery:
-        hooks = Webhooks(engine, HOOKS, client_factory=receiver.client, store=store)
+        hooks = Webhooks(engine, HOOKS, client_factory=receiver.client,
+                         store=store.webhooks)
         await nursery.start(hooks.run)
-        assert hooks.get(WS, hook.id).url == "http://127.0.0.1:9/hook"
+        assert (await hooks.get(WS, hook.id)).url == "http://127.0.0.1:9/hook"
         await settle(engine, hooks)
         events = {e.type: e.id for e in engine.events_after(WS, None, 100)}
         # Both go out at once after the restart, in order, with their event ids; the adoption
@@ -97,7 +99,7 @@ async def test_deliveries_waiting_at_a_crash_go_out_after_the_restart(
             ("session.grace_period", events["session.grace_period"]),
         ]
         assert hooks.undelivered == 0
-        log = {d.event_type: d for d in hooks.deliveries(WS, hook.id).data}
+        log = {d.event_type: d for d in (await hooks.deliveries(WS, hook.id)).data}
         assert (log["session.created"].attempts, log["session.created"].state) == (2, "succeeded")
         # The same delivery, retried: its id did not change.
         assert receiver.posted[0][2] == receiver.posted[1][2] == log["session.created"].id
@@ -107,10 +109,11 @@ async def test_deliveries_waiting_at_a_crash_go_out_after_the_restart(
     async with RedisStore(redis.url, prefix="wh:", node_id="node-a") as store, \
             Engine(EngineConfig(), clock=wall, store=store) as engine, \
             trio.open_nursery() as nursery:
-        hooks = Webhooks(engine, HOOKS, client_factory=receiver.client, store=store)
+        hooks = Webhooks(engine, HOOKS, client_factory=receiver.client,
+                         store=store.webhooks)
         await nursery.start(hooks.run)
         await settle(engine, hooks)
         # Nothing recorded as delivered goes out again; the new run's events do.
         assert receiver.posted[posted:] == []
-        assert len(hooks.deliveries(WS, hook.id).data) == 3
+        assert len((await hooks.deliveries(WS, hook.id)).data) == 3
         nursery.cancel_scope.cancel()

@@ -166,7 +166,7 @@ def hooks_factory(engine: Engine, nursery: trio.Nursery) -> Callable[..., Awaita
     async def make(**overrides: object) -> Webhooks:
         settings: dict[str, object] = {"allow_private": True, "retry_base": 1.0}
         settings.update(overrides)
-        store = engine.store if isinstance(engine.store, RedisStore) else None
+        store = engine.store.webhooks if isinstance(engine.store, RedisStore) else None
         hooks = Webhooks(engine, WebhookConfig(**settings),  # type: ignore[arg-type]
                          store=store)
         await nursery.start(hooks.run)

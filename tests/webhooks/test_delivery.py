@@ -48,7 +48,7 @@ async def test_every_event_is_delivered_with_the_documented_payload(clock,
         assert r.headers["webhook-id"] == r.json()["id"]
         assert r.headers["x-cmdop-event"] == r.json()["type"]
 
-    page = hooks.deliveries(WS, hook.id)
+    page = await hooks.deliveries(WS, hook.id)
     assert [d.state for d in page.data] == ["succeeded"] * 5
     assert next(d.event_type for d in page.data) == "session.disconnected"  # newest first
     assert all(d.attempts == 1 and d.last_status_code == 200 for d in page.data)
@@ -78,7 +78,7 @@ async def test_failed_attempts_are_retried_with_exponential_backoff(clock,
     times = [r.at for r in receiver.requests]
     assert [b - a for a, b in itertools.pairwise(times)] == [2.0, 4.0, 8.0]
     await settle(hooks, hook.id)
-    [d] = hooks.deliveries(WS, hook.id).data
+    [d] = (await hooks.deliveries(WS, hook.id)).data
     assert (d.state, d.attempts, d.last_status_code, d.last_error) == (
         "succeeded", 4, 200, None)
 
@@ -90,7 +90,7 @@ async def test_retry_state_is_visible_while_waiting(clock, engine, receiver_fact
     await engine.create_session(WS, "mach_1", "host")
     await receiver.wait_for(1)
     await trio.sleep(1)
-    [d] = hooks.deliveries(WS, hook.id).data
+    [d] = (await hooks.deliveries(WS, hook.id)).data
     assert (d.state, d.attempts, d.last_status_code, d.last_error) == (
         "pending", 1, 500, "HTTP 500")
     assert d.next_attempt_at == engine.clock.rfc3339(receiver.requests[0].at + 30.0)
@@ -106,7 +106,7 @@ async def test_exhausted_event_stays_failed_and_can_be_redelivered(clock,
     await engine.create_session(WS, "mach_1", "host")
     await receiver.wait_for(4)
     await settle(hooks, hook.id)
-    [d] = hooks.deliveries(WS, hook.id).data
+    [d] = (await hooks.deliveries(WS, hook.id)).data
     assert (d.state, d.attempts, d.last_status_code, d.last_error) == (
         "failed", 4, 500, "HTTP 500")
     times = [r.at for r in receiver.requests]
@@ -121,7 +121,7 @@ async def test_exhausted_event_stays_failed_and_can_be_redelivered(clock,
     receiver.hang = False  # the hung attempt times out; the retry after it succeeds
     await receiver.wait_for(6)
     await settle(hooks, hook.id)
-    [d] = hooks.deliveries(WS, hook.id).data
+    [d] = (await hooks.deliveries(WS, hook.id)).data
     assert (d.state, d.attempts, d.last_status_code) == ("succeeded", 6, 200)
     # The same event, the same webhook-id: receivers can de-duplicate.
     assert receiver.requests[-1].headers["webhook-id"] == receiver.requests[0].headers["webhook-id"]
@@ -137,7 +137,7 @@ async def test_a_receiver_that_hangs_times_out(clock, engine, receiver_factory, 
     await settle(hooks, hook.id)
     times = [r.at - start for r in receiver.requests]
     assert times == [0.0, 11.0, 23.0, 37.0]  # 10 s timeout, then 1, 2, 4 s backoff
-    [d] = hooks.deliveries(WS, hook.id).data
+    [d] = (await hooks.deliveries(WS, hook.id)).data
     assert d.state == "failed" and d.attempts == 4 and d.last_status_code is None
     assert "timeout" in d.last_error
 
@@ -147,7 +147,7 @@ async def test_a_dead_endpoint_fails_with_the_connection_error(clock, engine, ho
     hook = await hooks.create(WS, dead_url(), ["session.created"])
     await engine.create_session(WS, "mach_1", "host")
     await trio.sleep(10)
-    [d] = hooks.deliveries(WS, hook.id).data
+    [d] = (await hooks.deliveries(WS, hook.id)).data
     assert d.state == "failed" and d.attempts == 4 and d.last_status_code is None
     assert "ConnectError" in d.last_error
 
@@ -197,11 +197,11 @@ async def test_consecutive_failures_disable_the_endpoint_until_enabled(clock,
     for i in range(5):
         await engine.create_session(WS, f"mach_{i}", "host")
     await trio.sleep(30)
-    view = hooks.get(WS, hook.id)
+    view = await hooks.get(WS, hook.id)
     assert view.enabled is False
     assert view.disabled_reason.startswith("3 consecutive failed events")
     assert "HTTP 500" in view.disabled_reason
-    deliveries = hooks.deliveries(WS, hook.id).data
+    deliveries = (await hooks.deliveries(WS, hook.id)).data
     assert len(deliveries) == 5 and {d.state for d in deliveries} == {"failed"}
     assert view.pending_deliveries == 0
     sent = len(receiver.requests)
@@ -219,7 +219,7 @@ async def test_consecutive_failures_disable_the_endpoint_until_enabled(clock,
         await hooks.redeliver(WS, hook.id, d.id)
     await receiver.wait_for(sent + 5)
     await settle(hooks, hook.id)
-    states = [d.state for d in hooks.deliveries(WS, hook.id).data]
+    states = [d.state for d in (await hooks.deliveries(WS, hook.id)).data]
     assert states == ["succeeded"] * 5
 
 
@@ -231,7 +231,7 @@ async def test_queue_overflow_is_recorded_as_failed_deliveries(clock,
     for i in range(8):
         await engine.create_session(WS, f"mach_{i}", "host")
     await trio.sleep(0.01)
-    deliveries = hooks.deliveries(WS, hook.id).data
+    deliveries = (await hooks.deliveries(WS, hook.id)).data
     assert len(deliveries) == 8
     overflowed = [d for d in deliveries if d.state == "failed"]
     assert len(overflowed) == 5
@@ -249,9 +249,9 @@ async def test_the_deliveries_log_is_bounded_and_paginated(clock,
         await engine.create_session(WS, f"mach_{i}", "host")
     await receiver.wait_for(12)
     await settle(hooks, hook.id)
-    first = hooks.deliveries(WS, hook.id, limit=4)
+    first = await hooks.deliveries(WS, hook.id, limit=4)
     assert len(first.data) == 4 and first.meta.has_more
-    second = hooks.deliveries(WS, hook.id, limit=4, before=first.meta.next_before)
+    second = await hooks.deliveries(WS, hook.id, limit=4, before=first.meta.next_before)
     assert len(second.data) == 3 and not second.meta.has_more
     ids = [d.id for d in first.data + second.data]
     assert ids == sorted(ids, reverse=True) and len(set(ids)) == 7
@@ -271,8 +271,9 @@ async def test_test_send_reports_the_outcome(clock, engine, receiver_factory, ho
     body = receiver.requests[-1].json()
     assert body["type"] == "webhook.test" and body["data"]["webhook_id"] == hook.id
     assert body["id"] == ok.event_id
-    assert [d.event_type for d in hooks.deliveries(WS, hook.id).data] == ["webhook.test"] * 2
-    assert hooks.get(WS, hook.id).consecutive_failures == 0
+    page = await hooks.deliveries(WS, hook.id)
+    assert [d.event_type for d in page.data] == ["webhook.test"] * 2
+    assert (await hooks.get(WS, hook.id)).consecutive_failures == 0
 
     dead = await hooks.create(WS, dead_url(), ["*"])
     result = await hooks.send_test(WS, dead.id)
@@ -285,13 +286,13 @@ async def test_endpoints_are_per_workspace_and_deletable(
     hooks = await hooks_factory()
     hook = await hooks.create(WS, receiver.url, list(EVENT_TYPES))
     assert hook.secret.startswith("whsec_")
-    assert hooks.get(WS, hook.id).secret is None  # shown once
+    assert (await hooks.get(WS, hook.id)).secret is None  # shown once
     with pytest.raises(WebhookNotFound):
-        hooks.get("ws_other", hook.id)
-    assert hooks.list("ws_other") == []
+        await hooks.get("ws_other", hook.id)
+    assert await hooks.list("ws_other") == []
     await hooks.delete(WS, hook.id)
     with pytest.raises(WebhookNotFound):
-        hooks.get(WS, hook.id)
+        await hooks.get(WS, hook.id)
     await engine.create_session(WS, "mach_1", "host")
     await trio.sleep(1)
     assert receiver.requests == []
@@ -335,7 +336,7 @@ async def test_a_client_factory_stands_in_for_http_and_undelivered_counts_what_i
     assert posted == [("http://receiver.invalid/hook", "session.created")]
     answer["status"] = 0  # now it hangs: the retry at 1 s times out at 3 s
     await trio.sleep(3.0)
-    assert hooks.deliveries(WS, hook.id).data[-1].last_error == \
+    assert (await hooks.deliveries(WS, hook.id)).data[-1].last_error == \
         "timeout after 2 s waiting for the response"
     answer["status"] = 204
     await settle(hooks, hook.id)

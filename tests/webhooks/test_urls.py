@@ -66,7 +66,7 @@ async def test_the_service_refuses_internal_targets(clock, engine, hooks_factory
     hook = await hooks.create(WS, "https://93.184.215.14/hook", ["*"])
     with pytest.raises(InvalidParameter):
         await hooks.update(WS, hook.id, url="http://169.254.169.254/")
-    assert hooks.get(WS, hook.id).url == "https://93.184.215.14/hook"
+    assert (await hooks.get(WS, hook.id)).url == "https://93.184.215.14/hook"
     with pytest.raises(InvalidParameter) as caught:
         await hooks.create(WS, "https://93.184.215.14/hook", ["session.exploded"])
     assert caught.value.parameter == "events"

@@ -256,7 +256,7 @@ async def _serve(
     stop = trio.Event()
     async with open_engine(engine_config, args) as engine, trio.open_nursery() as services:
         # Webhook delivery outlives the server (it is an event-bus consumer beside it).
-        store = engine.store if isinstance(engine.store, RedisStore) else None
+        store = engine.store.webhooks if isinstance(engine.store, RedisStore) else None
         webhooks = Webhooks(engine, webhook_config, store=store)
         await services.start(webhooks.run)
         await services.start(keys.run)

@@ -33,6 +33,7 @@ from ._errors import (
     TetherError,
 )
 from ._events import EventsMissed, Subscription
+from ._forward import Forwarder
 from ._link import AgentLink
 from ._models import (
     CLIENT_MODES,
@@ -106,6 +107,7 @@ __all__ = [
     "EventData",
     "EventsGone",
     "EventsMissed",
+    "Forwarder",
     "GroupCommit",
     "Heartbeat",
     "HistoryAppend",

@@ -17,6 +17,7 @@ module each:
 from __future__ import annotations
 
 import secrets
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -27,13 +28,13 @@ from ._apply import Applier
 from ._clients import ClientDesk
 from ._clock import WallClock
 from ._config import EngineConfig
-from ._errors import EngineClosed, InvalidParameter, SessionAlreadyActive
+from ._errors import EngineClosed, InvalidParameter, OwnerUnreachable, SessionAlreadyActive
 from ._events import EventLog, Subscription
 from ._forward import Forwarder
 from ._gc import GcGuard
 from ._journal import Journal
 from ._lifecycle import Input
-from ._models import Status, check_text
+from ._models import AttachedClient, CommandView, SessionDetail, Status, check_text
 from ._nurseries import ActorNurseries
 from ._owners import ForeignSessions
 from ._pacer import Pacer
@@ -48,14 +49,11 @@ if TYPE_CHECKING:
 
     from ._link import AgentLink
     from ._models import (
-        AttachedClient,
         ClientMode,
-        CommandView,
         Event,
         HistoryPage,
         MachineSession,
         Metrics,
-        SessionDetail,
         SessionPage,
     )
     from ._persist import Loaded, SessionStore
@@ -116,15 +114,18 @@ class Engine:
         self._queries = Queries(table, clock, config)
         # Each write through the API, as this node runs it for a session it owns.
         clients = self._clients
-        self._writes_here: dict[str, Callable[..., Awaitable[Any]]] = {
-            "attach": clients.attach, "detach": clients.detach,
-            "run_command": clients.run_command, "terminate": self._terminate_here,
+        self._writes_here: dict[str, tuple[Callable[..., Awaitable[Any]], type[Any] | None]] = {
+            "attach": (clients.attach, AttachedClient), "detach": (clients.detach, None),
+            "run_command": (clients.run_command, CommandView),
+            "terminate": (self._terminate_here, SessionDetail),
         }
         loaded = None
         if self.store is not None:
             self.foreign = ForeignSessions(self.store, table, clock, config.history_cap,
                                            self._adopt, self.events.place_new)
-            self.forwarder = Forwarder(self.store, self._writes_here)
+            self.forwarder = Forwarder(self.store)
+            for op, (run, result) in self._writes_here.items():
+                self.forwarder.add(op, run, result)
             loaded = await self.store.load()
         self._nursery_cm = trio.open_nursery()
         self._nursery = await self._nursery_cm.__aenter__()
@@ -360,8 +361,9 @@ class Engine:
         which runs it here-only: it never forwards again."""
         owner = self._owner(workspace_id, session_id)
         if owner is not None:
-            return await self.forwarder.call(owner, op, workspace_id, session_id, *args)
-        return await self._writes_here[op](workspace_id, session_id, *args)
+            return await self.forwarder.call(owner, op, [workspace_id, session_id, *args],
+                                             partial(OwnerUnreachable, session_id, owner))
+        return await self._writes_here[op][0](workspace_id, session_id, *args)
 
     def _owner(self, workspace_id: str, session_id: str) -> str | None:
         """The node that runs a live session, if not this one (with a shared store)."""

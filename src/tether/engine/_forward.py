@@ -1,12 +1,13 @@
-"""Writes for a session another node owns: carried to that node and answered as if local.
+"""Calls carried to the node that must run them, and answered as if local.
 
-With a store that nodes share, a session's writes (attach, detach, run a command, terminate)
-run in its actor, on the node that owns it. A node asked to make one for a session another
-node owns sends the request to that node's inbox in the store and waits for the answer in its
-own; the owner runs it as a local call and answers with the result or the error, which the
-asking node returns or raises as its own. If no answer comes within ``timeout`` the caller
-gets :class:`OwnerUnreachable` (503 ``unavailable``), and the write does not happen later: a
-request carries its deadline, and the owner drops one it finds past it.
+With a store that nodes share, some work has one place: a session's writes (attach, detach,
+run a command, terminate) run in its actor, on the node that owns it, and the webhooks API runs
+on the node that delivers webhooks. A node asked for such a call sends the request to that
+node's inbox in the store and waits for the answer in its own; the other node runs it as a
+local call (an *operation* registered with :meth:`Forwarder.add`) and answers with the result
+or the error, which the asking node returns or raises as its own. If no answer comes within
+``timeout`` the caller gets the error it named (503 ``unavailable``), and the call does not
+happen later: a request carries its deadline, and the other node drops one it finds past it.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ import contextlib
 import logging
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 import trio
 
-from ._errors import OwnerUnreachable, TetherError
-from ._models import AttachedClient, CommandView, SessionDetail
+from ._errors import TetherError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -41,7 +41,7 @@ class Request(msgspec.Struct, frozen=True, tag="request"):
     reply_to: str  # the asking node
     deadline: float  # wall time after which the owner must not run it
     op: str
-    args: list[str]
+    args: list[Any]  # msgpack values
 
 
 class Reply(msgspec.Struct, frozen=True, tag="reply"):
@@ -52,13 +52,9 @@ class Reply(msgspec.Struct, frozen=True, tag="reply"):
     details: dict[str, Any] = {}
 
 
-#: What each operation returns (``None``: nothing).
-_RESULTS: dict[str, type[Any] | None] = {
-    "attach": AttachedClient,
-    "detach": None,
-    "run_command": CommandView,
-    "terminate": SessionDetail,
-}
+class Operation(NamedTuple):
+    run: Callable[..., Awaitable[Any]]  # the local call
+    result: Any  # the type it returns (for msgpack to decode), ``None`` for nothing
 
 
 def _error_classes() -> dict[str, type[TetherError]]:
@@ -73,48 +69,52 @@ def _error_classes() -> dict[str, type[TetherError]]:
 
 
 class Forwarder:
-    """This node's side of forwarded writes: asking other nodes, and answering them."""
+    """This node's side of forwarded calls: asking other nodes, and answering them."""
 
-    def __init__(self, store: SessionStore,
-                 operations: dict[str, Callable[..., Awaitable[Any]]],
-                 timeout: float = FORWARD_TIMEOUT) -> None:
+    def __init__(self, store: SessionStore, timeout: float = FORWARD_TIMEOUT) -> None:
         self.store = store
-        self.operations = operations  # op -> the local call that runs it here
         self.timeout = timeout
+        self._operations: dict[str, Operation] = {}
         self._waiting: dict[int, trio.MemorySendChannel[Reply]] = {}
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode = msgspec.msgpack.Decoder(Request | Reply).decode
-        self._errors = _error_classes()
 
-    async def call(self, owner: str, op: str, workspace_id: str, session_id: str,
-                   *args: str) -> Any:
-        """Run ``op`` on ``owner`` and return (or raise) what it did there."""
-        # The owner starts nothing past this deadline, a margin before this node gives up,
-        # so a write this node answers 503 for does not happen after all.
+    def add(self, op: str, run: Callable[..., Awaitable[Any]], result: Any) -> None:
+        """Let other nodes ask this one for ``op``: ``run(*args)`` answers it here, returning
+        a ``result`` (a type msgpack decodes; ``None`` when it returns nothing)."""
+        if op in self._operations:
+            raise ValueError(f"operation {op!r} is registered already")
+        self._operations[op] = Operation(run, result)
+
+    async def call(self, node: str, op: str, args: list[Any],
+                   unreachable: Callable[[], TetherError]) -> Any:
+        """Run ``op`` on ``node`` and return (or raise) what it did there; raise
+        ``unreachable()`` if it does not answer in time (then it does not run it later)."""
+        # The node starts nothing past this deadline, a margin before this one gives up, so
+        # a call answered 503 here does not happen after all.
         request = Request(secrets.randbits(62), self.store.node_id,
-                          time.time() + self.timeout - _MARGIN, op,
-                          [workspace_id, session_id, *args])
+                          time.time() + self.timeout - _MARGIN, op, args)
         send, receive = trio.open_memory_channel[Reply](1)
         self._waiting[request.id] = send
         try:
             with trio.move_on_after(self.timeout):
                 try:
-                    await self.store.send(owner, self._encode(request))
+                    await self.store.send(node, self._encode(request))
                 except Exception as exc:  # the store is away: nothing was sent
-                    raise OwnerUnreachable(session_id, owner) from exc
+                    raise unreachable() from exc
                 reply = await receive.receive()
                 return self._outcome(op, reply)
-            raise OwnerUnreachable(session_id, owner)
+            raise unreachable()
         finally:
             del self._waiting[request.id]
 
     def _outcome(self, op: str, reply: Reply) -> Any:
         if reply.code is not None:
-            cls = self._errors.get(reply.code, TetherError)
+            cls = _error_classes().get(reply.code, TetherError)  # now: every package's errors
             error = cls.__new__(cls)
             TetherError.__init__(error, reply.message, reply.details)
             raise error
-        kind = _RESULTS[op]
+        kind = self._operations[op].result
         if kind is None or reply.result is None:
             return None
         return msgspec.msgpack.decode(reply.result, type=kind)
@@ -147,18 +147,18 @@ class Forwarder:
     async def _answer(self, request: Request) -> None:
         if time.time() > request.deadline:
             return  # the asking node has given up: the write must not happen now
-        run = self.operations.get(request.op)
-        if run is None:
+        operation = self._operations.get(request.op)
+        if operation is None:
             log.warning("dropped a request for an unknown operation %r", request.op)
             return
         try:
-            result = await run(*request.args)
+            result = await operation.run(*request.args)
         except TetherError as exc:
             reply = Reply(request.id, code=exc.code, message=exc.message, details=exc.details)
         except Exception:  # a bug, or a request this version cannot run: the asker gets 503
             log.exception("forwarded %s failed", request.op)
-            reply = Reply(request.id, code=OwnerUnreachable.code,
-                          message="The session's node could not run the request",
+            reply = Reply(request.id, code="unavailable",
+                          message="The node that runs it could not run the request",
                           details={"node_id": self.store.node_id})
         else:
             reply = Reply(request.id, result=None if result is None else self._encode(result))

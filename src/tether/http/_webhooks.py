@@ -23,7 +23,7 @@ class WebhooksApi:
         self.webhooks = webhooks
 
     async def list_webhooks(self, workspace_id: str) -> Data[list[WebhookView]]:
-        return Data(data=self.webhooks.list(workspace_id))
+        return Data(data=await self.webhooks.list(workspace_id))
 
     async def create_webhook(
         self, workspace_id: str, body: CreateWebhookBody
@@ -33,7 +33,7 @@ class WebhooksApi:
         return Data(data=view)
 
     async def get_webhook(self, workspace_id: str, webhook_id: str) -> Data[WebhookView]:
-        return Data(data=self.webhooks.get(workspace_id, webhook_id))
+        return Data(data=await self.webhooks.get(workspace_id, webhook_id))
 
     async def update_webhook(
         self, workspace_id: str, webhook_id: str, body: UpdateWebhookBody
@@ -53,7 +53,7 @@ class WebhooksApi:
     async def list_deliveries(
         self, workspace_id: str, webhook_id: str, limit: int, before: str | None
     ) -> DeliveryPage:
-        return self.webhooks.deliveries(workspace_id, webhook_id, limit=limit, before=before)
+        return await self.webhooks.deliveries(workspace_id, webhook_id, limit=limit, before=before)
 
     async def retry_delivery(
         self, workspace_id: str, webhook_id: str, delivery_id: str

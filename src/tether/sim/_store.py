@@ -129,6 +129,10 @@ class InProcessStore:
 
     # -- webhooks --------------------------------------------------------------------------
 
+    async def desk(self) -> str:
+        await self._round_trip()
+        return self.node_id  # the only node: it always holds the desk
+
     async def write_webhooks(self, batch: WebhookBatch) -> None:
         await self._round_trip()
         for ep in batch.endpoints:

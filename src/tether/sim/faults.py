@@ -416,19 +416,19 @@ def check_memory(engine: Engine, report: FaultReport) -> None:
             bad(f"{count} {kind} objects in memory for {live} live sessions")
 
 
-def _deliveries(hooks: Webhooks, workspace: str, webhook_id: str) -> list[Any]:
+async def _deliveries(hooks: Webhooks, workspace: str, webhook_id: str) -> list[Any]:
     """Every delivery in the endpoint's log, through the public paginated reader."""
     found: list[Any] = []
     before = None
     while True:
-        page = hooks.deliveries(workspace, webhook_id, 100, before)
+        page = await hooks.deliveries(workspace, webhook_id, 100, before)
         found += page.data
         if not page.meta.has_more:
             return found
         before = page.meta.next_before
 
 
-def check_deliveries(hooks: Webhooks, hook_ids: dict[str, str], receivers: Receivers,
+async def check_deliveries(hooks: Webhooks, hook_ids: dict[str, str], receivers: Receivers,
                      feed: Feed, report: FaultReport) -> None:
     """Webhooks lose nothing and keep each session's order.
 
@@ -446,8 +446,8 @@ def check_deliveries(hooks: Webhooks, hook_ids: dict[str, str], receivers: Recei
     for workspace, kind, name in ENDPOINTS:
         webhook_id = hook_ids[name]
         receiver: Receiver = receivers.named[name]
-        view = hooks.get(workspace, webhook_id)
-        log = _deliveries(hooks, workspace, webhook_id)
+        view = await hooks.get(workspace, webhook_id)
+        log = await _deliveries(hooks, workspace, webhook_id)
         sessions = feed[workspace]
         feed_ids = {e.id for events in sessions.values() for e in events}
         logged: dict[str, Any] = {}
@@ -601,7 +601,7 @@ async def _simulate(seed: int, agents: int, report: FaultReport, duration: float
             while hooks.undelivered:
                 await trio.sleep(10)
         feed = check_invariants(engine, report, driver.transports)
-        check_deliveries(hooks, hook_ids, receivers, feed, report)
+        await check_deliveries(hooks, hook_ids, receivers, feed, report)
         del feed
         # ... and once their retention has passed, nothing of an ended session is in memory
         driver.forget()

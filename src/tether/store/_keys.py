@@ -89,3 +89,11 @@ class Keys:
     def webhook_cursor(self) -> str:
         """A string: the last event the webhook dispatcher made into deliveries."""
         return f"{self.prefix}webhook-cursor"
+
+    def webhook_desk(self) -> str:
+        """A string ``<node>:<token>``: the node that delivers webhooks, while its lease holds."""
+        return f"{self.prefix}webhook-desk"
+
+    def webhook_desk_fence(self) -> str:
+        """The desk's fencing counter: grows by one whenever a node takes the desk."""
+        return f"{self.prefix}webhook-desk-fence"

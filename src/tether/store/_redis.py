@@ -29,7 +29,6 @@ import os
 import secrets
 import socket
 import time
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import coredis
@@ -49,17 +48,13 @@ from tether.engine import (
     WriteBatch,
     with_heartbeat,
 )
-from tether.webhooks import (
-    DeliverySnapshot,
-    EndpointSnapshot,
-    LoadedWebhooks,
-    WebhookBatch,
-)
 
 from ._keys import DEFAULT_PREFIX, Keys
+from ._timeouts import RedisTimeout, answer_within
+from ._webhooks import RedisWebhookStore
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
     from coredis.commands.script import Script
 
@@ -245,10 +240,6 @@ class _Item:
         self.events: list[Event] = []
 
 
-class RedisTimeout(ConnectionError):
-    """Redis did not answer a round trip in time (down, paused, or overloaded)."""
-
-
 class RedisStore:
     """Sessions, their histories and the event log in one Redis (``SessionStore``), for one
     node: ``node_id`` names it in Redis, and its lease lapses ``lease_ttl`` seconds after the
@@ -287,8 +278,9 @@ class RedisStore:
         self._feed_count = 0  # and its number
         self._events_position = b"0-0"  # the last event stream entry this store has read
         self._event = msgspec.msgpack.Decoder(Event).decode
-        self._endpoint = msgspec.msgpack.Decoder(EndpointSnapshot).decode
-        self._delivery = msgspec.msgpack.Decoder(DeliverySnapshot).decode
+        #: The webhooks' state, for ``Webhooks(engine, store=store.webhooks)``.
+        self.webhooks = RedisWebhookStore(self._client, self.keys, self.node_id, timeout,
+                                          self.adopt_interval)
 
     async def __aenter__(self) -> RedisStore:
         await self._client.__aenter__()
@@ -344,7 +336,7 @@ class RedisStore:
         while True:
             await trio.sleep(wait)
             try:
-                with self._answer_within(min(self.timeout, self.lease_ttl / 3)):
+                with answer_within(min(self.timeout, self.lease_ttl / 3)):
                     if not await self._client.pexpire(key, self._ttl_ms):
                         # It lapsed (an outage, a pause): other nodes may have adopted some of
                         # this node's sessions; their fencing refuses this node's writes.
@@ -360,7 +352,7 @@ class RedisStore:
                 renewed = trio.current_time()
                 wait = self.lease_ttl / 3
                 with contextlib.suppress(RedisTimeout, OSError, coredis.exceptions.RedisError), \
-                        self._answer_within(self.timeout):
+                        answer_within(self.timeout):
                     await self._see_nodes()
 
     async def _release(self) -> None:
@@ -375,14 +367,6 @@ class RedisStore:
                 log.warning("node lease not released (it lapses by itself): %s", exc)
 
     # -- writing ---------------------------------------------------------------------------
-
-    @contextmanager
-    def _answer_within(self, seconds: float) -> Iterator[None]:
-        try:
-            with trio.fail_after(seconds):
-                yield
-        except trio.TooSlowError:
-            raise RedisTimeout(f"Redis did not answer within {seconds:g} s") from None
 
     def _token(self, session_id: str) -> str:
         return str(self._tokens.get(session_id, 0))
@@ -440,7 +424,7 @@ class RedisStore:
             args.append(len(it.events))
             for event in it.events:
                 args += [event.sequence, encode(event)]
-        with self._answer_within(self.timeout):
+        with answer_within(self.timeout):
             reply: Any = await self._script(keys=script_keys, args=args)
         claimed: list[bytes] = reply[0]
         stale: list[bytes] = reply[1]
@@ -459,7 +443,7 @@ class RedisStore:
     async def send(self, node_id: str, message: bytes) -> None:
         """Put ``message`` in a node's inbox (it expires if nobody reads it for a minute)."""
         inbox = self.keys.inbox(node_id)
-        with self._answer_within(self.timeout):
+        with answer_within(self.timeout):
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.rpush(inbox, [message])
                 pipe.pexpire(inbox, FEED_RETENTION_MS)
@@ -517,7 +501,7 @@ class RedisStore:
         """The events written since this store last read the stream (by any node)."""
         key = self.keys.events()
         found: list[tuple[int, Event]] = []
-        with self._answer_within(self.timeout):
+        with answer_within(self.timeout):
             while True:
                 entries: Any = await self._client.xrange(
                     key, b"(" + self._events_position, "+", count=1000)
@@ -605,7 +589,7 @@ class RedisStore:
     async def take_over(self, workspace_id: str, session_id: str) -> LoadedSession | None:
         """Take a session over whoever owns it (its agent has come to this node): its state
         as it is now, or ``None`` if it is gone."""
-        with self._answer_within(self.timeout):
+        with answer_within(self.timeout):
             [token] = await self._claim_chunk([(workspace_id, session_id, "")], force=True)
         if not token or isinstance(token, bytes):
             return None
@@ -680,44 +664,6 @@ class RedisStore:
                                       None if beat_raw is None else self._beat(beat_raw))
                 sessions.append(LoadedSession(snap, [self._entry(e) for e in history]))
         return sessions
-
-    # -- webhooks (``WebhookStore``) --------------------------------------------------------
-
-    async def write_webhooks(self, batch: WebhookBatch) -> None:
-        """One transaction: endpoints, deliveries, evictions and the cursor together."""
-        with self._answer_within(self.timeout):
-            await self._write_webhooks(batch)
-
-    async def _write_webhooks(self, batch: WebhookBatch) -> None:
-        keys, encode = self.keys, self._encode
-        async with self._client.pipeline(transaction=True) as pipe:
-            for ep in batch.endpoints:
-                pipe.hset(keys.webhooks(ep.workspace_id), {ep.id: encode(ep)})
-                pipe.sadd(keys.webhook_workspaces(), [ep.workspace_id])
-            for ws, hook in batch.deleted:
-                pipe.hdel(keys.webhooks(ws), [hook])
-                pipe.delete([keys.deliveries(ws, hook)])
-            for d in batch.deliveries:
-                pipe.hset(keys.deliveries(d.workspace_id, d.webhook_id), {d.id: encode(d)})
-            for ws, hook, delivery_id in batch.evicted:
-                pipe.hdel(keys.deliveries(ws, hook), [delivery_id])
-            if batch.cursor is not None:
-                pipe.set(keys.webhook_cursor(), batch.cursor)
-            pipe.ping()  # a batch with nothing in it still proves Redis answers
-
-    async def load_webhooks(self) -> LoadedWebhooks:
-        client, keys = self._client, self.keys
-        endpoints: list[EndpointSnapshot] = []
-        deliveries: list[DeliverySnapshot] = []
-        for raw_ws in await client.smembers(keys.webhook_workspaces()):
-            ws = raw_ws.decode()
-            for blob in (await client.hgetall(keys.webhooks(ws))).values():
-                ep = self._endpoint(blob)
-                endpoints.append(ep)
-                stored = await client.hgetall(keys.deliveries(ws, ep.id))
-                deliveries += [self._delivery(d) for d in stored.values()]
-        cursor = await client.get(keys.webhook_cursor())
-        return LoadedWebhooks(endpoints, deliveries, None if cursor is None else cursor.decode())
 
 
 def _stream_id(raw: bytes) -> tuple[int, int]:

@@ -16,6 +16,7 @@ from ._errors import (
     WebhookDisabled,
     WebhookNotFound,
     WebhookQueueFull,
+    WebhooksUnreachable,
 )
 from ._models import (
     TEST_EVENT_TYPE,
@@ -65,6 +66,7 @@ __all__ = [
     "WebhookStore",
     "WebhookView",
     "Webhooks",
+    "WebhooksUnreachable",
     "check_url",
     "generate_secret",
     "internal_reason",

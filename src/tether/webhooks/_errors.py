@@ -61,3 +61,14 @@ class TooManyWebhooks(TetherError):
 
     def __init__(self, limit: int) -> None:
         super().__init__("Workspace has too many webhooks", {"limit": limit})
+
+
+class WebhooksUnreachable(TetherError):
+    """With a store that nodes share: the node that delivers webhooks (and answers their API)
+    cannot be reached, or no node holds the desk at the moment (the call did not happen)."""
+
+    code = "unavailable"
+
+    def __init__(self, node_id: str | None) -> None:
+        super().__init__("The node that serves webhooks cannot be reached; retry later",
+                         {"node_id": node_id})

@@ -83,11 +83,22 @@ class LoadedWebhooks(msgspec.Struct, frozen=True):
 
 
 class WebhookStore(Protocol):
-    """Durable webhooks (``Webhooks(engine, config, store=...)``)."""
+    """Durable webhooks (``Webhooks(engine, config, store=...)``), shared by the nodes of a
+    cluster: one node at a time holds the *desk* and delivers (``tether.store._webhooks``)."""
+
+    node_id: str  # this node
+    adopt_interval: float  # seconds between looks at who holds the desk
+
+    async def desk(self) -> str:
+        """The node that holds the desk, after this node took it if nobody alive held it.
+        The desk goes with its holder's node lease: a node that exits cleanly gives it up."""
+        ...
 
     async def load_webhooks(self) -> LoadedWebhooks: ...
 
-    async def write_webhooks(self, batch: WebhookBatch) -> None: ...
+    async def write_webhooks(self, batch: WebhookBatch) -> None:
+        """Write ``batch`` whole; refused (an exception) once another node took the desk."""
+        ...
 
 
 def _maybe(clock: WallClock, t: float | None) -> float | None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import secrets
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import trio
@@ -28,6 +29,7 @@ from ._errors import (
     WebhookDisabled,
     WebhookNotFound,
     WebhookQueueFull,
+    WebhooksUnreachable,
 )
 from ._models import (
     TEST_EVENT_TYPE,
@@ -48,6 +50,7 @@ from ._urls import check_url
 
 if TYPE_CHECKING:
     import builtins
+    from collections.abc import Awaitable, Callable
 
     from tether.engine import Engine, Event, Subscription
 
@@ -61,6 +64,21 @@ MAX_EVENT_TYPES = 32
 
 UNSET = msgspec.UNSET
 Unset = msgspec.UnsetType
+
+
+_Views = list[WebhookView]  # a name, since ``Webhooks.list`` hides the builtin in the class
+
+
+class _Once:
+    """Call ``callback`` the first time only (``task_status.started``, from several places)."""
+
+    def __init__(self, callback: Callable[[], object]) -> None:
+        self._callback: Callable[[], object] | None = callback
+
+    def __call__(self) -> None:
+        if self._callback is not None:
+            callback, self._callback = self._callback, None
+            callback()
 
 
 def check_events(events: object) -> frozenset[str]:
@@ -93,23 +111,87 @@ class Webhooks:
         self._endpoints: dict[str, Endpoint] = {}
         self._by_workspace: dict[str, dict[str, Endpoint]] = {}
         self._dispatcher: Dispatcher | None = None
+        #: With a store: the node that holds the desk (delivers and answers the API), if known.
+        self._holder: str | None = None
         #: Events the dispatcher could not read because it fell behind the engine's log.
         self.events_missed = 0
 
     # -- running -----------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Deliver the engine's events until cancelled. Start it with ``nursery.start``."""
+        """Deliver the engine's events until cancelled. Start it with ``nursery.start``.
+
+        With a store that several nodes share, the node that holds the store's *desk*
+        delivers and answers the API; the others forward the API to it, and one of them takes
+        the desk over within ``store.adopt_interval`` of its holder's lease lapsing."""
+        store = self._store
+        if store is None:
+            await self._deliver(Dispatcher(self.config, self.engine.clock, self._client_factory),
+                                None, task_status.started)
+            return
+        self._answer_for_others()
+        ready = _Once(task_status.started)
+        failing = False
+        while True:
+            try:
+                holder = await store.desk()
+            except Exception as exc:  # the store is away: carry on as we were
+                log.log(logging.DEBUG if failing else logging.WARNING,
+                        "webhooks: cannot tell which node delivers them: %r", exc)
+                failing = True
+            else:
+                failing = False
+                if holder == store.node_id:
+                    await self._lead(store, ready)
+                    continue
+                if holder != self._holder:
+                    log.info("webhooks: node %s delivers them", holder)
+                self._holder = holder
+                ready()
+            await trio.sleep(store.adopt_interval)
+
+    async def _lead(self, store: WebhookStore, ready: _Once) -> None:
+        """Deliver, and answer the API, while this node holds the desk."""
+        try:
+            loaded = await store.load_webhooks()
+        except Exception as exc:  # the store is away: the caller tries again
+            log.warning("webhooks: loading their state failed: %s", exc)
+            return
+        log.info("webhooks: this node (%s) delivers them", store.node_id)
+        self._journal = journal = WebhookJournal(store, self.engine.clock)
         dispatcher = Dispatcher(self.config, self.engine.clock, self._client_factory)
-        cursor = None
-        if self._store is not None:
-            loaded = await self._store.load_webhooks()
-            self._journal = WebhookJournal(self._store, self.engine.clock)
-            dispatcher.journal = self._journal
-            cursor = self._restore(loaded)
+        dispatcher.journal = journal
+        cursor = self._restore(loaded)
+        self._holder = store.node_id
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(journal.writer.run)
+                nursery.start_soon(self._keep_desk, store, nursery.cancel_scope)
+                await self._deliver(dispatcher, cursor, ready)
+        finally:
+            self._journal = None
+            self._holder = None
+            self._endpoints.clear()
+            self._by_workspace.clear()
+
+    async def _keep_desk(self, store: WebhookStore, leading: trio.CancelScope) -> None:
+        """Stop leading once another node holds the desk (this one was away past its lease)."""
+        while True:
+            await trio.sleep(store.adopt_interval)
+            try:
+                holder = await store.desk()
+            except Exception as exc:  # the store is away: its writes are fenced meanwhile
+                log.debug("webhooks: who holds the desk? %s", exc)
+                continue
+            if holder != store.node_id:
+                log.warning("webhooks: node %s took the desk over; this node stops delivering",
+                            holder)
+                leading.cancel()
+                return
+
+    async def _deliver(self, dispatcher: Dispatcher, cursor: str | None,
+                       ready: Callable[[], None]) -> None:
         async with trio.open_nursery() as nursery:
-            if self._journal is not None:
-                nursery.start_soon(self._journal.writer.run)
             await nursery.start(dispatcher.run)
             self._dispatcher = dispatcher
             try:
@@ -117,7 +199,7 @@ class Webhooks:
                     if ep.enabled:
                         dispatcher.start(ep)
                 subscription = self._subscribe(cursor)
-                task_status.started()
+                ready()
                 await self._consume(subscription)
                 # The engine closed its log: what is queued still goes out until cancelled.
                 await trio.sleep_forever()
@@ -205,17 +287,111 @@ class Webhooks:
 
     # -- endpoints ---------------------------------------------------------------------------
 
-    def _endpoint(self, workspace_id: str, webhook_id: str) -> Endpoint:
-        ep = self._by_workspace.get(workspace_id, {}).get(webhook_id)
-        if ep is None:
-            raise WebhookNotFound(webhook_id)
-        return ep
+    # -- the API, on any node ------------------------------------------------------------------
 
     async def create(
         self, workspace_id: str, url: str, events: list[str], secret: str | None = None,
         enabled: bool = True,
     ) -> WebhookView:
         """A new endpoint; the view carries its secret (generated if not given), this once."""
+        view: WebhookView = await self._route("create", workspace_id, url, events, secret,
+                                              enabled)
+        return view
+
+    async def list(self, workspace_id: str) -> _Views:
+        """The workspace's endpoints, oldest first."""
+        views: _Views = await self._route("list", workspace_id)
+        return views
+
+    async def get(self, workspace_id: str, webhook_id: str) -> WebhookView:
+        view: WebhookView = await self._route("get", workspace_id, webhook_id)
+        return view
+
+    async def update(
+        self, workspace_id: str, webhook_id: str, *, url: str | Unset = UNSET,
+        events: builtins.list[str] | Unset = UNSET, secret: str | Unset | None = UNSET,
+        enabled: bool | Unset = UNSET,
+    ) -> WebhookView:
+        """Change an endpoint. ``secret=None`` generates a new one (shown in the view, once).
+
+        Enabling a disabled endpoint clears its disabled reason and failure count.
+        """
+        given = {"url": url, "events": events, "secret": secret, "enabled": enabled}
+        changes = {name: value for name, value in given.items() if value is not UNSET}
+        view: WebhookView = await self._route("update", workspace_id, webhook_id, changes)
+        return view
+
+    async def delete(self, workspace_id: str, webhook_id: str) -> None:
+        await self._route("delete", workspace_id, webhook_id)
+
+    async def send_test(self, workspace_id: str, webhook_id: str) -> TestResult:
+        """Send a signed ``webhook.test`` event once, now, and report how it went.
+
+        It goes out even to a disabled endpoint (to check it before re-enabling) and is
+        recorded in the deliveries log; it does not count toward disabling.
+        """
+        result: TestResult = await self._route("send_test", workspace_id, webhook_id)
+        return result
+
+    async def deliveries(
+        self, workspace_id: str, webhook_id: str, limit: int = DEFAULT_DELIVERIES,
+        before: str | None = None,
+    ) -> DeliveryPage:
+        """The endpoint's deliveries, newest first; ``before`` is the previous page's cursor."""
+        page: DeliveryPage = await self._route("deliveries", workspace_id, webhook_id, limit,
+                                               before)
+        return page
+
+    async def redeliver(self, workspace_id: str, webhook_id: str,
+                        delivery_id: str) -> DeliveryView:
+        """Queue a finished delivery again (behind its session's queued events)."""
+        view: DeliveryView = await self._route("redeliver", workspace_id, webhook_id,
+                                               delivery_id)
+        return view
+
+    def _operations(self) -> dict[str, tuple[Callable[..., Awaitable[Any]], Any]]:
+        """Each API call as this node runs it, and what it returns."""
+        return {
+            "create": (self._create_here, WebhookView),
+            "list": (self._list_here, _Views),
+            "get": (self._get_here, WebhookView),
+            "update": (self._update_here, WebhookView),
+            "delete": (self._delete_here, None),
+            "send_test": (self._send_test_here, TestResult),
+            "deliveries": (self._deliveries_here, DeliveryPage),
+            "redeliver": (self._redeliver_here, DeliveryView),
+        }
+
+    def _answer_for_others(self) -> None:
+        """Let the other nodes forward the API to this one (while it holds the desk)."""
+        for op, (_, result) in self._operations().items():
+            self.engine.forwarder.add(f"webhooks.{op}", partial(self._run_here, op), result)
+
+    async def _run_here(self, op: str, *args: Any) -> Any:
+        if self._store is not None and self._journal is None:  # it gave the desk up since
+            raise WebhooksUnreachable(self._holder)
+        return await self._operations()[op][0](*args)
+
+    async def _route(self, op: str, *args: Any) -> Any:
+        """Run ``op`` here when this node delivers (or alone, without a store), else on the
+        node that delivers (503 ``unavailable`` if it does not answer, or none does)."""
+        store = self._store
+        holder = self._holder
+        if store is None or holder == store.node_id or holder is None:
+            return await self._run_here(op, *args)
+        return await self.engine.forwarder.call(holder, f"webhooks.{op}", [*args],
+                                                partial(WebhooksUnreachable, holder))
+
+    def _endpoint(self, workspace_id: str, webhook_id: str) -> Endpoint:
+        ep = self._by_workspace.get(workspace_id, {}).get(webhook_id)
+        if ep is None:
+            raise WebhookNotFound(webhook_id)
+        return ep
+
+    async def _create_here(
+        self, workspace_id: str, url: str, events: builtins.list[str], secret: str | None,
+        enabled: bool,
+    ) -> WebhookView:
         self._check_writable()
         types = check_events(events)
         if secret is None:
@@ -245,25 +421,21 @@ class Webhooks:
                 self._journal.endpoint(ep)
             await self._journal.writer.commit()
 
-    def list(self, workspace_id: str) -> list[WebhookView]:
-        """The workspace's endpoints, oldest first."""
+    async def _list_here(self, workspace_id: str) -> _Views:
         clock = self.engine.clock
         return [ep.view(clock) for ep in self._by_workspace.get(workspace_id, {}).values()]
 
-    def get(self, workspace_id: str, webhook_id: str) -> WebhookView:
+    async def _get_here(self, workspace_id: str, webhook_id: str) -> WebhookView:
         return self._endpoint(workspace_id, webhook_id).view(self.engine.clock)
 
-    async def update(
-        self, workspace_id: str, webhook_id: str, *, url: str | Unset = UNSET,
-        events: builtins.list[str] | Unset = UNSET, secret: str | Unset | None = UNSET,
-        enabled: bool | Unset = UNSET,
-    ) -> WebhookView:
-        """Change an endpoint. ``secret=None`` generates a new one (shown in the view, once).
-
-        Enabling a disabled endpoint clears its disabled reason and failure count.
-        """
+    async def _update_here(self, workspace_id: str, webhook_id: str,
+                           changes: dict[str, Any]) -> WebhookView:
         self._endpoint(workspace_id, webhook_id)
         self._check_writable()
+        url: str | Unset = changes.get("url", UNSET)
+        events: builtins.list[str] | Unset = changes.get("events", UNSET)
+        secret: str | Unset | None = changes.get("secret", UNSET)
+        enabled: bool | Unset = changes.get("enabled", UNSET)
         types = None if events is UNSET else check_events(events)
         new_secret = generate_secret() if secret is None else secret
         key = None if new_secret is UNSET else secret_key(new_secret)
@@ -296,7 +468,7 @@ class Webhooks:
         else:
             ep.enabled, ep.disabled_reason = False, reason
 
-    async def delete(self, workspace_id: str, webhook_id: str) -> None:
+    async def _delete_here(self, workspace_id: str, webhook_id: str) -> None:
         ep = self._endpoint(workspace_id, webhook_id)
         self._check_writable()
         if self._dispatcher is not None:
@@ -309,12 +481,7 @@ class Webhooks:
 
     # -- deliveries --------------------------------------------------------------------------
 
-    async def send_test(self, workspace_id: str, webhook_id: str) -> TestResult:
-        """Send a signed ``webhook.test`` event once, now, and report how it went.
-
-        It goes out even to a disabled endpoint (to check it before re-enabling) and is
-        recorded in the deliveries log; it does not count toward disabling.
-        """
+    async def _send_test_here(self, workspace_id: str, webhook_id: str) -> TestResult:
         ep = self._endpoint(workspace_id, webhook_id)
         dispatcher = self._running()
         now = trio.current_time()
@@ -331,11 +498,9 @@ class Webhooks:
             duration_ms=round((trio.current_time() - now) * 1000, 3),
         )
 
-    def deliveries(
-        self, workspace_id: str, webhook_id: str, limit: int = DEFAULT_DELIVERIES,
-        before: str | None = None,
+    async def _deliveries_here(
+        self, workspace_id: str, webhook_id: str, limit: int, before: str | None,
     ) -> DeliveryPage:
-        """The endpoint's deliveries, newest first; ``before`` is the previous page's cursor."""
         if not isinstance(limit, int) or not 1 <= limit <= MAX_DELIVERIES:
             raise InvalidParameter("limit", f"must be an integer from 1 to {MAX_DELIVERIES}")
         ep = self._endpoint(workspace_id, webhook_id)
@@ -354,9 +519,8 @@ class Webhooks:
                               next_before=page[-1].id if has_more else None),
         )
 
-    async def redeliver(self, workspace_id: str, webhook_id: str,
-                        delivery_id: str) -> DeliveryView:
-        """Queue a finished delivery again (behind its session's queued events)."""
+    async def _redeliver_here(self, workspace_id: str, webhook_id: str,
+                              delivery_id: str) -> DeliveryView:
         ep = self._endpoint(workspace_id, webhook_id)
         self._check_writable()
         d: Delivery | None = ep.log.get(delivery_id)
