@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING, Any
 
 import coredis
 import pytest
+import trio
 
 from tests.redis_server import RedisServer, redis_server
 from tether.store import Keys
@@ -25,3 +26,26 @@ async def lapse(server: RedisServer, prefix: str, node_id: str) -> None:
     client: coredis.Redis[Any] = coredis.Redis.from_url(server.url)
     async with client:
         await client.delete([Keys(prefix).node(node_id)])
+
+
+class Receiver:
+    """Stands in for the HTTP client: records every post, answers ``status``."""
+
+    def __init__(self) -> None:
+        self.status = 503
+        self.posted: list[tuple[str, str, str]] = []  # (event type, event id, delivery id)
+
+    def client(self, connections: int) -> Receiver:
+        return self
+
+    async def __aenter__(self) -> Receiver:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def post(self, url, body, headers, addresses=()):
+        self.posted.append((headers["X-Cmdop-Event"], headers["webhook-id"],
+                            headers["X-Cmdop-Delivery"]))
+        await trio.lowlevel.checkpoint()
+        return self.status

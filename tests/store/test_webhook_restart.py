@@ -16,6 +16,8 @@ from tether.engine.testing import RecordingTransport
 from tether.store import RedisStore
 from tether.webhooks import WebhookConfig, Webhooks
 
+from .conftest import Receiver
+
 if TYPE_CHECKING:
     from tests.redis_server import RedisServer
 
@@ -27,29 +29,6 @@ HOOKS = WebhookConfig(allow_private=True, retry_base=60.0)  # a failed event wai
 @pytest.fixture
 def clock() -> MockClock:
     return MockClock(autojump_threshold=math.inf)
-
-
-class Receiver:
-    """Stands in for the HTTP client: records every post, answers ``status``."""
-
-    def __init__(self) -> None:
-        self.status = 503
-        self.posted: list[tuple[str, str, str]] = []  # (event type, event id, delivery id)
-
-    def client(self, connections: int) -> Receiver:
-        return self
-
-    async def __aenter__(self) -> Receiver:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-    async def post(self, url, body, headers, addresses=()):
-        self.posted.append((headers["X-Cmdop-Event"], headers["webhook-id"],
-                            headers["X-Cmdop-Delivery"]))
-        await trio.lowlevel.checkpoint()
-        return self.status
 
 
 async def settle(engine: Engine, hooks: Webhooks) -> None:

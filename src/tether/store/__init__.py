@@ -6,10 +6,13 @@ from; see ``docs/redis.md`` for the data model. It may import the engine, never 
 
 from ._keys import DEFAULT_PREFIX, Keys
 from ._redis import RedisStore, default_node_id
+from ._webhooks import DeskLost, RedisWebhookStore
 
 __all__ = [
     "DEFAULT_PREFIX",
+    "DeskLost",
     "Keys",
     "RedisStore",
+    "RedisWebhookStore",
     "default_node_id",
 ]
