@@ -15,6 +15,7 @@ from tether.engine import (
     ClientNotOperator,
     Engine,
     EngineConfig,
+    NoActiveSession,
     OwnerUnreachable,
     Status,
     Telemetry,
@@ -111,6 +112,10 @@ async def test_an_agent_that_moves_to_the_other_node_takes_its_session_along(
     async with two_nodes(redis) as (a, b):
         link, on_a = await agent_on(a, b)
         sid = link.session_id
+        def live(node: Engine) -> int:
+            page = node.list_sessions(WS, machine_id="mach_1", limit=100)
+            return len([s for s in page.data if not s.status.final])
+
         for _ in range(3):  # heartbeats node a counted and never wrote
             link.heartbeat()
         assert link.welcome is not None
@@ -213,3 +218,38 @@ async def test_one_event_log_the_same_ids_in_the_same_order_on_every_node(
             event = await subscription.__anext__()
         assert event.type == "session.client_attached"
         assert event.data.client is not None and event.data.client.client_id == client.client_id
+
+
+async def test_two_hellos_for_one_machine_racing_on_two_nodes_leave_one_active_session(
+        redis: RedisServer) -> None:
+    async with two_nodes(redis) as (a, b):
+        links = {}
+
+        async def connect(node: Engine) -> None:
+            link, transport = await hello(node, "mach_1")
+            links[link.session_id] = transport
+
+        def active(node: Engine) -> str | None:
+            try:
+                return node.machine_session(WS, "mach_1").session_id
+            except NoActiveSession:
+                return None
+
+        def live(node: Engine) -> int:
+            page = node.list_sessions(WS, machine_id="mach_1", limit=100)
+            return len([s for s in page.data if not s.status.final])
+
+        for _ in range(3):  # each round: both nodes say hello at once, neither sees the other
+            links.clear()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(connect, a)
+                nursery.start_soon(connect, b)
+            assert len(links) == 2
+            await until(lambda: active(a) == active(b) in links
+                        and live(a) == live(b) == 1)
+            # The other one ended as replaced (its socket closed), on whichever node ran it.
+            [loser] = set(links) - {active(a)}
+            await until(lambda loser=loser: links[loser].closed is not None)
+            ending = [(e.type, e.data.reason) for e in a.events_after(WS, None, 1000)
+                      if e.session_id == loser][-1]
+            assert ending == ("session.disconnected", "replaced")

@@ -64,6 +64,7 @@ from ._models import (
 from ._persist import (
     Changes,
     CommandSnapshot,
+    Displaced,
     Heartbeat,
     HistoryAppend,
     Loaded,
@@ -99,6 +100,7 @@ __all__ = [
     "CommandNotFound",
     "CommandSnapshot",
     "CommandView",
+    "Displaced",
     "DuplicateCommand",
     "Engine",
     "EngineClosed",

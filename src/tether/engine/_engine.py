@@ -16,6 +16,8 @@ module each:
 
 from __future__ import annotations
 
+import logging
+import math
 import secrets
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -28,7 +30,15 @@ from ._apply import Applier
 from ._clients import ClientDesk
 from ._clock import WallClock
 from ._config import EngineConfig
-from ._errors import EngineClosed, InvalidParameter, OwnerUnreachable, SessionAlreadyActive
+from ._errors import (
+    EngineClosed,
+    InvalidParameter,
+    OwnerUnreachable,
+    SessionAlreadyActive,
+    SessionNotActive,
+    SessionNotFound,
+    StoreUnavailable,
+)
 from ._events import EventLog, Subscription
 from ._forward import Forwarder
 from ._gc import GcGuard
@@ -56,11 +66,13 @@ if TYPE_CHECKING:
         Metrics,
         SessionPage,
     )
-    from ._persist import Loaded, SessionStore
+    from ._persist import Displaced, Loaded, SessionStore
     from ._ports import AgentTransport
     from ._record import SessionRecord
 
 __all__ = ["DEFAULT_HISTORY", "DEFAULT_PAGE", "MAX_HISTORY", "MAX_PAGE", "Engine"]
+
+log = logging.getLogger("tether.engine")
 
 
 class Engine:
@@ -93,6 +105,9 @@ class Engine:
         self._nursery_cm: Any = None
         self._actors: ActorNurseries
         self._services = trio.CancelScope()
+        # Sessions a write found displaced from their machine, for the services to end.
+        self._displaced_send, self._displaced_receive = trio.open_memory_channel[
+            "list[Displaced]"](math.inf)
         self._closing = False
 
     # -- opening and closing ---------------------------------------------------------------
@@ -118,6 +133,7 @@ class Engine:
             "attach": (clients.attach, AttachedClient), "detach": (clients.detach, None),
             "run_command": (clients.run_command, CommandView),
             "terminate": (self._terminate_here, SessionDetail),
+            "replace": (self._replace_here, None),
         }
         loaded = None
         if self.store is not None:
@@ -137,6 +153,7 @@ class Engine:
             self.events.durable = True
             applier.journal = journal
             table.on_purge = journal.purged
+            journal.on_displaced = self._displaced_send.send_nowait
             self._nursery.start_soon(self._run_journal, journal)
             if loaded is not None:
                 await self._recover(loaded)
@@ -231,6 +248,37 @@ class Engine:
         self._socket_gone(rec, Input.NODE_LOST)
         self._spawn(rec)
 
+    async def _end_displaced(self, nursery: trio.Nursery) -> None:
+        """Two hellos for one machine raced on two nodes and each started a session: the
+        store's write of the newer one reports the older, which ends (``replaced``) on the
+        node that runs it. If that node does not answer, the session is taken over and
+        ended here."""
+        async for found in self._displaced_receive:
+            for displaced in found:
+                nursery.start_soon(self._replace_displaced, displaced)
+
+    async def _replace_displaced(self, displaced: Displaced) -> None:
+        ws, sid, owner = displaced
+        assert self.store is not None
+        try:
+            try:
+                if owner == self.store.node_id:
+                    await self._replace_here(ws, sid)
+                else:  # this node may not have read the owner's write yet: ask it directly
+                    await self.forwarder.call(owner, "replace", [ws, sid],
+                                              partial(OwnerUnreachable, sid, owner))
+            except OwnerUnreachable:
+                rec = self._table.get(ws, sid)
+                await self._own(rec)
+                await self._replace_here(ws, sid)
+        except (SessionNotFound, SessionNotActive, StoreUnavailable, OwnerUnreachable) as exc:
+            log.debug("session %s (machine taken by a newer session, on %s): %s",
+                      sid, owner, exc)  # it ended meanwhile, or the store is away
+
+    async def _replace_here(self, workspace_id: str, session_id: str) -> None:
+        rec, actor = self._table.live(workspace_id, session_id)
+        await actor.call(self._end, rec, Input.REPLACED)
+
     async def _own(self, rec: SessionRecord) -> None:
         await self.foreign.own(rec)
 
@@ -254,6 +302,7 @@ class Engine:
                 if self.store is not None:
                     nursery.start_soon(self.foreign.run)
                     nursery.start_soon(self.forwarder.serve)
+                    nursery.start_soon(self._end_displaced, nursery)
 
     # -- supervising actors (and being their ActorHost) -------------------------------------
 

@@ -127,14 +127,16 @@ class ReadIndex:
         _remove(self._by_machine, (rec.workspace_id, rec.machine_id), rec)
         _remove(ws.by_host, rec.machine_hostname, rec)
 
-    def newest(self, workspace_id: str, machine_id: str) -> SessionRecord | None:
-        """The machine's most recently created retained session, if any."""
+    def live_of(self, workspace_id: str, machine_id: str) -> SessionRecord | None:
+        """The machine's live session, if any (see :meth:`_live_in`)."""
         recs = self._by_machine.get((workspace_id, machine_id))
-        return None if recs is None else recs[-1]
+        return None if recs is None else _live_in(recs)
 
-    def newest_of_each_machine(self) -> Iterator[SessionRecord]:
+    def live_of_each_machine(self) -> Iterator[SessionRecord]:
         for recs in self._by_machine.values():
-            yield recs[-1]
+            rec = _live_in(recs)
+            if rec is not None:
+                yield rec
 
     def _file_status(self) -> None:
         rec = self._unfiled
@@ -208,3 +210,18 @@ class ReadIndex:
         if found is None:
             found = ws.by_status[status] = SortedList()
         return found
+
+
+#: How many of a machine's newest sessions may be live. One, except for a moment after hellos
+#: for the machine raced on nodes sharing a store: each node started a session and the older
+#: ones are being replaced; those were created within milliseconds, so they are the newest few.
+_RACING = 4
+
+
+def _live_in(recs: Sequence[SessionRecord]) -> SessionRecord | None:
+    """The live one of a machine's sessions (oldest first): the newest live among the last
+    few, which is the one its machine's store map names once a race is settled."""
+    for rec in reversed(recs[-_RACING:]):
+        if not rec.status.final:
+            return rec
+    return None

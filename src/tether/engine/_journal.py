@@ -22,9 +22,11 @@ from ._commit import GroupCommit
 from ._persist import HistoryAppend, WriteBatch, heartbeat, snapshot
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ._clock import WallClock
     from ._events import EventLog
-    from ._persist import SessionStore
+    from ._persist import Displaced, SessionStore
     from ._record import SessionRecord
 
 
@@ -41,6 +43,8 @@ class Journal:
         self._changed: dict[str, SessionRecord] = {}
         self._beaten: dict[str, SessionRecord] = {}
         self._purged: list[tuple[str, str]] = []
+        #: Called with the live sessions a write found displaced from their machine.
+        self.on_displaced: Callable[[list[Displaced]], None] = lambda found: None
         self.writer: GroupCommit[WriteBatch] = GroupCommit(
             self._take, self._write, what="session store",
             idle_interval=flush_interval, commit_timeout=commit_timeout,
@@ -104,7 +108,9 @@ class Journal:
         )
 
     async def _write(self, batch: WriteBatch) -> None:
-        await self.store.write(batch)
+        displaced = await self.store.write(batch)
+        if displaced:
+            self.on_displaced(displaced)
         if batch.events:
             # Read the log back: this node's events enter it with the offsets the store gave
             # them, in the store's order, before anyone is answered.

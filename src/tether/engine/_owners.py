@@ -118,7 +118,8 @@ class ForeignSessions:
                 log.info("adopted %d sessions whose node is gone", len(found))
 
     def _install(self, rec: SessionRecord, stored: LoadedSession | None) -> None:
-        del self._records[rec.session_id]
+        # The owner may have ended it meanwhile (the feed then dropped it from the foreign).
+        self._records.pop(rec.session_id, None)
         rec.owner = None
         if stored is None:
             log.warning("session %s is no longer in the store; not taken over", rec.session_id)

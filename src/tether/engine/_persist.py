@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import msgspec
 
@@ -110,6 +110,14 @@ class WriteBatch(msgspec.Struct, kw_only=True, gc=False):
     purged: list[tuple[str, str]] = []  # (workspace_id, session_id)
 
 
+class Displaced(NamedTuple):
+    """A live session whose machine has a newer active session: it is to end (``replaced``)."""
+
+    workspace_id: str
+    session_id: str
+    owner: str  # the node that runs it
+
+
 class LoadedSession(msgspec.Struct, frozen=True, gc=False):
     snapshot: SessionSnapshot
     history: list[CommandEntry]  # the retained entries, oldest first
@@ -158,10 +166,13 @@ class SessionStore(Protocol):
     async def load(self) -> Loaded:
         """Everything stored; this engine takes over every session no live node owns."""
 
-    async def write(self, batch: WriteBatch) -> None:
+    async def write(self, batch: WriteBatch) -> list[Displaced]:
         """Make ``batch`` durable, or raise (nothing in it is then acknowledged; the same
         batch is written again, so a store's writes must be idempotent). A store bounds each
-        of its round trips: a store that does not answer must raise, not hang."""
+        of its round trips: a store that does not answer must raise, not hang.
+
+        Returns the live sessions that lost their machine to a newer session (two hellos for
+        one machine raced on two nodes): the engine ends each on its owner (``replaced``)."""
 
     async def run(self) -> None:
         """The store's upkeep while the engine runs (a node lease, renewed); never returns."""

@@ -166,15 +166,12 @@ class SessionTable:
         return rec, actor
 
     def active(self, workspace_id: str, machine_id: str) -> SessionRecord | None:
-        """The machine's live session, if it has one: its newest, unless that has ended."""
-        rec = self.index.newest(workspace_id, machine_id)
-        return None if rec is None or rec.status.final else rec
+        """The machine's live session, if it has one."""
+        return self.index.live_of(workspace_id, machine_id)
 
     def live_records(self) -> Iterator[SessionRecord]:
         """Every live session (one pass over the machines)."""
-        for rec in self.index.newest_of_each_machine():
-            if not rec.status.final:
-                yield rec
+        return self.index.live_of_each_machine()
 
     def active_session(self, workspace_id: str, machine_id: str) -> SessionRecord:
         rec = self.active(workspace_id, machine_id)

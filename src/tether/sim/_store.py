@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from tether.engine import (
         Changes,
         CommandEntry,
+        Displaced,
         Event,
         Heartbeat,
         SessionSnapshot,
@@ -64,7 +65,7 @@ class InProcessStore:
 
     # -- sessions --------------------------------------------------------------------------
 
-    async def write(self, batch: WriteBatch) -> None:
+    async def write(self, batch: WriteBatch) -> list[Displaced]:
         await self._round_trip()
         for snap in batch.sessions:
             self._sessions[snap.session_id] = snap
@@ -84,6 +85,7 @@ class InProcessStore:
             self._events.append((self._next_offset, event))
             self._next_offset += 1
         del self._events[: max(0, len(self._events) - self.max_events)]
+        return []  # one node: its hellos never race another's
 
     async def load(self) -> Loaded:
         await self._round_trip()

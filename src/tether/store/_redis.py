@@ -38,6 +38,7 @@ import trio
 from tether.engine import (
     Changes,
     CommandEntry,
+    Displaced,
     Event,
     Heartbeat,
     HistoryAppend,
@@ -97,11 +98,12 @@ end
 # node; ``s<id>``,
 # ``b<id>``, ``h<id>``: a snapshot, heartbeat, history append; ``p<id>``: a purge, with the
 # workspace), for the other nodes to read.
-# Returns {claimed: {session id, token, ...}, stale: {session id, ...}}.
+# Returns {claimed: {session id, token, ...}, stale: {session id, ...}, displaced: {workspace,
+# session id, owner, ...}}: live sessions that lost their machine to a newer one.
 _WRITE = _FEED + """
 local n = tonumber(ARGV[1])
 local k, a = 5, 5
-local claimed, stale, feed = {}, {}, {}
+local claimed, stale, displaced, feed = {}, {}, {}, {}
 for _ = 1, n do
   local fence, hash, list, set = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
   local machines = KEYS[k + 4]
@@ -130,13 +132,33 @@ for _ = 1, n do
     table.insert(feed, ws)
   else
     if snap ~= '' then
+      local fresh = redis.call('HEXISTS', hash, 'snap') == 0
       redis.call('HSET', hash, 'snap', snap)
       redis.call('HDEL', hash, 'beat')
       redis.call('SADD', set, sid)
       redis.call('SADD', KEYS[1], ws)
       -- the machine -> active session map and the owner: set while live, cleared at the end
       if live == '1' then
-        redis.call('HSET', machines, machine, sid)
+        -- Two hellos for one machine may race on two nodes: the newer session takes the map
+        -- and reports the one it displaced (ws, id, owner), which its node has replaced; an
+        -- older session written after that finds the map taken and reports itself.
+        local current = redis.call('HGET', machines, machine)
+        if current ~= sid then
+          local other = current and redis.call(
+            'HGET', string.sub(hash, 1, #hash - #sid) .. current, 'o')
+          if not other or fresh then
+            redis.call('HSET', machines, machine, sid)
+          end
+          if other and fresh then
+            table.insert(displaced, ws)
+            table.insert(displaced, current)
+            table.insert(displaced, other)
+          elseif other then
+            table.insert(displaced, ws)
+            table.insert(displaced, sid)
+            table.insert(displaced, ARGV[3])
+          end
+        end
         redis.call('HSET', hash, 'o', ARGV[3])
       else
         redis.call('HDEL', hash, 'o')
@@ -178,7 +200,7 @@ for _ = 1, n do
   end
 end
 to_feed(KEYS[4], KEYS[3], ARGV[3], ARGV[4], feed)
-return {claimed, stale}
+return {claimed, stale, displaced}
 """
 
 # Take sessions over, a chunk at a time. KEYS[1..2]: change feed, log hash; then per session:
@@ -371,10 +393,11 @@ class RedisStore:
     def _token(self, session_id: str) -> str:
         return str(self._tokens.get(session_id, 0))
 
-    async def write(self, batch: WriteBatch) -> None:
+    async def write(self, batch: WriteBatch) -> list[Displaced]:
         """Each session's part of ``batch`` is written whole (its snapshot with its events
         and history), in scripts of :data:`CHUNK` sessions; the log position goes with each."""
         items: dict[str, _Item] = {}
+        displaced: list[Displaced] = []
 
         def item(workspace_id: str, session_id: str) -> _Item:
             found = items.get(session_id)
@@ -396,12 +419,14 @@ class RedisStore:
         for pair in items.items():
             chunk.append(pair)
             if len(chunk) == CHUNK:
-                await self._write_chunk(chunk, batch)
+                displaced += await self._write_chunk(chunk, batch)
                 chunk = []
         if chunk or not items:  # an empty batch is still one round trip: it proves Redis up
-            await self._write_chunk(chunk, batch)
+            displaced += await self._write_chunk(chunk, batch)
+        return displaced
 
-    async def _write_chunk(self, chunk: list[tuple[str, _Item]], batch: WriteBatch) -> None:
+    async def _write_chunk(self, chunk: list[tuple[str, _Item]],
+                           batch: WriteBatch) -> list[Displaced]:
         keys, encode = self.keys, self._encode
         script_keys: list[str] = [keys.workspaces(), keys.events(), keys.log(), keys.changes()]
         args: list[Any] = [len(chunk), self.max_events, self.node_id, FEED_RETENTION_MS]
@@ -437,6 +462,9 @@ class RedisStore:
         if stale:
             log.warning("%d sessions were taken over by another process: their writes were "
                         "refused", len(stale))
+        found: list[bytes] = reply[2]
+        return [Displaced(found[i].decode(), found[i + 1].decode(), found[i + 2].decode())
+                for i in range(0, len(found), 3)]
 
     # -- messages between nodes (forwarded writes) ---------------------------------------------
 
