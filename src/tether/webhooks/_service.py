@@ -113,6 +113,7 @@ class Webhooks:
         self._dispatcher: Dispatcher | None = None
         #: With a store: the node that holds the desk (delivers and answers the API), if known.
         self._holder: str | None = None
+        self._here = self._operations()
         #: Events the dispatcher could not read because it fell behind the engine's log.
         self.events_missed = 0
 
@@ -350,7 +351,8 @@ class Webhooks:
         return view
 
     def _operations(self) -> dict[str, tuple[Callable[..., Awaitable[Any]], Any]]:
-        """Each API call as this node runs it, and what it returns."""
+        """Each API call as this node runs it, and what it returns (made once, in
+        ``__init__``: ``self._here``)."""
         return {
             "create": (self._create_here, WebhookView),
             "list": (self._list_here, _Views),
@@ -364,13 +366,13 @@ class Webhooks:
 
     def _answer_for_others(self) -> None:
         """Let the other nodes forward the API to this one (while it holds the desk)."""
-        for op, (_, result) in self._operations().items():
+        for op, (_, result) in self._here.items():
             self.engine.forwarder.add(f"webhooks.{op}", partial(self._run_here, op), result)
 
     async def _run_here(self, op: str, *args: Any) -> Any:
         if self._store is not None and self._journal is None:  # it gave the desk up since
             raise WebhooksUnreachable(self._holder)
-        return await self._operations()[op][0](*args)
+        return await self._here[op][0](*args)
 
     async def _route(self, op: str, *args: Any) -> Any:
         """Run ``op`` here when this node delivers (or alone, without a store), else on the
