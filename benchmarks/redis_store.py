@@ -53,7 +53,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Sequence
 
 API_KEY = "cmd_redis_bench_key_0000000000"
 AGENT_TOKEN = "agt_redis_bench_token_00000000"
@@ -72,7 +72,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def redis_server() -> Iterator[str]:
+def redis_server(*, detached: bool = False) -> Iterator[str]:
+    """A redis-server for the block; ``detached``: in a session of its own, so that a Ctrl-C
+    at the terminal reaches only the benchmark, which stops it after the nodes using it."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("redis-server is not installed: apt-get install redis-server")
@@ -81,7 +83,7 @@ def redis_server() -> Iterator[str]:
         proc = subprocess.Popen(
             [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", directory,
              "--save", "", "--appendonly", "yes", "--appendfsync", "everysec"],
-            stdout=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, start_new_session=detached)
         try:
             deadline = time.monotonic() + 10
             while True:
@@ -162,15 +164,24 @@ async def create(n: int, url: str | None, prefix: str) -> float:
 
 
 class Node:
-    def __init__(self, url: str, prefix: str, port: int, keys: Path) -> None:
+    """A ``tether serve --redis`` process; ``extra`` flags come last, so they override these
+    (benchmarks/cluster.py names its nodes and sets their leases and limits); ``detached``:
+    in a session of its own, as ``redis_server``'s."""
+
+    def __init__(self, url: str, prefix: str, port: int, keys: Path, *,
+                 node_id: str | None = None, extra: Sequence[str] = (),
+                 detached: bool = False) -> None:
         env = {**os.environ, "TETHER_API_KEYS": f"{API_KEY}={WORKSPACE}",
                "TETHER_AGENT_TOKENS": f"{AGENT_TOKEN}={WORKSPACE}"}
+        named = [] if node_id is None else ["--node-id", node_id]
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tether.cli", "serve", "--port", str(port), "--keys",
              str(keys), "--log-level", "ERROR", "--redis", url, "--redis-prefix", prefix,
              "--grace-period", "3600", "--heartbeat-timeout", "3600", "--pending-timeout",
-             "3600"], env=env, stdout=subprocess.DEVNULL)
+             "3600", *named, *extra], env=env, stdout=subprocess.DEVNULL,
+            start_new_session=detached)
+        self.port = port
         self.base = f"http://127.0.0.1:{port}"
 
     def kill(self) -> None:
@@ -201,14 +212,14 @@ def wait_listed(node: Node, total: int, timeout: float = 600) -> float:
     raise SystemExit(f"the node did not list {total} sessions within {timeout} s")
 
 
-def list_latency(node: Node, reps: int) -> tuple[float, float]:
+def list_latency(node: Node, reps: int, status: str = "GRACE_PERIOD") -> tuple[float, float]:
     import httpx
 
     latencies = []
     with httpx.Client(base_url=node.base, timeout=30,
                       headers={"Authorization": f"Bearer {API_KEY}"}) as client:
         for i in range(reps):
-            params: dict[str, Any] = {"limit": 20, "status": "GRACE_PERIOD"}
+            params: dict[str, Any] = {"limit": 20, "status": status}
             if i % 3 == 1:
                 params["offset"] = 5000
             elif i % 3 == 2:
