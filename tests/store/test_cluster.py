@@ -123,7 +123,7 @@ async def test_an_agent_that_moves_to_the_other_node_takes_its_session_along(
         assert (moved.session_id, moved.welcome and moved.welcome.resumed) == (sid, True)
         # Node a lets go: the old socket is closed, its actor returns, it reads b's writes.
         await until(lambda: on_a.closed is not None and a.actors_running == 0)
-        assert on_a.closed == "resumed_elsewhere"
+        assert on_a.closed == "session_moved"
         await until(lambda: a.get_session(WS, sid) == b.get_session(WS, sid))
         assert a.get_session(WS, sid).status is Status.CONNECTED
         types = [(e.type, e.data.reason) for e in b.events_after(WS, None, 100)]

@@ -206,7 +206,7 @@ async def test_a_paused_owner_that_comes_back_cannot_overwrite_its_successor(
                 if old_socket.closed is not None:
                     break
                 await let_run(old, clock)
-            assert old_socket.closed == "resumed_elsewhere"
+            assert old_socket.closed == "session_moved"
             assert old.actors_running == 0
         # What the successor wrote is what a third process finds.
         async with RedisStore(redis.url, prefix="z:", node_id="node-c") as third_store, \

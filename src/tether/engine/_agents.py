@@ -56,6 +56,7 @@ class AgentDesk:
         new_session: Callable[[str, str, str], SessionRecord],
         spawn: Callable[[SessionRecord], None],
         own: Callable[[SessionRecord], Awaitable[None]],
+        stored_resume_hash: Callable[[SessionRecord], Awaitable[bytes | None]],
     ) -> None:
         self.table = table
         self.applier = applier
@@ -64,6 +65,7 @@ class AgentDesk:
         self._new_session = new_session
         self._spawn = spawn
         self._own = own  # take over a session another node owns (with a shared store)
+        self._stored_resume_hash = stored_resume_hash
 
     # -- hello -------------------------------------------------------------------------------
 
@@ -163,6 +165,8 @@ class AgentDesk:
         self, workspace_id: str, transport: AgentTransport, machine_id: str, token: str
     ) -> AgentLink:
         rec = self._resumable(workspace_id, machine_id, token)
+        if rec is None:
+            rec = await self._resumable_stored(workspace_id, machine_id, token)
         if rec is not None and rec.owner is not None:
             # Its agent left the node that owns it and came here: run it here, as stored now.
             await self._own(rec)
@@ -188,6 +192,22 @@ class AgentDesk:
         ):
             return None
         return rec
+
+    async def _resumable_stored(self, workspace_id: str, machine_id: str,
+                                token: str) -> SessionRecord | None:
+        """A session another node runs whose copy here is behind that node's latest welcome
+        (its resume token reaches this node through the change feed a moment later), if the
+        store has ``token`` as its resume token: a welcome goes out only once its token is
+        stored, so an agent that moves at once (its node died) still resumes."""
+        session_id, _, secret = token.removeprefix("rt_").partition(".")
+        rec = self.table.records.get(session_id)
+        if rec is None or rec.owner is None or not secret:
+            return None  # unknown here, or run here (then this copy is the latest)
+        stored = await self._stored_resume_hash(rec)
+        if stored is None or not hmac.compare_digest(resume_hash(secret), stored):
+            return None
+        rec.resume_hash = stored
+        return self._resumable(workspace_id, machine_id, token)
 
     def _resume_in_actor(self, link: AgentLink, token: str) -> None:
         rec = link._record

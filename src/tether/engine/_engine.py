@@ -124,7 +124,7 @@ class Engine:
         self._table = table = SessionTable(clock, config.retention)
         self._applier = applier = Applier(table, self.events, clock, config)
         self._agents = AgentDesk(table, applier, config, clock, self._new_session, self._spawn,
-                                 self._own)
+                                 self._own, self._stored_resume_hash)
         self._clients = ClientDesk(table, applier, clock)
         self._queries = Queries(table, clock, config)
         # Each write through the API, as this node runs it for a session it owns.
@@ -281,6 +281,18 @@ class Engine:
 
     async def _own(self, rec: SessionRecord) -> None:
         await self.foreign.own(rec)
+
+    async def _stored_resume_hash(self, rec: SessionRecord) -> bytes | None:
+        """The resume token hash the store holds for ``rec`` (``None``: none, or no store)."""
+        if self.store is None:
+            return None
+        try:
+            loaded = await self.store.read(rec.workspace_id, rec.session_id)
+        except Exception as exc:
+            raise StoreUnavailable(f"reading the session's resume token: {exc}") from exc
+        if loaded is None or loaded.snapshot.resume_hash is None:
+            return None
+        return bytes.fromhex(loaded.snapshot.resume_hash)
 
     def _socket_gone(self, rec: SessionRecord, inp: Input) -> None:
         """The agent's socket went with its node (``inp``: lost, or closed by a drain): a

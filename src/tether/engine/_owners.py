@@ -5,8 +5,12 @@ holds its agent's socket. Every node follows what the others write (the store's 
 :class:`Changes`): a session another node created, changed, took over or purged is created,
 refreshed, handed over or forgotten here, so every node's reads answer what the owner's do. A
 session this node runs and another node took over (its agent resumed there, or a hello there
-replaced it) is let go of here: its agent's socket closed (``resumed_elsewhere``) and its
-actor stopped.
+replaced it, or it adopted the session while this node was paused past its lease) is let go
+of here: its agent's socket closed and its actor stopped. The socket is closed with
+``session_moved`` (the agent is told to resume, 1012) unless the session has ended by then
+(then with its end's reason): this node cannot tell an agent that already resumed on another
+node (this socket is stale; the close changes nothing for it) from one whose session was
+adopted under it, which must resume to keep its session.
 
 When this engine opens, a session whose owner is still alive stays that node's; this engine
 lists and reads it but runs nothing for it. It takes one over when the session's agent comes
@@ -168,10 +172,11 @@ class ForeignSessions:
 
     @staticmethod
     def _let_go(rec: SessionRecord) -> None:
-        """In the session's actor, which then returns: its agent went to the other node."""
+        """In the session's actor, which then returns: another node runs the session now."""
         link, rec.link = rec.link, None
         if link is not None:
-            close_transport(link.transport, "resumed_elsewhere")
+            reason = rec.reason if rec.status.final and rec.reason else "session_moved"
+            close_transport(link.transport, reason)
 
     def _snapshot(self, snap: SessionSnapshot, node: str, appended: HistoryAppend | None,
                   now: float) -> None:

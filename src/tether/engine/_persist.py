@@ -185,6 +185,9 @@ class SessionStore(Protocol):
         """Take a session over from whichever node owns it (its agent came to this one): its
         state now, or ``None`` if the store no longer has it."""
 
+    async def read(self, workspace_id: str, session_id: str) -> LoadedSession | None:
+        """A session's state as stored now, owning nothing (``None``: the store has none)."""
+
     async def follow(self, apply: Callable[[Changes], None],
                      place: Callable[[list[tuple[int, Event]]], None]) -> None:
         """Call ``apply`` with what other nodes write, from where :meth:`load` read the

@@ -46,6 +46,9 @@ _TOLD_ON_CLOSE: dict[str, tuple[str, int]] = {
     "token_revoked": ("The agent token was revoked", _CLOSE_POLICY),
     # Redis mode: the session is handed over; resume it (on this node once it is back).
     "node_draining": ("The node is restarting: resume the session", _CLOSE_SERVICE_RESTART),
+    # Redis mode: another node runs the session now (adopted while this one was paused past
+    # its lease, or the agent resumed there already).
+    "session_moved": ("Another node runs the session now: resume it", _CLOSE_SERVICE_RESTART),
 }
 
 _Heartbeat = wire.Heartbeat

@@ -125,6 +125,11 @@ class InProcessStore:
         snap = self._sessions.get(session_id)
         return None if snap is None else self._loaded(session_id, snap)
 
+    async def read(self, workspace_id: str, session_id: str) -> LoadedSession | None:
+        await self._round_trip()
+        snap = self._sessions.get(session_id)
+        return None if snap is None else self._loaded(session_id, snap)
+
     def _loaded(self, session_id: str, snap: SessionSnapshot) -> LoadedSession:
         return LoadedSession(with_heartbeat(snap, self._beats.get(session_id)),
                              list(self._history.get(session_id, ())))

@@ -625,6 +625,11 @@ class RedisStore:
         found = await self._read([(workspace_id, session_id)])
         return found[0] if found else None
 
+    async def read(self, workspace_id: str, session_id: str) -> LoadedSession | None:
+        with answer_within(self.timeout):
+            found = await self._read([(workspace_id, session_id)])
+        return found[0] if found else None
+
     async def _claim_chunk(self, chunk: list[tuple[str, str, str]], *,
                            force: bool) -> list[Any]:
         """Run ``_CLAIM`` over (workspace, session id, owner found gone) triples: their
