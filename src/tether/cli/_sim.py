@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import msgspec
 import trio
 
-from tether.sim import SCENARIOS, SimConfig, parse_weights, run_sim
+from tether.sim import SCENARIOS, SimConfig, node_urls, parse_weights, run_sim
 
 from ._args import count, positive, share
 
@@ -23,7 +23,10 @@ def add_sim(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "a summary, and with --api-key a check of every session over the REST API. Exits "
         "non-zero on any protocol error or mismatch.",
     )
-    p.add_argument("--url", required=True, help="the server's base URL, e.g. http://127.0.0.1:8080")
+    p.add_argument("--url", required=True,
+                   help="the server's base URL, e.g. http://127.0.0.1:8080, or a cluster's "
+                   "nodes, comma-separated: agents are spread over them, move to another node "
+                   "when they reconnect, and are checked on a node other than their own")
     p.add_argument("--agent-token", required=True, help="a workspace agent token (agt_...)")
     p.add_argument("--agents", type=count, required=True, help="how many agents")
     p.add_argument("--duration", type=positive, required=True, help="seconds of simulation")
@@ -47,6 +50,7 @@ def add_sim(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 def run_sim_command(args: argparse.Namespace) -> int:
     try:
         parse_weights(args.scenario)
+        node_urls(args.url)
     except ValueError as error:
         print(f"tether sim: {error}", file=sys.stderr)
         return 2

@@ -31,7 +31,7 @@ from ._inprocess import InProcessFleet
 from ._operator import OperatorRun, OpStep
 from ._result import SimResult
 from ._shell import exit_code_of
-from ._wire import WireConfig, WireFleet
+from ._wire import WireConfig, WireFleet, node_urls
 
 __all__ = [
     "SCENARIOS",
@@ -55,6 +55,7 @@ __all__ = [
     "check_over_rest",
     "disagreements",
     "exit_code_of",
+    "node_urls",
     "parse_weights",
     "plan_fleet",
     "run_sim",

@@ -12,6 +12,11 @@ machine replaced it: the socket closes with that reason) is something a fleet me
 life, not an error: the agent, as a real one would, says a fresh hello without its old resume
 token after a short backoff and goes on with its plan on the new session. So does an agent
 whose resume the server refuses (the session ended while it was away).
+
+So is a node going away under its agent (killed, restarting, draining: :meth:`node_lost`): the
+agent resumes its session at once with its token, on another node of a cluster, retrying a
+connection that fails with a short backoff (:meth:`retry_connect`); its session is in
+GRACE_PERIOD meanwhile, as the server shows it.
 """
 
 from __future__ import annotations
@@ -31,10 +36,23 @@ INF = math.inf
 #: Close reasons with which the server ends a live session under its agent: the API terminated
 #: it (``DELETE /v1/sessions/{id}``), or another hello for the machine replaced it.
 SERVER_ENDS = frozenset({"terminated", "replaced"})
+#: ``error`` frames a node sends before closing a socket whose session goes on elsewhere (it
+#: stops; another node runs the session now): the agent resumes, nothing is wrong.
+RESUME_ASKED = frozenset({"node_draining", "session_moved"})
 #: How long an agent waits before its fresh hello after the server ended its session: doubled
 #: for each further end in the run, up to the cap.
 RECONNECT_BACKOFF = 1.0
 RECONNECT_BACKOFF_MAX = 30.0
+#: A failed connection is tried again (on the next node) after this, doubled per further
+#: failure in a row, up to the cap; after ``CONNECT_RETRIES`` failures in a row the agent
+#: gives up (an error).
+CONNECT_BACKOFF = 0.2
+CONNECT_BACKOFF_MAX = 5.0
+CONNECT_RETRIES = 10
+#: Frames an agent sent this long (seconds) before its node went away may have died with the
+#: node: a node writes what its agents report in batches, so a ``kill -9`` loses the last
+#: moments' reports (normally milliseconds' worth; more on a loaded node).
+NODE_LOSS_WINDOW = 2.0
 
 
 def _tick(t: float) -> float:
@@ -76,12 +94,15 @@ class SessionExpect:
     frames sent before it: the history may be a prefix of ``commands``, an operator's command
     may be lost unanswered, and the telemetry shown may be any sample sent on the session
     (``telemetry_sent``) or none. ``first_sample`` is how many telemetry samples the agent had
-    drawn when the session started.
+    drawn when the session started. ``node`` is the index of the server (among a cluster's
+    node URLs) its agent was last welcomed by. ``maybe_lost``: commands the agent reported (or
+    answered) within :data:`NODE_LOSS_WINDOW` before its node went away; the history may lack
+    them.
     """
 
     __slots__ = ("clients", "commands", "first_sample", "grace", "kind", "machine_id",
-                 "operator_commands", "reasons", "server_ended", "session_id", "since",
-                 "status", "telemetry", "telemetry_sent")
+                 "maybe_lost", "node", "operator_commands", "reasons", "server_ended",
+                 "session_id", "since", "status", "telemetry", "telemetry_sent")
 
     def __init__(self, session_id: str, machine_id: str, kind: Kind, grace: float,
                  now: float) -> None:
@@ -99,6 +120,8 @@ class SessionExpect:
         self.server_ended = False
         self.first_sample = 0
         self.telemetry_sent: list[tuple[float, float, float]] = []
+        self.node = 0
+        self.maybe_lost: list[tuple[str, str, int]] = []
 
     def set(self, status: str, now: float, *reasons: str) -> None:
         self.status = status
@@ -121,12 +144,14 @@ class SessionExpect:
                 self.since, list(self.reasons), [list(c) for c in self.commands],
                 None if self.telemetry is None else list(self.telemetry),
                 [list(c) for c in self.operator_commands], self.clients, self.server_ended,
-                [list(t) for t in self.telemetry_sent]]
+                [list(t) for t in self.telemetry_sent], self.node,
+                [list(c) for c in self.maybe_lost]]
 
     @classmethod
     def from_builtins(cls, data: list[object]) -> SessionExpect:
         (session_id, machine_id, kind, grace, status, since, reasons, commands,
-         telemetry, operator_commands, clients, server_ended, telemetry_sent) = data
+         telemetry, operator_commands, clients, server_ended, telemetry_sent, node,
+         maybe_lost) = data
         e = cls(str(session_id), str(machine_id), Kind(kind), float(grace), float(since))  # type: ignore[arg-type]
         e.set(str(status), float(since), *reasons)  # type: ignore[arg-type,misc]
         e.commands = [(str(c[0]), str(c[1]), int(c[2])) for c in commands]  # type: ignore[attr-defined]
@@ -136,6 +161,8 @@ class SessionExpect:
         e.clients = int(clients)  # type: ignore[call-overload]
         e.server_ended = bool(server_ended)
         e.telemetry_sent = [tuple(t) for t in telemetry_sent]  # type: ignore[attr-defined]
+        e.node = int(node)  # type: ignore[call-overload]
+        e.maybe_lost = [(str(c[0]), str(c[1]), int(c[2])) for c in maybe_lost]  # type: ignore[attr-defined]
         return e
 
 
@@ -148,18 +175,26 @@ class AgentRun:
 
     ``server_ends`` counts the sessions the server ended under the agent (or, as a refused
     resume showed, while it was away); ``server_replaced`` those of them ``replaced``.
+    ``failovers`` counts the times its node went away under it and it came back (resumed,
+    or told its session had ended meanwhile); ``connect_retries`` the connections it tried
+    again.
     """
 
     __slots__ = (
         "_cmd_seq",
         "_offline_fresh",
+        "_recent",
         "_results",
         "_script_pos",
         "answered",
         "command",
+        "connect_failures",
+        "connect_retries",
         "connected",
         "done",
         "due",
+        "failing_over",
+        "failovers",
         "grace",
         "hb_every",
         "hb_override",
@@ -200,10 +235,16 @@ class AgentRun:
         self._offline_fresh = True  # the next hello is a fresh one (no resume token)
         self._script_pos = 0
         self._results: list[tuple[str, str, int]] = []
+        #: (time, command) of the session's recent reports: what a node loss may take along.
+        self._recent: list[tuple[float, tuple[str, str, int]]] = []
         self._cmd_seq = 0
         self.answered = 0  # run_command frames answered
         self.server_ends = 0
         self.server_replaced = 0
+        self.failing_over = False  # its node went away; not welcomed back yet
+        self.failovers = 0
+        self.connect_failures = 0  # in a row
+        self.connect_retries = 0
         self.started_at = plan.start
         self.telemetry: tuple[float, float, float, int, int, int] | None = None
         self.command: tuple[str, str, int] | None = None
@@ -228,6 +269,7 @@ class AgentRun:
             self.answered += 1
             if session is not None:
                 session.commands.append(result)
+                self._reported(now, result)
         elif step in (Step.HELLO, Step.RESUME):
             self.next_step = None  # wait for welcomed() / hello_failed()
             self.due = INF
@@ -257,6 +299,7 @@ class AgentRun:
                             item.exit_code)
             if session is not None:
                 session.commands.append(self.command)
+                self._reported(now, self.command)
         elif act is Act.BACKGROUND:
             self.in_background = True
             if session is not None:
@@ -286,6 +329,12 @@ class AgentRun:
         elif act is Act.FATAL:
             self._end(now, session, "ERROR", "agent_error")
         self.next_step = _ACT_STEP[act]
+
+    def _reported(self, now: float, command: tuple[str, str, int]) -> None:
+        recent = self._recent
+        while recent and recent[0][0] < now - NODE_LOSS_WINDOW:
+            recent.pop(0)
+        recent.append((now, command))
 
     def _go_offline(self, now: float, session: SessionExpect | None) -> None:
         self.connected = False
@@ -332,6 +381,10 @@ class AgentRun:
         """The server welcomed the hello (or the resume)."""
         self.connected = True
         self.in_background = False
+        if self.failing_over:
+            self.failing_over = False
+            self.failovers += 1
+        self.connect_failures = 0
         self.resume_token = resume_token
         self.reconnect_at = INF
         self.grace = grace_period
@@ -356,7 +409,34 @@ class AgentRun:
         """The hello was refused or the connection failed: the agent gives up."""
         self.connected = False
         self.done = True
+        self.failing_over = False
         self.next_step, self.due = None, INF
+
+    def retry_connect(self, now: float, step: Step) -> bool:
+        """The connection for ``step`` (HELLO or RESUME) failed before a welcome (refused,
+        reset, timed out): try again after a backoff, unless it failed
+        :data:`CONNECT_RETRIES` times in a row (then False: call :meth:`hello_failed`)."""
+        if self.connect_failures >= CONNECT_RETRIES:
+            return False
+        delay = min(CONNECT_BACKOFF * 2.0 ** self.connect_failures, CONNECT_BACKOFF_MAX)
+        self.connect_failures += 1
+        self.connect_retries += 1
+        self.next_step, self.due = step, _tick(now + delay)
+        return True
+
+    def node_lost(self, now: float) -> bool:
+        """The socket closed under the agent without a session end (its node was killed,
+        restarts or drains): it resumes at once with its token. True if this is news to the
+        agent (it was connected)."""
+        if not self.connected or self.session is None:
+            return False
+        self.session.maybe_lost += [c for t, c in self._recent if t >= now - NODE_LOSS_WINDOW]
+        self._go_offline(now, self.session)
+        self.failing_over = True
+        self._offline_fresh = False
+        self.reconnect_at = _tick(now)  # also after the run: its expectations hold still
+        self._schedule(now)
+        return True
 
     def run_command(self, command_id: str, command: str) -> None:
         """The server asked the agent to run a command: it answers at once, with the exit code
@@ -391,6 +471,9 @@ class AgentRun:
         session = self.session
         if session is not None:
             session.set("DISCONNECTED", now, "terminated")
+        if self.failing_over:  # it came back: the session ended while its node was away
+            self.failing_over = False
+            self.failovers += 1
         self._server_end(now, "terminated")
 
     def _server_end(self, now: float, reason: str) -> None:

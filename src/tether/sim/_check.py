@@ -4,18 +4,21 @@
 views as JSON (the REST API's shapes; the in-process driver renders the engine's views the same
 way). :func:`check_over_rest` reads those views with httpx and an API key, re-reading a session
 that disagrees a few times before counting it: frames travel on the agent's socket, reads on
-another connection, so a change is visible "soon", not "before the next read".
+another connection, so a change is visible "soon", not "before the next read". Against a
+cluster it reads each session on a node other than the one its agent was last on, so what
+one node shows is held to what happened on another.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import trio
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Collection, Sequence
 
     from ._agent import SessionExpect
 
@@ -57,12 +60,20 @@ def disagreements(
     if history is not None:
         shown_commands = [(h.get("command_id"), h.get("command"), h.get("exit_code"))
                           for h in history]
-        made = expect.commands[:len(shown_commands)] if cut else expect.commands
+        made = expect.commands
+        if expect.maybe_lost:  # reported just before its node went away: may have died with it
+            lost = set(expect.maybe_lost) - set(shown_commands)
+            made = [c for c in made if c not in lost]
+        if cut:
+            made = made[:len(shown_commands)]
         if shown_commands != made:
             problems.append(f"history {shown_commands}, expected {expect.commands}"
-                            + (" or a prefix of it" if cut else ""))
+                            + (" or a prefix of it" if cut else "")
+                            + (f" less any of {expect.maybe_lost}" if expect.maybe_lost else ""))
         if expect.operator_commands:
-            problems.extend(_operator_disagreements(expect, history, lost_ok=cut))
+            problems.extend(_operator_disagreements(
+                expect, history, lost_ok=cut,
+                maybe_lost={c[0] for c in expect.maybe_lost}))
     return problems
 
 
@@ -70,16 +81,18 @@ _FINAL = ("DISCONNECTED", "ERROR")
 
 
 def _operator_disagreements(expect: SessionExpect, history: list[dict[str, Any]],
-                            lost_ok: bool = False) -> list[str]:
+                            lost_ok: bool = False, maybe_lost: Collection[str] = ()
+                            ) -> list[str]:
     """Every command the server accepted from an operator must be in the history as given,
     with the exit code the machine's shell gives it (``lost_ok``: or missing, lost with a
-    session the server ended before the agent's answer reached it)."""
+    session the server ended before the agent's answer reached it; ``maybe_lost``: ids whose
+    answer went to a node just before it went away)."""
     by_id = {h.get("command_id"): h for h in history}
     problems = []
     for command_id, command, exit_code, user_email in expect.operator_commands:
         entry = by_id.get(command_id)
         if entry is None:
-            if lost_ok:
+            if lost_ok or command_id in maybe_lost:
                 continue
             problems.append(f"operator command {command_id} ({command!r}) not in history")
             continue
@@ -91,7 +104,7 @@ def _operator_disagreements(expect: SessionExpect, history: list[dict[str, Any]]
 
 
 async def check_over_rest(
-    base_url: str,
+    base_url: str | Sequence[str],
     api_key: str,
     sessions: Sequence[SessionExpect],
     now: Callable[[], float],
@@ -103,16 +116,22 @@ async def check_over_rest(
 ) -> int:
     """Read every session over REST; return how many disagree (after ``retries`` re-reads).
 
-    A session that cannot be read (HTTP errors, every attempt) counts as disagreeing."""
+    ``base_url``: the server, or a cluster's nodes (a session is read on the node after the
+    one its agent was last on, :attr:`SessionExpect.node`). A session that cannot be read (HTTP
+    errors, every attempt) counts as disagreeing."""
     mismatches = 0
     todo = list(sessions)
+    urls = [base_url] if isinstance(base_url, str) else list(base_url)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(
-        base_url=base_url, headers={"Authorization": f"Bearer {api_key}"}, timeout=30,
-        limits=limits,
-    ) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(httpx.AsyncClient(
+            base_url=url, headers={"Authorization": f"Bearer {api_key}"}, timeout=30,
+            limits=limits)) for url in urls]
 
-        async def views(sid: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None]:
+        async def views(expect: SessionExpect
+                        ) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None]:
+            client = clients[(expect.node + 1) % len(clients)]
+            sid = expect.session_id
             r = await client.get(f"/v1/sessions/{sid}")
             if r.status_code == 404:
                 return None, None
@@ -126,7 +145,7 @@ async def check_over_rest(
             problems: list[str] = []
             for attempt in range(retries + 1):
                 try:
-                    detail, history = await views(expect.session_id)
+                    detail, history = await views(expect)
                 except httpx.HTTPError as error:  # a loaded server may reset a connection
                     problems = [f"could not read it: {error!r}"]
                 else:

@@ -6,6 +6,10 @@ as that many ``tether.sim._worker`` processes, each a slice of the same seeded f
 process collects their progress and expectations. Once the run is over (agents still
 heartbeating), the self-check reads every session over REST; then the agents say goodbye.
 With ``api_key``, a share ``operators`` of the machines also get operator visits over REST.
+
+``url`` may name a cluster's nodes, comma-separated: agents are spread over them and move to
+another node on every reconnection, operators and the self-check use a node other than the
+agent's (see ``_wire``), and the progress counts come from the first node.
 """
 
 from __future__ import annotations
@@ -25,14 +29,14 @@ from ._agent import SessionExpect
 from ._behaviour import Kind, parse_weights, plan_fleet
 from ._check import check_over_rest
 from ._result import SimResult
-from ._wire import WireConfig, WireFleet
+from ._wire import WireConfig, WireFleet, node_urls
 from ._worker import WorkerSpec, stats
 
 _STATUSES = ("PENDING", "CONNECTED", "BACKGROUND", "GRACE_PERIOD", "DISCONNECTED", "ERROR")
 _OPERATOR_STATS = ("operator_visits", "operator_commands", "operator_answered",
                    "operator_refused", "operator_skipped")
 #: Counts summed over the shares into the summary under the same names.
-_SUMMED_STATS = (*_OPERATOR_STATS, "ended_by_server")
+_SUMMED_STATS = (*_OPERATOR_STATS, "ended_by_server", "failovers", "connect_retries")
 _FD_RESERVE = 256
 
 
@@ -177,6 +181,7 @@ async def run_sim(config: SimConfig, out: TextIO | None = None) -> SimResult:
     """Run a fleet over the wire against ``config.url``; progress lines go to ``out``."""
     out = out or sys.stderr
     parse_weights(config.scenario)  # fail early on a bad name
+    urls = node_urls(config.url)  # and on a bad URL
     ramp = config.ramp if config.ramp is not None else min(5.0, config.duration / 4)
     operators = config.operators if config.api_key else 0.0
     notes = []
@@ -198,7 +203,7 @@ async def run_sim(config: SimConfig, out: TextIO | None = None) -> SimResult:
     wall = time.perf_counter()
     api: httpx.AsyncClient | None = None
     if config.api_key:
-        api = httpx.AsyncClient(base_url=config.url.rstrip("/"), timeout=30,
+        api = httpx.AsyncClient(base_url=urls[0], timeout=30,
                                 headers={"Authorization": f"Bearer {config.api_key}"})
     mismatches = 0
     problems: list[str] = []
@@ -235,7 +240,7 @@ async def run_sim(config: SimConfig, out: TextIO | None = None) -> SimResult:
                                         f"{expect.kind.value}): {'; '.join(found)}")
 
                 mismatches = await check_over_rest(
-                    config.url.rstrip("/"), config.api_key or "", sessions,
+                    urls, config.api_key or "", sessions,
                     lambda: trio.current_time() - start, margin=config.margin, report=report,
                 )
                 with contextlib.suppress(httpx.HTTPError):  # then the agents' view below
@@ -267,7 +272,7 @@ async def run_sim(config: SimConfig, out: TextIO | None = None) -> SimResult:
         errors=sum(s.stats["errors"] for s in shares), mismatches=mismatches,
         sessions=len(sessions), sessions_by_status=by_status, checked=api is not None,
         duration_s=round(elapsed, 3), wall_s=round(time.perf_counter() - wall, 3),
-        processes=processes, seed=config.seed, scenario=config.scenario,
+        processes=processes, nodes=len(urls), seed=config.seed, scenario=config.scenario,
         kinds={k: kinds[k] for k in sorted(kinds)},
         **{k: sum(s.stats.get(k, 0) for s in shares) for k in _SUMMED_STATS},
         notes=notes, problems=problems[:100],

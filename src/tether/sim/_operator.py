@@ -8,8 +8,10 @@ ended meanwhile): a refusal is counted, never expected to show anywhere. Only a 
 server accepted is added to the session's expectations (``operator_commands``).
 
 A driver asks :attr:`OperatorRun.due`, calls :meth:`OperatorRun.take` at that time and reports
-how the server answered: :meth:`attached`, :meth:`accepted`, :meth:`detached`, :meth:`refused`
-or :meth:`failed` (no answer: the outcome is unknown, which the driver counts as an error).
+how the server answered: :meth:`attached`, :meth:`accepted`, :meth:`detached`, :meth:`refused`,
+:meth:`unavailable` (a cluster's 503: the session's node cannot be reached, the step was not
+made; it is taken again shortly, as a person would) or :meth:`failed` (no answer: the outcome
+is unknown, which the driver counts as an error).
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import enum
 from typing import TYPE_CHECKING
 
 from ._agent import INF
+
+#: A step answered 503 ``unavailable`` is taken again after this (seconds).
+RETRY_UNAVAILABLE = 0.5
 
 if TYPE_CHECKING:
     from ._agent import AgentRun, SessionExpect
@@ -152,6 +157,13 @@ class OperatorRun:
         """The server refused the step (409 session_not_active, 404 client_not_found)."""
         self.refused_steps += 1
         self._settle()
+
+    def unavailable(self, now: float) -> None:
+        """The server answered 503 ``unavailable``: the step was not made (the session's node
+        is out of reach, for instance being replaced): take it again shortly. Counted as
+        refused."""
+        self.refused_steps += 1
+        self.due = round(now + RETRY_UNAVAILABLE, 1)
 
     def failed(self) -> None:
         """The step got no answer (the outcome is unknown): go on as if it was refused."""

@@ -21,6 +21,10 @@ class SimResult(msgspec.Struct, kw_only=True):
     machine), or while they were away (a refused resume): not errors, as for a real fleet. The
     agents said a fresh hello after a short backoff; the check holds each ended session to its
     reason and expects the new one.
+
+    ``failovers`` counts agents whose node went away under them (killed, restarting, draining)
+    and that came back on another node (of ``nodes``); ``connect_retries`` the connections
+    tried again meanwhile. Neither is an error: it is what a cluster is for.
     """
 
     agents: int
@@ -35,6 +39,7 @@ class SimResult(msgspec.Struct, kw_only=True):
     duration_s: float = 0.0
     wall_s: float = 0.0
     processes: int = 1
+    nodes: int = 1
     seed: int = 0
     scenario: str = "mixed"
     kinds: dict[str, int] = msgspec.field(default_factory=dict)
@@ -44,6 +49,8 @@ class SimResult(msgspec.Struct, kw_only=True):
     operator_refused: int = 0
     operator_skipped: int = 0
     ended_by_server: int = 0
+    failovers: int = 0
+    connect_retries: int = 0
     notes: list[str] = msgspec.field(default_factory=list)
     problems: list[str] = msgspec.field(default_factory=list)
 
@@ -54,7 +61,9 @@ class SimResult(msgspec.Struct, kw_only=True):
     def summary(self) -> str:
         lines = [
             f"agents {self.agents} (in {self.processes} process"
-            f"{'es' if self.processes != 1 else ''}), peak connected {self.connected_peak}",
+            f"{'es' if self.processes != 1 else ''}"
+            f"{f', over {self.nodes} nodes' if self.nodes > 1 else ''}), "
+            f"peak connected {self.connected_peak}",
             f"messages sent {self.messages_sent} ({self.messages_per_s:.1f}/s over "
             f"{self.duration_s:.1f} s)",
             "sessions " + ", ".join(f"{k} {v}" for k, v in sorted(self.sessions_by_status.items()))
@@ -64,6 +73,8 @@ class SimResult(msgspec.Struct, kw_only=True):
             f"{self.operator_skipped} skipped",
             f"sessions ended by the server {self.ended_by_server} (terminated or replaced: "
             "not errors, their agents reconnect)",
+            f"failovers {self.failovers} (a node went away; its agents came back on another), "
+            f"connections retried {self.connect_retries}",
             f"errors {self.errors}, mismatches {self.mismatches}"
             + ("" if self.checked else " (not checked: no --api-key)"),
         ]

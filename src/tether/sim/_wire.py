@@ -16,6 +16,13 @@ server makes operators late: none starts a step after the run's end, and the run
 A close with reason ``terminated`` or ``replaced`` (the server ended the session under the
 agent), or a refused resume, is counted apart from errors (:attr:`AgentRun.server_ends`); the
 agent says a fresh hello after a short backoff, as a real agent would.
+
+A cluster (``url`` naming several nodes): agents are spread over the nodes (agent ``k`` of the
+fleet starts on node ``k mod n``) and every reconnection goes to the next node, so a dropped
+agent comes back on another node; an operator uses the REST API of a node other than its
+agent's. A close that says the node went away (killed: no close frame; restarting or draining:
+1001, 1012, ...) is not an error: the agent resumes with its token on the next node, trying
+again with a backoff while connections fail (:meth:`AgentRun.node_lost`).
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import trio_websocket
 
 from tether import wire
 
-from ._agent import INF, SERVER_ENDS, AgentRun, Step
+from ._agent import INF, RESUME_ASKED, SERVER_ENDS, AgentRun, Step
 from ._operator import OperatorRun, OpStep
 
 if TYPE_CHECKING:
@@ -44,7 +51,8 @@ if TYPE_CHECKING:
 class WireConfig(msgspec.Struct, kw_only=True, frozen=True):
     """How a share of agents reaches the server, and for how long it runs."""
 
-    url: str  # the server's base URL, http://host:port
+    #: The server's base URL (``http://host:port``), or a cluster's nodes', comma-separated.
+    url: str
     agent_token: str
     duration: float
     heartbeat_every: float | None = None
@@ -59,11 +67,33 @@ class WireConfig(msgspec.Struct, kw_only=True, frozen=True):
     api_concurrency: int = 32
 
     @property
+    def urls(self) -> list[str]:
+        """The nodes' base URLs (one for a single server)."""
+        return node_urls(self.url)
+
+    @property
+    def ws_urls(self) -> list[str]:
+        """Each node's agent socket URL."""
+        return [("ws" + base.removeprefix("http") if base.startswith("http") else base)
+                + self.agent_path for base in self.urls]
+
+    @property
     def ws_url(self) -> str:
-        base = self.url.rstrip("/")
-        if base.startswith("http"):
-            base = "ws" + base.removeprefix("http")
-        return base + self.agent_path
+        return self.ws_urls[0]
+
+
+def node_urls(text: str) -> list[str]:
+    """``--url``'s nodes: one base URL or several, comma-separated (each http:// or https://).
+    Raises ValueError naming what is wrong."""
+    urls = [u.strip().rstrip("/") for u in text.split(",")]
+    for url in urls:
+        if not url:
+            raise ValueError(f"--url {text!r}: an empty URL in the list")
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"--url {url!r}: not an http:// or https:// URL")
+    if len(set(urls)) != len(urls):
+        raise ValueError(f"--url {text!r}: a node is named twice")
+    return urls
 
 
 class WireFleet:
@@ -87,7 +117,12 @@ class WireFleet:
             OperatorRun(r) if r.plan.visits and config.api_key is not None else None
             for r in self.runs
         ]
-        self._api: httpx.AsyncClient | None = None
+        self._urls = config.urls
+        self._ws_urls = config.ws_urls
+        #: Each agent's node (an index into the URLs), and whether it has connected before.
+        self._node = [p.index % len(self._urls) for p in self.plans]
+        self._tried = [False] * len(self.runs)
+        self._apis: list[httpx.AsyncClient] = []
         self._operating = 0  # operator steps under way
         self._operated = trio.Event()  # set when the last step under way is over
         self._sockets: list[trio_websocket.WebSocketConnection | None] = [None] * len(self.runs)
@@ -95,6 +130,7 @@ class WireFleet:
         self._connect_limit = trio.Semaphore(config.connect_concurrency)
         self._headers = [(b"authorization", f"Bearer {config.agent_token}".encode())]
         self.messages = 0
+        self.unknown_outcomes = 0  # operator steps whose node went away mid-request
         self.errors = 0
         self.problems: list[str] = []
         self.connected = 0
@@ -136,10 +172,10 @@ class WireFleet:
         if config.api_key is not None and any(op is not None for op in self.operators):
             limits = httpx.Limits(max_connections=config.api_concurrency,
                                   max_keepalive_connections=config.api_concurrency)
-            self._api = httpx.AsyncClient(
-                base_url=config.url.rstrip("/"), timeout=30, limits=limits,
+            self._apis = [httpx.AsyncClient(
+                base_url=url, timeout=30, limits=limits,
                 headers={"Authorization": f"Bearer {config.api_key}"},
-            )
+            ) for url in self._urls]
         self.start = trio.current_time()
         self.start_wall = time.time()
         task_status.started()
@@ -153,9 +189,9 @@ class WireFleet:
                     await self._operated.wait()
                 self.ready.set()
         finally:
-            if self._api is not None:
-                with trio.CancelScope(shield=True), trio.move_on_after(5):
-                    await self._api.aclose()
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                for api in self._apis:
+                    await api.aclose()
         self.done.set()
 
     # -- one agent -------------------------------------------------------------------------
@@ -196,6 +232,8 @@ class WireFleet:
                     reason = _close_reason(error, ws)
                     if reason in SERVER_ENDS:
                         run.ended_by_server(self.now(), reason)
+                    elif _node_went_away(error, ws):
+                        run.node_lost(self.now())
                     elif run.closed_by_server():
                         self._error(f"agent {i}: {step.value}: connection closed ({error})")
                 self._recount(i)
@@ -272,42 +310,106 @@ class WireFleet:
     # -- an operator visiting the agent's machine ------------------------------------------
 
     async def _operate(self, i: int, op: OperatorRun, step: OpStep) -> None:
-        """Carry out an operator's step over REST; report how the server answered."""
-        api = self._api
+        """Carry out an operator's step over REST; report how the server answered.
+
+        In a cluster the step goes to a node other than the agent's; one that cannot be
+        reached (nothing was sent) passes it to the next node. One that went away in the
+        middle leaves the outcome unknown until :meth:`_settle_unknown` reads it."""
         session = op.session
-        assert api is not None and session is not None
-        base = f"/v1/sessions/{session.session_id}"
-        try:
-            if step is OpStep.ATTACH:
-                r = await api.post(f"{base}/clients",
-                                   json={"user_email": op.user_email, "mode": "operator"})
-                if r.status_code == 201:
-                    op.attached(r.json()["data"]["client_id"])
+        assert self._apis and session is not None
+        n = len(self._apis)
+        for k in range(1, n + 1 if n > 1 else 2):
+            api = self._apis[(self._node[i] + k) % n]  # not the agent's node, if there are two
+            try:
+                r = await self._op_request(api, i, op, step, session.session_id)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+                if k < n:
+                    continue  # never reached the node: the next one may take it
+                op.failed()
+                self._error(f"operator of agent {i}: {step.value} failed: {error!r}")
+                return
+            except httpx.TransportError as error:
+                if n > 1:  # the node went away under the request: did it happen?
+                    await self._settle_unknown(i, op, step, session.session_id)
                     return
-            elif step is OpStep.RUN:
-                assert op.command is not None
-                r = await api.post(f"{base}/commands",
-                                   json={"client_id": op.client_id, "command": op.command[0]})
-                if r.status_code == 202:
-                    command_id = r.json()["data"]["command_id"]
-                    op.accepted(command_id)
-                    await self._await_run_command(i, command_id)
-                    return
-            else:
-                r = await api.delete(f"{base}/clients/{op.client_id}")
-                if r.status_code == 204:
-                    op.detached()
-                    return
-        except (httpx.HTTPError, ValueError, KeyError) as error:
-            op.failed()
-            self._error(f"operator of agent {i}: {step.value} failed: {error!r}")
-            return
+                op.failed()
+                self._error(f"operator of agent {i}: {step.value} failed: {error!r}")
+                return
+            except (httpx.HTTPError, ValueError, KeyError) as error:
+                op.failed()
+                self._error(f"operator of agent {i}: {step.value} failed: {error!r}")
+                return
+            break
+        if r is None:
+            return  # done
         code = _error_code(r)
-        if (r.status_code, code) in _REFUSALS:
+        if (r.status_code, code) == (503, "unavailable"):
+            op.unavailable(self.now())
+        elif (r.status_code, code) in _REFUSALS:
             op.refused()
         else:
             op.failed()
             self._error(f"operator of agent {i}: {step.value} answered {r.status_code} {code}")
+
+    async def _op_request(self, api: httpx.AsyncClient, i: int, op: OperatorRun, step: OpStep,
+                          session_id: str) -> httpx.Response | None:
+        """One try of the step; ``None`` when it was made (``op`` is told), else the answer."""
+        base = f"/v1/sessions/{session_id}"
+        if step is OpStep.ATTACH:
+            r = await api.post(f"{base}/clients",
+                               json={"user_email": op.user_email, "mode": "operator"})
+            if r.status_code == 201:
+                op.attached(r.json()["data"]["client_id"])
+                return None
+        elif step is OpStep.RUN:
+            assert op.command is not None
+            r = await api.post(f"{base}/commands",
+                               json={"client_id": op.client_id, "command": op.command[0]})
+            if r.status_code == 202:
+                command_id = r.json()["data"]["command_id"]
+                op.accepted(command_id)
+                await self._await_run_command(i, command_id)
+                return None
+        else:
+            r = await api.delete(f"{base}/clients/{op.client_id}")
+            if r.status_code == 204:
+                op.detached()
+                return None
+        return r
+
+    async def _settle_unknown(self, i: int, op: OperatorRun, step: OpStep,
+                              session_id: str) -> None:
+        """The node answering a step went away mid-request: once a forwarded write can no
+        longer land (the forwarding deadline), read the session on another node and take
+        what it shows as the outcome. A command whose fate is unknown is not expected in the
+        history: if it ran, its agent's answer put it there."""
+        self.unknown_outcomes += 1
+        await trio.sleep(FORWARD_SETTLE)
+        if step is OpStep.RUN:
+            op.refused()
+            return
+        for k in range(len(self._apis)):
+            try:
+                r = await self._apis[(self._node[i] + k) % len(self._apis)].get(
+                    f"/v1/sessions/{session_id}")
+            except httpx.TransportError:
+                continue
+            if r.status_code != 200:
+                continue
+            clients = r.json()["data"]["attached_clients"]
+            if step is OpStep.ATTACH:
+                mine = [c["client_id"] for c in clients if c["user_email"] == op.user_email]
+                if mine:
+                    op.attached(mine[0])
+                else:
+                    op.refused()
+            elif any(c["client_id"] == op.client_id for c in clients):
+                op.unavailable(self.now())  # still attached: detach again
+            else:
+                op.detached()
+            return
+        op.failed()
+        self._error(f"operator of agent {i}: {step.value}: no node answered afterwards")
 
     async def _await_run_command(self, i: int, command_id: str) -> None:
         """Wait until the agent got run_command ``command_id`` (it answers it next)."""
@@ -328,17 +430,22 @@ class WireFleet:
             resume_token=run.resume_token if step is Step.RESUME else None,
             agent_version="tether-sim",
         )
+        if self._tried[i]:  # a reconnection: to the next node
+            self._node[i] = (self._node[i] + 1) % len(self._urls)
+        self._tried[i] = True
+        rejected: list[trio_websocket.ConnectionRejected] = []
         try:
             with trio.fail_after(self.config.hello_timeout):
                 async with self._connect_limit:
                     with trio.CancelScope() as refused:
-                        holder = await nursery.start(self._holder, refused)
+                        holder = await nursery.start(self._holder, refused, rejected)
                         ws = await trio_websocket.connect_websocket_url(
-                            holder, self.config.ws_url, extra_headers=self._headers,
+                            holder, self._ws_urls[self._node[i]], extra_headers=self._headers,
                             message_queue_size=4,
                         )
                 if refused.cancelled_caught:
-                    raise trio_websocket.HandshakeError("the server refused the connection")
+                    raise (rejected[0] if rejected else trio_websocket.HandshakeError(
+                        "the connection failed during the handshake"))
                 self._sockets[i] = ws
                 await self._send(i, hello)
                 frame = wire.decode_server_frame(await ws.get_message())
@@ -346,6 +453,12 @@ class WireFleet:
                 trio_websocket.ConnectionClosed, msgspec.DecodeError,
                 msgspec.ValidationError) as error:
             self._sockets[i] = None
+            # A node that is down or going away: another node may take the agent. A refused
+            # handshake (an HTTP 401) is the fleet's configuration: no retry helps.
+            if (not isinstance(error, trio_websocket.ConnectionRejected)
+                    and (len(self._urls) > 1 or run.failing_over)
+                    and run.retry_connect(self.now(), step)):
+                return
             run.hello_failed(self.now())
             self._error(f"agent {i}: {step.value} failed: {error!r}")
             return
@@ -360,20 +473,28 @@ class WireFleet:
             return
         run.welcomed(self.now(), frame.session_id, frame.resume_token,
                      frame.heartbeat_interval, frame.grace_period, frame.resumed)
+        if run.session is not None:
+            run.session.node = self._node[i]
         nursery.start_soon(self._reader, i, ws)
 
     @staticmethod
     async def _holder(
-        refused: trio.CancelScope, task_status: trio.TaskStatus[trio.Nursery]
+        refused: trio.CancelScope, rejected: list[trio_websocket.ConnectionRejected],
+        task_status: trio.TaskStatus[trio.Nursery],
     ) -> None:
         """A nursery for one connection's background task. A refused handshake (an HTTP 401)
-        raises there: it cancels the connect (``refused``) and the agent sees a failed hello,
-        not a crash."""
+        raises there: it cancels the connect (``refused``, the refusal in ``rejected``) and the
+        agent sees a failed hello, not a crash."""
         try:
             async with trio.open_nursery() as nursery:
                 task_status.started(nursery)
                 await trio.sleep_forever()
-        except* (trio_websocket.HandshakeError, trio_websocket.ConnectionClosed, OSError):
+        except* (trio_websocket.HandshakeError, trio_websocket.ConnectionClosed,
+                 OSError) as group:
+            match, _ = group.split(trio_websocket.ConnectionRejected)
+            if match is not None:
+                rejected.extend(e for e in match.exceptions
+                                if isinstance(e, trio_websocket.ConnectionRejected))
             refused.cancel()
 
     async def _reader(self, i: int, ws: trio_websocket.WebSocketConnection) -> None:
@@ -385,7 +506,8 @@ class WireFleet:
                     if self._sockets[i] is ws:  # not on a socket the agent has let go of
                         run.run_command(frame.command_id, frame.command)
                         self._wake[i].set()
-                elif isinstance(frame, wire.Error) and frame.code not in SERVER_ENDS:
+                elif (isinstance(frame, wire.Error) and frame.code not in SERVER_ENDS
+                      and frame.code not in RESUME_ASKED):
                     self._error(f"agent {i}: the server says {frame.code}: {frame.message}")
         except trio_websocket.ConnectionClosed as closed:
             if self._sockets[i] is ws and not self.finishing:
@@ -395,12 +517,20 @@ class WireFleet:
                     if run.ended_by_server(self.now(), reason):
                         self._recount(i)
                         self._wake[i].set()  # its reconnect is due soon
+                elif _node_went_away(closed, ws):
+                    if run.node_lost(self.now()):
+                        self._recount(i)
+                        self._wake[i].set()  # it resumes at once
                 elif run.closed_by_server():
                     self._recount(i)
                     self._error(f"agent {i}: the server closed its socket ({closed.reason})")
         except (msgspec.DecodeError, msgspec.ValidationError) as error:
             self._error(f"agent {i}: undecodable frame from the server: {error}")
 
+
+#: How long after a node went away under an operator's request its outcome is known: a
+#: forwarded write is run by the owner only before the forwarding deadline (3 s).
+FORWARD_SETTLE = 3.5
 
 #: Answers to an operator's step that mean "not now": the session is not CONNECTED (409), or
 #: it ended and took the operator's client with it (404 client_not_found).
@@ -415,6 +545,23 @@ def _close_reason(error: BaseException, ws: trio_websocket.WebSocketConnection |
         closed = ws.closed
     reason = getattr(closed, "reason", None)
     return reason if isinstance(reason, str) else None
+
+
+#: Close codes that say the node went away, not that it ended the session or refused the
+#: agent: going away (1001), no close frame at all (1006: killed, connection reset), an
+#: internal error (1011), restarting (1012: draining), try again later (1013).
+_NODE_GONE = frozenset({1001, 1006, 1011, 1012, 1013})
+
+
+def _node_went_away(error: BaseException, ws: trio_websocket.WebSocketConnection | None
+                    ) -> bool:
+    """Whether a close means the agent's node went away (it should resume elsewhere)."""
+    if isinstance(error, trio.BrokenResourceError):
+        return True  # the socket broke under a send: no close frame
+    closed = getattr(error, "reason", None)
+    if closed is None and ws is not None:
+        closed = ws.closed
+    return getattr(closed, "code", 1006) in _NODE_GONE
 
 
 def _error_code(r: httpx.Response) -> str | None:

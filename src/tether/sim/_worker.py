@@ -47,6 +47,8 @@ def stats(fleet: WireFleet) -> dict[str, object]:
             "operator_refused": sum(op.refused_steps for op in ops),
             "operator_skipped": sum(op.skipped for op in ops),
             "ended_by_server": sum(r.server_ends for r in fleet.runs),
+            "failovers": sum(r.failovers for r in fleet.runs),
+            "connect_retries": sum(r.connect_retries for r in fleet.runs),
             "server_replaced": sum(r.server_replaced for r in fleet.runs)}
 
 
