@@ -145,3 +145,21 @@ def test_prefixes_are_checked() -> None:
             Keys(bad)
     assert Keys("p:").fence("ws_a", "sess_1") == "p:{ws_a}:fence:sess_1"
     assert Keys("p:").node("n-1") == "p:node:n-1"
+
+
+async def test_a_node_told_to_stop_while_it_adopts_runs_nothing_new_and_stops_cleanly(
+        redis: RedisServer, clock: MockClock) -> None:
+    with trio.CancelScope() as run:
+        async with open_engine(redis, node_id="node-a") as engine:
+            link, _ = await hello(engine, "mach_1")
+            await crash(run)
+    async with open_engine(redis, node_id="node-b") as engine:
+        assert len(engine.foreign) == 1
+        engine.drain()  # stopping: then node-a's lease lapses under it
+        await lapse(redis, "t:", "node-a")
+        await until(engine, clock, lambda: not engine.foreign)
+        assert engine.actors_running == 0
+    # The session waits for its agent in the store, for whichever node comes next.
+    async with open_engine(redis, node_id="node-c") as engine:
+        detail = engine.get_session(WS, link.session_id)
+        assert (detail.status, detail.reason) == (Status.GRACE_PERIOD, "node_lost")

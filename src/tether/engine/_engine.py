@@ -244,8 +244,12 @@ class Engine:
     def _adopt(self, rec: SessionRecord) -> None:
         """Run a live session that another process owned: one that was CONNECTED or
         BACKGROUND lost its agent's socket with that process, so it enters GRACE_PERIOD
-        (``node_lost``) and its agent may resume it here."""
+        (``node_lost``) and its agent may resume it here. An engine already stopping runs
+        nothing new: the store keeps the session, and another node adopts it once this one's
+        lease goes (a node told to stop while it adopted crashed on it)."""
         self._socket_gone(rec, Input.NODE_LOST)
+        if self._closing:
+            return
         self._spawn(rec)
 
     async def _end_displaced(self, nursery: trio.Nursery) -> None:
