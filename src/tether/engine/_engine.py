@@ -177,13 +177,19 @@ class Engine:
         if loaded.log is not None:
             self.events.restore(loaded.events, loaded.log.run_id, loaded.log.next_offset)
         records = []
-        for stored in loaded.sessions:
+        # A checkpoint every 1,000 sessions: the store's lease renewal runs meanwhile (restoring
+        # 100,000 at a stretch outlasted a lease's TTL).
+        for i, stored in enumerate(loaded.sessions):
+            if i % 1000 == 999:
+                await trio.lowlevel.checkpoint()
             rec = restore(stored, clock, config.history_cap)
             records.append(rec)
             if stored.owner is not None and not rec.status.final:
                 self.foreign.add(rec, stored.owner)
         self._table.restore(records)
-        for rec in records:
+        for i, rec in enumerate(records):
+            if i % 1000 == 999:
+                await trio.lowlevel.checkpoint()
             if rec.owner is None and not rec.status.final:
                 self._adopt(rec)
         assert self.journal is not None

@@ -106,7 +106,7 @@ class ForeignSessions:
                 await self._added.park()
                 continue
             await trio.sleep(self.store.adopt_interval)
-            asked = [(rec.workspace_id, sid) for sid, rec in self._records.items()
+            asked = [(rec.workspace_id, sid, rec.owner or "") for sid, rec in self._records.items()
                      if sid not in self._taking]
             try:
                 found = await self.store.adopt(asked)

@@ -177,9 +177,9 @@ class SessionStore(Protocol):
     async def run(self) -> None:
         """The store's upkeep while the engine runs (a node lease, renewed); never returns."""
 
-    async def adopt(self, sessions: list[tuple[str, str]]) -> list[LoadedSession]:
-        """Take over those of ``sessions`` (workspace, session id) whose owner is gone: their
-        state as the store has it now."""
+    async def adopt(self, sessions: list[tuple[str, str, str]]) -> list[LoadedSession]:
+        """Take over those of ``sessions`` (workspace, session id, the owner this node knows
+        of) whose owner is gone: their state as the store has it now."""
 
     async def take_over(self, workspace_id: str, session_id: str) -> LoadedSession | None:
         """Take a session over from whichever node owns it (its agent came to this one): its

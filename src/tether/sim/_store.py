@@ -116,7 +116,7 @@ class InProcessStore:
         await trio.sleep_forever()  # no other node sends anything
         return None
 
-    async def adopt(self, sessions: list[tuple[str, str]]) -> list[LoadedSession]:
+    async def adopt(self, sessions: list[tuple[str, str, str]]) -> list[LoadedSession]:
         await self._round_trip()
         return []  # the one engine owns every session already
 

@@ -289,6 +289,7 @@ class RedisStore:
         #: Sessions another process took over since: their writes are skipped.
         self.stale: set[str] = set()
         self._registered = False
+        self._renewed_at = 0.0  # trio time of the lease's last renewal
         #: The nodes alive on this Redis (this one included), as last seen (every TTL/3).
         self.live_nodes: list[str] = []
         self._encode = msgspec.msgpack.Encoder().encode
@@ -327,6 +328,16 @@ class RedisStore:
             pipe.set(keys.node(self.node_id), "1", px=self._ttl_ms)
             pipe.hset(keys.nodes(), {self.node_id: str(int(time.time()))})
         self._registered = True
+        self._renewed_at = trio.current_time()
+
+    async def _keep_lease(self) -> None:
+        """Renew the lease, if a third of its TTL has passed, while :meth:`load` reads and
+        claims (a large store takes longer than a TTL, and :meth:`run` starts after it: a
+        node whose lease lapsed while it loaded had the sessions it claimed adopted away)."""
+        if self._registered and trio.current_time() - self._renewed_at >= self.lease_ttl / 3:
+            with answer_within(self.timeout):
+                await self._client.pexpire(self.keys.node(self.node_id), self._ttl_ms)
+            self._renewed_at = trio.current_time()
 
     async def _alive(self, nodes: list[str]) -> set[str]:
         """Those of ``nodes`` whose lease is held."""
@@ -353,8 +364,7 @@ class RedisStore:
         """Renew this node's lease while the engine runs (three times per TTL). A renewal
         Redis does not answer is retried at the next; the journal reports the outage."""
         key = self.keys.node(self.node_id)
-        renewed = trio.current_time()
-        wait = self.lease_ttl / 3
+        wait = max(0.0, self._renewed_at + self.lease_ttl / 3 - trio.current_time())
         while True:
             await trio.sleep(wait)
             try:
@@ -365,13 +375,14 @@ class RedisStore:
                         # Another node may also have struck it off the nodes hash: register
                         # again, not only the lease.
                         log.warning("node %s: its lease had lapsed (last renewed %.1f s ago); "
-                                    "renewed", self.node_id, trio.current_time() - renewed)
+                                    "renewed", self.node_id,
+                                    trio.current_time() - self._renewed_at)
                         await self._register()
             except (RedisTimeout, OSError, coredis.exceptions.RedisError) as exc:
                 log.debug("node lease renewal failed: %s", exc)
                 wait = min(0.5, self.lease_ttl / 10)  # soon again: the TTL is running out
             else:
-                renewed = trio.current_time()
+                self._renewed_at = trio.current_time()
                 wait = self.lease_ttl / 3
                 with contextlib.suppress(RedisTimeout, OSError, coredis.exceptions.RedisError), \
                         answer_within(self.timeout):
@@ -607,11 +618,18 @@ class RedisStore:
                 self._tokens.pop(sid, None)
         return changes
 
-    async def adopt(self, sessions: list[tuple[str, str]]) -> list[LoadedSession]:
-        """Take over those of ``sessions`` (workspace, session id; all owned by other nodes)
-        whose owner's lease has lapsed: their state as it is now. The rest stay foreign."""
-        owners = await self._take_orphans(sessions)
-        return await self._read([pair for pair in sessions
+    async def adopt(self, sessions: list[tuple[str, str, str]]) -> list[LoadedSession]:
+        """Take over those of ``sessions`` (workspace, session id, the owner the engine knows
+        of; all other nodes) whose owner's lease has lapsed: their state as it is now. The
+        rest stay foreign. Only sessions of the owners found gone are read: a look costs one
+        round trip while every owner is alive, not one read per session (a node following
+        100,000 sessions of another spent most of its time on these looks)."""
+        alive = await self._alive(sorted({owner for _, _, owner in sessions}))
+        candidates = [(ws, sid) for ws, sid, owner in sessions if owner not in alive]
+        if not candidates:
+            return []
+        owners = await self._take_orphans(candidates)  # their owners now, claimed if gone
+        return await self._read([pair for pair in candidates
                                  if pair[1] in owners and owners[pair[1]] is None])
 
     async def take_over(self, workspace_id: str, session_id: str) -> LoadedSession | None:
@@ -653,6 +671,7 @@ class RedisStore:
         client, keys = self._client, self.keys
         found: dict[str, str | None] = {}
         for chunk in _chunks(ids, 1000):
+            await self._keep_lease()
             async with client.pipeline(transaction=False) as pipe:
                 for ws, sid in chunk:
                     pipe.hget(keys.session(ws, sid), "o")
@@ -669,6 +688,7 @@ class RedisStore:
             else:
                 orphans.append((ws, sid))
         for chunk in _chunks(orphans, CHUNK):
+            await self._keep_lease()
             answers = await self._claim_chunk([(ws, sid, found[sid] or "") for ws, sid in chunk],
                                               force=False)
             for (_ws, sid), answer in zip(chunk, answers, strict=True):
@@ -684,6 +704,7 @@ class RedisStore:
         client, keys = self._client, self.keys
         sessions: list[LoadedSession] = []
         for chunk in _chunks(ids, 1000):
+            await self._keep_lease()
             async with client.pipeline(transaction=False) as pipe:
                 for ws, sid in chunk:
                     pipe.hmget(keys.session(ws, sid), ["snap", "beat"])
