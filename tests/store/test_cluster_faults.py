@@ -29,7 +29,7 @@ from tether.sim.audit import WebhookSink, audit_events, read_event_log
 from ..serving import free_port, wait_ready
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
     from pathlib import Path
 
     from tests.redis_server import RedisServer
@@ -228,4 +228,98 @@ async def test_kill_9_and_restart_a_node_under_2000_agents(
         assert audit.ok, audit.problems
         assert audit.sessions == 2000
         assert audit.ends == {"agent_goodbye": 2000}  # the sim's goodbyes, nothing else
+        nursery.cancel_scope.cancel()
+
+
+async def fleet_under(nodes: list[Node], fault: Callable[[], Awaitable[None]], *,
+                      agents: int, duration: float, fault_at: float,
+                      scenario: str = "steady=7,commands=3", operators: float = 0.1,
+                      ) -> SimResult:
+    """Run ``agents`` over ``nodes`` for ``duration`` seconds, with ``fault`` at
+    ``fault_at``; the sim's check must hold."""
+    results: list[SimResult] = []
+    out = io.StringIO()
+
+    async def sim() -> None:
+        results.append(await run_sim(SimConfig(
+            url=",".join(node.url for node in nodes), agent_token=AGENT, agents=agents,
+            duration=duration, scenario=scenario, seed=3, api_key=API,
+            operators=operators, agents_per_process=5000, progress_every=5), out=out))
+
+    started = trio.current_time()
+    async with trio.open_nursery() as run:
+        run.start_soon(sim)
+        await trio.sleep_until(started + fault_at)
+        await fault()
+    [result] = results
+    print(result.summary(), *result.problems, sep="\n")
+    assert result.ok, result.summary() + "\n" + out.getvalue()[-3000:]
+    return result
+
+
+async def test_redis_paused_under_agents_loses_nothing(redis: RedisServer,
+                                                       tmp_path: Path) -> None:
+    """SIGSTOP Redis for 4 s (less than the lease TTL) under 300 agents on two nodes: writes
+    wait (the API answers 503 meanwhile), agents stay, and once Redis answers again every
+    report, command and event is there, once."""
+    async with cluster(redis, tmp_path, "node-a", "node-b") as nodes, \
+            trio.open_nursery() as nursery:
+        sink = WebhookSink()
+        await nursery.start(sink.run)
+        await subscribe(nodes[0].url, sink)
+        problems: list[str] = []
+        nursery.start_soon(one_active_per_machine, nodes, problems)
+
+        async def pause_redis() -> None:
+            redis.pause()
+            await trio.sleep(4)
+            redis.resume()
+
+        result = await fleet_under(nodes, pause_redis, agents=300, duration=20, fault_at=8)
+        assert result.sessions == 300, result.summary()  # nobody lost a session
+        assert not problems, problems[:5]
+        audit = await settled_audit(nodes[1].url, sink, 300)
+        print(audit)
+        assert audit.ok, audit.problems
+        assert audit.ends == {"agent_goodbye": 300}
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_paused_owner_wakes_after_its_sessions_moved(redis: RedisServer,
+                                                             tmp_path: Path) -> None:
+    """SIGSTOP a node past its lease under 300 agents: the other node adopts its sessions
+    (GRACE_PERIOD ``node_lost``); woken, the old owner's writes are refused by the fences and
+    it tells its agents to resume (1012 ``session_moved``), which they do on the other node.
+    No session ends, none is run by two nodes. (What agents report to a node while it is
+    paused is lost with its refused writes: the agents here only heartbeat.)"""
+    async with cluster(redis, tmp_path, "node-a", "node-b") as nodes, \
+            trio.open_nursery() as nursery:
+        a, b = nodes
+        sink = WebhookSink()
+        await nursery.start(sink.run)
+        await subscribe(b.url, sink)
+        problems: list[str] = []
+        nursery.start_soon(one_active_per_machine, nodes, problems)
+
+        async def pause_node_a() -> None:
+            a.signal(signal.SIGSTOP)
+            async with api(b.url) as client:  # node-b adopts node-a's sessions
+                with trio.fail_after(LEASE_TTL + 10):
+                    while True:
+                        r = await client.get("/v1/sessions", params={
+                            "status": "GRACE_PERIOD", "limit": 1})
+                        if r.json()["meta"]["total"] > 100:
+                            break
+                        await trio.sleep(0.2)
+            a.signal(signal.SIGCONT)
+
+        result = await fleet_under(nodes, pause_node_a, agents=300, duration=35, fault_at=8,
+                                   scenario="steady", operators=0.0)
+        assert result.failovers >= 100, result.summary()
+        assert result.sessions == 300, result.summary()
+        assert not problems, problems[:5]
+        audit = await settled_audit(b.url, sink, 300)
+        print(audit)
+        assert audit.ok, audit.problems
+        assert audit.ends == {"agent_goodbye": 300}
         nursery.cancel_scope.cancel()

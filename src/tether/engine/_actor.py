@@ -185,7 +185,9 @@ class SessionActor:
                         try:
                             await journal.commit()  # durable before anyone hears of it
                         except StoreUnavailable as exc:
-                            done = [(message, outcome.Error(exc)) for message, _ in done]
+                            # Made, kept, and written once the store answers: say so.
+                            kept = StoreUnavailable(exc.details.get("reason"), applied=True)
+                            done = [(message, outcome.Error(kept)) for message, _ in done]
                         for message, result in done:
                             message.finish(result)
                 if self._stopping:

@@ -169,13 +169,14 @@ class StoreUnavailable(TetherError):
 
     Raised before anything changes when the store is already known to be away; raised after
     the change when the store stopped answering while it was being written (the change stays
-    in memory and is written once the store answers again)."""
+    in memory and is written once the store answers again: ``applied``)."""
 
     code = "unavailable"
 
-    def __init__(self, reason: str | None) -> None:
+    def __init__(self, reason: str | None, *, applied: bool = False) -> None:
         super().__init__("Session state cannot be made durable now; retry later",
                          {"reason": reason or "the session store does not answer"})
+        self.applied = applied
 
 
 class OwnerUnreachable(TetherError):

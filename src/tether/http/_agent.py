@@ -19,7 +19,13 @@ import trio
 from quart import websocket
 
 from tether import wire
-from tether.engine import AgentLinkClosed, RunCommand, Telemetry, TetherError
+from tether.engine import (
+    AgentLinkClosed,
+    RunCommand,
+    StoreUnavailable,
+    Telemetry,
+    TetherError,
+)
 
 from ._errors import Unauthorized, error_response
 
@@ -32,6 +38,9 @@ if TYPE_CHECKING:
     from ._settings import HttpSettings
 
 log = logging.getLogger("tether.http.agent")
+
+#: How often a frame waiting out a store outage looks whether the store answers again.
+_OUTAGE_POLL = 0.1
 
 _CLOSE_NORMAL = 1000
 _CLOSE_POLICY = 1008
@@ -281,7 +290,7 @@ class AgentSocket:
                         if kind is _TelemetryFrame:
                             link.telemetry(_telemetry(frame))
                             continue
-                        problem = await self._frame(link, transport, frame)
+                        problem = await self._reported(link, transport, frame)
                     except AgentLinkClosed as error:
                         transport.close(error.code)
                         return
@@ -293,6 +302,24 @@ class AgentSocket:
                 if violations >= self.settings.max_violations:
                     await self._give_up(link, transport, problem[1])
                     return
+
+    async def _reported(
+        self, link: AgentLink, transport: SocketTransport, frame: wire.AgentFrame
+    ) -> tuple[str, str] | None:
+        """:meth:`_frame`, through an outage of the session store (Redis mode): a frame the
+        store could not take is applied once it answers again, reading no further frame
+        meanwhile (they queue on the socket, in order), and one applied whose write was late
+        is written when it answers. Neither is the agent's fault nor lost: no violation, no
+        error frame. An outage past ``--redis-outage-budget`` stops the node."""
+        while True:
+            try:
+                return await self._frame(link, transport, frame)
+            except StoreUnavailable as error:
+                if error.applied:
+                    return None
+            await trio.sleep(_OUTAGE_POLL)
+            while self.engine.store_outage is not None:
+                await trio.sleep(_OUTAGE_POLL)
 
     async def _frame(
         self, link: AgentLink, transport: SocketTransport, frame: wire.AgentFrame

@@ -468,6 +468,9 @@ class WireFleet:
                     and frame.code == "resume_rejected"):
                 run.resume_refused(self.now())  # the session ended while the agent was away
                 return
+            if (isinstance(frame, wire.Error) and frame.code == "unavailable"
+                    and run.retry_connect(self.now(), step)):
+                return  # Redis mode, Redis away for now: say it again later
             run.hello_failed(self.now())
             self._error(f"agent {i}: {step.value} refused: {frame}")
             return
