@@ -56,6 +56,10 @@ class ForeignSessions:
         self._adopt = adopt  # give the record an actor here (the engine's)
         self._place = place  # events the store numbered, into the engine's log
         self._records: dict[str, SessionRecord] = {}
+        #: The same sessions by owner (session id -> (workspace, session id)): an adoption
+        #: look asks about owners, and reads only the sessions of those gone.
+        self._by_owner: dict[str, dict[str, tuple[str, str]]] = {}
+        self._owner_of: dict[str, str] = {}
         self._taking: dict[str, trio.Event] = {}
         self._added = trio.lowlevel.ParkingLot()
         self._started = trio.Event()
@@ -68,9 +72,23 @@ class ForeignSessions:
         return len(self._records)
 
     def add(self, rec: SessionRecord, owner: str) -> None:
+        session_id = rec.session_id
+        self._drop(session_id)  # a session another node took from its owner: filed anew
         rec.owner = owner
-        self._records[rec.session_id] = rec
+        self._records[session_id] = rec
+        self._owner_of[session_id] = owner
+        self._by_owner.setdefault(owner, {})[session_id] = (rec.workspace_id, session_id)
         self._added.unpark_all()
+
+    def _drop(self, session_id: str) -> None:
+        """Not foreign any more (taken over, adopted, ended, purged)."""
+        if self._records.pop(session_id, None) is None:
+            return
+        owner = self._owner_of.pop(session_id)
+        sessions = self._by_owner[owner]
+        del sessions[session_id]
+        if not sessions:
+            del self._by_owner[owner]
 
     async def own(self, rec: SessionRecord) -> None:
         """Take ``rec`` over from its owner (its agent is here now): afterwards it runs here,
@@ -106,10 +124,8 @@ class ForeignSessions:
                 await self._added.park()
                 continue
             await trio.sleep(self.store.adopt_interval)
-            asked = [(rec.workspace_id, sid, rec.owner or "") for sid, rec in self._records.items()
-                     if sid not in self._taking]
             try:
-                found = await self.store.adopt(asked)
+                found = await self.store.adopt(self._by_owner)
             except Exception as exc:  # the store is away: ask again next time
                 log.debug("adopting orphaned sessions failed: %s", exc)
                 continue
@@ -123,7 +139,7 @@ class ForeignSessions:
 
     def _install(self, rec: SessionRecord, stored: LoadedSession | None) -> None:
         # The owner may have ended it meanwhile (the feed then dropped it from the foreign).
-        self._records.pop(rec.session_id, None)
+        self._drop(rec.session_id)
         rec.owner = None
         if stored is None:
             log.warning("session %s is no longer in the store; not taken over", rec.session_id)
@@ -148,14 +164,14 @@ class ForeignSessions:
         for beat in changes.heartbeats:
             self._heartbeat(beat)
         for _, session_id in changes.purged:
-            self._records.pop(session_id, None)
+            self._drop(session_id)
             self.table.forget(session_id)
         if changes.complete:
             kept = {snap.session_id for snap in changes.sessions}
             gone = [sid for sid, rec in self.table.records.items()
                     if sid not in kept and rec.actor is None]  # not one this node runs
             for session_id in gone:
-                self._records.pop(session_id, None)
+                self._drop(session_id)
                 self.table.forget(session_id)
 
     def _moved(self, rec: SessionRecord, node: str) -> None:
@@ -200,7 +216,7 @@ class ForeignSessions:
                     rec.record_command(entry, self.history_cap)
             rec.history_saved = rec.history_total
         if rec.status.final:
-            self._records.pop(rec.session_id, None)
+            self._drop(rec.session_id)
             rec.owner = None
         else:
             self.add(rec, node)

@@ -23,7 +23,7 @@ from ._models import AttachedClient, CommandEntry, CommandState, Event, Status, 
 from ._record import OperatorCommand, SessionRecord
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from ._clock import WallClock
 
@@ -177,9 +177,11 @@ class SessionStore(Protocol):
     async def run(self) -> None:
         """The store's upkeep while the engine runs (a node lease, renewed); never returns."""
 
-    async def adopt(self, sessions: list[tuple[str, str, str]]) -> list[LoadedSession]:
-        """Take over those of ``sessions`` (workspace, session id, the owner this node knows
-        of) whose owner is gone: their state as the store has it now."""
+    async def adopt(self, by_owner: Mapping[str, Mapping[str, tuple[str, str]]]
+                    ) -> list[LoadedSession]:
+        """Take over the sessions (``by_owner``: the owner this node knows of -> session id ->
+        (workspace, session id)) whose owner is gone: their state as the store has it now.
+        ``by_owner`` is the engine's own index, read as it is when the store asks."""
 
     async def take_over(self, workspace_id: str, session_id: str) -> LoadedSession | None:
         """Take a session over from whichever node owns it (its agent came to this one): its

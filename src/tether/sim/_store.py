@@ -18,7 +18,7 @@ from tether.engine import Loaded, LoadedSession, LogPosition, with_heartbeat
 from tether.webhooks import LoadedWebhooks
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from tether.engine import (
         Changes,
@@ -116,7 +116,8 @@ class InProcessStore:
         await trio.sleep_forever()  # no other node sends anything
         return None
 
-    async def adopt(self, sessions: list[tuple[str, str, str]]) -> list[LoadedSession]:
+    async def adopt(self, by_owner: Mapping[str, Mapping[str, tuple[str, str]]]
+                    ) -> list[LoadedSession]:
         await self._round_trip()
         return []  # the one engine owns every session already
 

@@ -55,7 +55,7 @@ from ._timeouts import RedisTimeout, answer_within
 from ._webhooks import RedisWebhookStore
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from coredis.commands.script import Script
 
@@ -227,7 +227,7 @@ for i = 0, tonumber(ARGV[4]) - 1 do
         redis.call('HSET', hash, 'o', ARGV[2])
         if owner ~= ARGV[2] then
           table.insert(feed, 'o' .. sid)
-          table.insert(feed, ws)
+          table.insert(feed, ws .. '\0' .. answer)
         end
       end
     end
@@ -512,7 +512,7 @@ class RedisStore:
         else:
             self._feed_position, self._feed_count = b"0-0", int(counted or 0)
         ids = await self._session_ids()
-        owners = await self._take_orphans(ids)
+        owners = await self._take_orphans(ids, reclaim_own=True)
         sessions = await self._read([pair for pair in ids if pair[1] in owners])
         sessions = [msgspec.structs.replace(s, owner=owners.get(s.snapshot.session_id))
                     for s in sessions]
@@ -613,22 +613,29 @@ class RedisStore:
             elif kind == b"p":
                 changes.purged.append((value.decode(), sid))
             elif kind == b"o":
-                changes.owners.append((value.decode(), sid))
+                ws, _, token = value.partition(b"\0")
+                mine = self._tokens.get(sid)
+                if token and mine is not None and mine > int(token):
+                    continue  # a claim older than this node's own latest one: old news
+                changes.owners.append((ws.decode(), sid))
                 self.stale.add(sid)  # its fencing counter moved past this node's token
                 self._tokens.pop(sid, None)
         return changes
 
-    async def adopt(self, sessions: list[tuple[str, str, str]]) -> list[LoadedSession]:
-        """Take over those of ``sessions`` (workspace, session id, the owner the engine knows
-        of; all other nodes) whose owner's lease has lapsed: their state as it is now. The
-        rest stay foreign. Only sessions of the owners found gone are read: a look costs one
-        round trip while every owner is alive, not one read per session (a node following
-        100,000 sessions of another spent most of its time on these looks)."""
-        alive = await self._alive(sorted({owner for _, _, owner in sessions}))
-        candidates = [(ws, sid) for ws, sid, owner in sessions if owner not in alive]
+    async def adopt(self, by_owner: Mapping[str, Mapping[str, tuple[str, str]]]
+                    ) -> list[LoadedSession]:
+        """Take over the sessions of ``by_owner`` (owner the engine knows of -> its sessions
+        there) whose owner's lease has lapsed: their state as it is now. The rest stay
+        foreign. Only the sessions of owners found gone are read: a look costs one round trip
+        while every owner is alive, not a read (nor a pass in Python) per session; a node
+        following 100,000 sessions of another spent most of its time on these looks."""
+        alive = await self._alive(sorted(by_owner))
+        candidates = [pair for owner in list(by_owner) if owner not in alive
+                      for pair in list(by_owner.get(owner, {}).values())]
         if not candidates:
             return []
-        owners = await self._take_orphans(candidates)  # their owners now, claimed if gone
+        # their owners now, claimed if gone
+        owners = await self._take_orphans(candidates, reclaim_own=False)
         return await self._read([pair for pair in candidates
                                  if pair[1] in owners and owners[pair[1]] is None])
 
@@ -662,12 +669,21 @@ class RedisStore:
         return list(answers)
 
     def _held(self, session_id: str, token: int) -> None:
-        self._tokens[session_id] = token
+        # The highest token this node got is its latest claim: an adoption look and a resume's
+        # take-over of one session may both claim it, and their answers may come back in
+        # either order (holding the lower one got every later write refused as stale).
+        self._tokens[session_id] = max(token, self._tokens.get(session_id, 0))
         self.stale.discard(session_id)
 
-    async def _take_orphans(self, ids: list[tuple[str, str]]) -> dict[str, str | None]:
+    async def _take_orphans(self, ids: list[tuple[str, str]], *,
+                            reclaim_own: bool) -> dict[str, str | None]:
         """Claim every session of ``ids`` that no live node owns: session id -> ``None`` for
-        those claimed, the owner's id for those another node owns; purged ones are left out."""
+        those claimed, the owner's id for those another node owns; purged ones are left out.
+        ``reclaim_own``: also those this node's id owns (a load: an earlier process with this
+        id may still be running, and must be fenced off); otherwise they are left out, as this
+        node runs them already (an adoption look claiming a session this node had just taken
+        over raised its fence under the batch being written for it: that batch was refused,
+        its events lost)."""
         client, keys = self._client, self.keys
         found: dict[str, str | None] = {}
         for chunk in _chunks(ids, 1000):
@@ -685,7 +701,7 @@ class RedisStore:
             owner = found[sid]
             if owner in alive:
                 owners[sid] = owner
-            else:
+            elif owner != self.node_id or reclaim_own:
                 orphans.append((ws, sid))
         for chunk in _chunks(orphans, CHUNK):
             await self._keep_lease()
