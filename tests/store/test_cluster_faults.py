@@ -16,17 +16,19 @@ import os
 import signal
 import subprocess
 import sys
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING
 
 import httpx
 import msgspec
 import trio
+import trio_websocket
 
+from tether import wire
 from tether.sim import SimConfig, run_sim
 from tether.sim.audit import WebhookSink, audit_events, read_event_log
 
-from ..serving import free_port, wait_ready
+from ..serving import free_port, open_agent, say_hello, wait_ready
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -323,6 +325,86 @@ async def test_a_paused_owner_wakes_after_its_sessions_moved(redis: RedisServer,
         assert result.sessions == 300, result.summary()
         assert not problems, problems[:5]
         audit = await settled_audit(b.url, sink, 300)
+        print(audit)
+        assert audit.ok, audit.problems
+        assert audit.ends == {"agent_goodbye": 300}
+        nursery.cancel_scope.cancel()
+
+
+async def hello_into(welcomes: dict[str, wire.Welcome], name: str,
+                     ws: trio_websocket.WebSocketConnection, machine: str) -> None:
+    welcomes[name] = await say_hello(ws, machine, "racer")
+
+
+async def test_two_nodes_racing_for_one_machine_leave_one_active_session(
+        redis: RedisServer, tmp_path: Path) -> None:
+    """Real agents say hello for the same machine on both nodes at the same moment, round
+    after round: each round leaves exactly one active session for the machine (the same on
+    both nodes), the other ended ``replaced`` and its socket closed with that reason."""
+    async with cluster(redis, tmp_path, "node-a", "node-b") as nodes:
+        for round_ in range(5):
+            machine = f"racer-{round_}"
+            welcomes: dict[str, wire.Welcome] = {}
+            sockets: dict[str, trio_websocket.WebSocketConnection] = {}
+            async with AsyncExitStack() as stack:
+                for node in nodes:
+                    sockets[node.name] = await stack.enter_async_context(
+                        open_agent(node.port, AGENT))
+                async with trio.open_nursery() as nursery:  # both at once
+                    for node in nodes:
+                        nursery.start_soon(hello_into, welcomes, node.name,
+                                           sockets[node.name], machine)
+                ids = {w.session_id for w in welcomes.values()}
+                assert len(ids) == 2
+                with trio.fail_after(10):
+                    while True:  # both nodes agree on the one live session
+                        live = [await live_by_machine(node.url) for node in nodes]
+                        if all(len(each.get(machine, ())) == 1 for each in live) and \
+                                live[0][machine] == live[1][machine]:
+                            break
+                        await trio.sleep(0.05)
+                [winner] = live[0][machine]
+                [loser_node] = [n for n, w in welcomes.items() if w.session_id != winner]
+                with trio.fail_after(10):  # the loser's socket is closed: replaced
+                    try:
+                        while True:
+                            await sockets[loser_node].get_message()
+                    except trio_websocket.ConnectionClosed as closed:
+                        assert closed.reason.reason == "replaced"
+                loser = welcomes[loser_node].session_id
+                async with api(nodes[0].url) as client:
+                    detail = (await client.get(f"/v1/sessions/{loser}")).json()["data"]
+                assert (detail["status"], detail["reason"]) == ("DISCONNECTED", "replaced")
+
+
+async def test_a_rolling_restart_under_agents_ends_no_session(
+        redis: RedisServer, tmp_path: Path) -> None:
+    """SIGTERM one node, then the other (each started again before the next goes), under 300
+    agents: each node drains (1012 ``node_draining``), its agents resume on the other, and no
+    session ends; the event log and the receiver agree."""
+    async with cluster(redis, tmp_path, "node-a", "node-b") as nodes, \
+            trio.open_nursery() as nursery:
+        sink = WebhookSink()
+        await nursery.start(sink.run)
+        await subscribe(nodes[1].url, sink)
+        problems: list[str] = []
+        nursery.start_soon(one_active_per_machine, nodes, problems)
+
+        async def roll() -> None:
+            for node in nodes:
+                node.signal(signal.SIGTERM)
+                assert node.proc is not None
+                with trio.fail_after(20):
+                    assert await node.proc.wait() == 0
+                node.name += "-2"  # a new process: a new node id
+                await node.start()
+                await trio.sleep(3)
+
+        result = await fleet_under(nodes, roll, agents=300, duration=35, fault_at=6)
+        assert result.failovers >= 250, result.summary()  # every agent moved at least once
+        assert result.sessions == 300, result.summary()
+        assert not problems, problems[:5]
+        audit = await settled_audit(nodes[0].url, sink, 300)
         print(audit)
         assert audit.ok, audit.problems
         assert audit.ends == {"agent_goodbye": 300}

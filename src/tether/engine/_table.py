@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ._errors import NoActiveSession, OwnerUnreachable, SessionNotActive, SessionNotFound
+from ._errors import (
+    EngineClosed,
+    NoActiveSession,
+    OwnerUnreachable,
+    SessionNotActive,
+    SessionNotFound,
+)
 from ._ids import MonotonicIds
 from ._index import ReadIndex
 from ._models import Status, check_text
@@ -161,6 +167,10 @@ class SessionTable:
         actor = rec.actor
         if rec.owner is not None and not rec.status.final:
             raise OwnerUnreachable(session_id, rec.owner)
+        if actor is None and not rec.status.final:
+            # Live, but this node no longer runs it: it is handing it over as it stops (a
+            # drain). Not "not active" (409): the next node will run it; retry there.
+            raise EngineClosed()
         if actor is None or (required == "CONNECTED" and rec.status is not Status.CONNECTED):
             raise SessionNotActive(rec.status.value, required)
         return rec, actor

@@ -343,8 +343,8 @@ class WireFleet:
         if r is None:
             return  # done
         code = _error_code(r)
-        if (r.status_code, code) == (503, "unavailable"):
-            op.unavailable(self.now())
+        if r.status_code == 503 and code in ("unavailable", "engine_closed"):
+            op.unavailable(self.now())  # not made: the session's node is away or stopping
         elif (r.status_code, code) in _REFUSALS:
             op.refused()
         else:
