@@ -97,3 +97,36 @@ async def test_kill_9_then_restart_keeps_every_session_and_the_agent_resumes_it(
         async with open_agent(port, AGENT) as ws:
             third = await say_hello(ws, token=again.resume_token)
             assert (third.session_id, third.resumed) == (welcome.session_id, True)
+
+
+async def test_a_node_stopping_while_redis_is_away_still_exits_within_its_deadline(
+        redis: RedisServer, tmp_path: Path) -> None:
+    """Redis stops answering under 300 agents and the node is told to stop: what it cannot
+    write cannot hold it past the drain deadline and its margin (it used to wait for Redis
+    for ever, a second signal included)."""
+    port = free_port()
+    async with node(redis, tmp_path, port) as proc, api(port) as client, \
+            trio.open_nursery() as agents:
+        await wait_ready(client)
+
+        async def agent(i: int, task_status: trio.TaskStatus[None]) -> None:
+            try:
+                async with open_agent(port, AGENT) as ws:
+                    await say_hello(ws, machine_id=f"m{i}")
+                    task_status.started()
+                    while True:
+                        await ws.get_message()
+            except trio_websocket.ConnectionClosed:
+                pass
+
+        for i in range(300):
+            await agents.start(agent, i)
+        redis.pause()
+        try:
+            await trio.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)  # drain timeout 5 s, then the 5 s margin
+            with trio.fail_after(20):
+                await proc.wait()
+        finally:
+            redis.resume()
+        agents.cancel_scope.cancel()

@@ -46,6 +46,9 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 log = logging.getLogger("tether")
+#: How long past the drain deadline the engine's own exit (actors returning, the last writes)
+#: may take before the process stops anyway.
+_EXIT_MARGIN = 5.0
 
 
 def add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -254,59 +257,70 @@ async def _serve(
     drain = args.drain_timeout
     config.graceful_timeout = drain  # open requests (event streams) may run until the deadline
     stop = trio.Event()
-    async with open_engine(engine_config, args) as engine, trio.open_nursery() as services:
-        # Webhook delivery outlives the server (it is an event-bus consumer beside it).
-        store = engine.store.webhooks if isinstance(engine.store, RedisStore) else None
-        webhooks = Webhooks(engine, webhook_config, store=store)
-        await services.start(webhooks.run)
-        await services.start(keys.run)
-        app = create_app(engine, keys.keys, settings, webhooks)
-        deadline = trio.current_time() + 10**9
+    # The exit is bounded: a store that does not answer (Redis gone) must not hold the process
+    # past the drain deadline and a margin, and a second signal ends it at once. What was not
+    # written by then is lost; another node adopts this one's sessions once its lease lapses.
+    exit_scope = trio.CancelScope()
+    with exit_scope:
+        async with open_engine(engine_config, args) as engine, trio.open_nursery() as services:
+            # Webhook delivery outlives the server (it is an event-bus consumer beside it).
+            store = engine.store.webhooks if isinstance(engine.store, RedisStore) else None
+            webhooks = Webhooks(engine, webhook_config, store=store)
+            await services.start(webhooks.run)
+            await services.start(keys.run)
+            app = create_app(engine, keys.keys, settings, webhooks)
+            deadline = trio.current_time() + 10**9
 
-        def shut_down(why: str) -> None:
-            nonlocal deadline
-            log.info("%s: shutting down (drain %g s)", why, drain)
-            deadline = trio.current_time() + drain
-            stop.set()  # the server stops accepting
-            if engine.journal is None:
-                engine.shutdown()  # sessions end; their agents are told and closed
-            else:
-                engine.drain()  # sessions are handed over; agents told to resume
+            def shut_down(why: str) -> None:
+                nonlocal deadline
+                log.info("%s: shutting down (drain %g s)", why, drain)
+                deadline = trio.current_time() + drain
+                exit_scope.deadline = deadline + _EXIT_MARGIN
+                stop.set()  # the server stops accepting
+                if engine.journal is None:
+                    engine.shutdown()  # sessions end; their agents are told and closed
+                else:
+                    engine.drain()  # sessions are handed over; agents told to resume
 
-        async def on_signal() -> None:
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM,
-                                           signal.SIGHUP) as signals:
-                async for signum in signals:
-                    if signum == signal.SIGHUP:
-                        keys.reload()
-                        continue
-                    if stop.is_set():
-                        log.warning("%s again: exiting now", signal.Signals(signum).name)
-                        services.cancel_scope.cancel()
-                        return
-                    shut_down(signal.Signals(signum).name)
+            async def on_signal() -> None:
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM,
+                                               signal.SIGHUP) as signals:
+                    async for signum in signals:
+                        if signum == signal.SIGHUP:
+                            keys.reload()
+                            continue
+                        if stop.is_set():
+                            log.warning("%s again: exiting now", signal.Signals(signum).name)
+                            exit_scope.cancel()
+                            return
+                        shut_down(signal.Signals(signum).name)
 
-        async def outlive_no_parent() -> None:
-            """A worker of ``--workers`` whose parent died (kill -9) stops as if told to."""
-            parent = os.getppid()
-            while os.getppid() == parent:
-                await trio.sleep(1.0)
-            if not stop.is_set():
-                shut_down("the parent process is gone")
+            async def outlive_no_parent() -> None:
+                """A worker of ``--workers`` whose parent died (kill -9) stops as if told to."""
+                parent = os.getppid()
+                while os.getppid() == parent:
+                    await trio.sleep(1.0)
+                if not stop.is_set():
+                    shut_down("the parent process is gone")
 
-        services.start_soon(on_signal)
-        if args.listen_fd is not None:
-            services.start_soon(outlive_no_parent)
-        if engine.journal is not None:
-            services.start_soon(watch_store, engine, args.redis_outage_budget)
-        tune_gc(args.gc_young)  # start-up is done: freeze it, and collect young objects less often
-        async with trio.open_nursery() as nursery:
-            binds = await nursery.start(partial(serve, app, config, shutdown_trigger=stop.wait))
-            log.info("serving on %s", ", ".join(binds))
-            await stop.wait()
-            nursery.cancel_scope.deadline = deadline
-            await _drain(engine, webhooks, deadline)
-        services.cancel_scope.cancel()
+            services.start_soon(on_signal)
+            if args.listen_fd is not None:
+                services.start_soon(outlive_no_parent)
+            if engine.journal is not None:
+                services.start_soon(watch_store, engine, args.redis_outage_budget)
+            # start-up is done: freeze it, and collect young objects less often
+            tune_gc(args.gc_young)
+            async with trio.open_nursery() as nursery:
+                binds = await nursery.start(
+                    partial(serve, app, config, shutdown_trigger=stop.wait))
+                log.info("serving on %s", ", ".join(binds))
+                await stop.wait()
+                nursery.cancel_scope.deadline = deadline
+                await _drain(engine, webhooks, deadline)
+            services.cancel_scope.cancel()
+    if exit_scope.cancelled_caught:
+        log.warning("exit cut short: what was not written to the store is lost; another node "
+                    "adopts this node's sessions once its lease lapses")
     log.info("stopped")
 
 
