@@ -160,10 +160,68 @@ async def settled_audit(url: str, sink: WebhookSink, sessions: int,
     return audit_events(log, sink.received, resumed={e.session_id for e in log})
 
 
-async def subscribe(url: str, sink: WebhookSink) -> None:
-    async with api(url) as client:
-        r = await client.post("/v1/webhooks", json={"url": sink.url, "events": ["*"]})
-        assert r.status_code == 201, r.text
+class Watched:
+    """Two nodes under watch: a webhook receiver subscribed to every event, and what the
+    one-active-session-per-machine watch found."""
+
+    def __init__(self, nodes: list[Node], sink: WebhookSink, problems: list[str]) -> None:
+        self.nodes = nodes
+        self.sink = sink
+        self.problems = problems
+
+    async def invariants_hold(self, sessions: int) -> None:
+        """After a run of ``sessions`` agents that all said goodbye at its end."""
+        assert not self.problems, self.problems[:5]
+        audit = await settled_audit(self.nodes[1].url, self.sink, sessions)
+        print(audit)
+        assert audit.ok, audit.problems
+        assert audit.sessions == sessions
+        assert audit.ends == {"agent_goodbye": sessions}  # the sim's goodbyes, nothing else
+
+
+@asynccontextmanager
+async def watched(redis: RedisServer, tmp_path: Path,
+                  lease_ttl: float = LEASE_TTL) -> AsyncIterator[Watched]:
+    async with cluster(redis, tmp_path, "node-a", "node-b", lease_ttl=lease_ttl) as nodes, \
+            trio.open_nursery() as nursery:
+        try:
+            sink = WebhookSink()
+            await nursery.start(sink.run)
+            async with api(nodes[1].url) as client:
+                r = await client.post("/v1/webhooks", json={"url": sink.url, "events": ["*"]})
+                assert r.status_code == 201, r.text
+            problems: list[str] = []
+            nursery.start_soon(one_active_per_machine, nodes, problems)
+            yield Watched(nodes, sink, problems)
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def fleet_under(nodes: list[Node], fault: Callable[[], Awaitable[None]], *,
+                      agents: int, duration: float, fault_at: float,
+                      scenario: str = "steady=7,commands=3", operators: float = 0.1,
+                      ) -> SimResult:
+    """Run ``agents`` over ``nodes`` for ``duration`` seconds, with ``fault`` at
+    ``fault_at``; the sim's check must hold, and no agent may have lost its session."""
+    results: list[SimResult] = []
+    out = io.StringIO()
+
+    async def sim() -> None:
+        results.append(await run_sim(SimConfig(
+            url=",".join(node.url for node in nodes), agent_token=AGENT, agents=agents,
+            duration=duration, scenario=scenario, seed=3, api_key=API,
+            operators=operators, agents_per_process=5000, progress_every=5), out=out))
+
+    started = trio.current_time()
+    async with trio.open_nursery() as run:
+        run.start_soon(sim)
+        await trio.sleep_until(started + fault_at)
+        await fault()
+    [result] = results
+    print(result.summary(), *result.problems, sep="\n")
+    assert result.ok, result.summary() + "\n" + out.getvalue()[-3000:]
+    assert result.sessions == agents, result.summary()  # resumed, none replaced
+    return result
 
 
 async def test_tether_sim_spreads_agents_over_nodes_and_checks_each_on_another(
@@ -194,72 +252,23 @@ async def test_tether_sim_spreads_agents_over_nodes_and_checks_each_on_another(
 
 async def test_kill_9_and_restart_a_node_under_2000_agents(
         redis: RedisServer, tmp_path: Path) -> None:
-    async with cluster(redis, tmp_path, "node-a", "node-b") as nodes, \
-            trio.open_nursery() as nursery:
-        a, b = nodes
-        sink = WebhookSink()
-        await nursery.start(sink.run)
-        await subscribe(b.url, sink)
-        problems: list[str] = []
-        nursery.start_soon(one_active_per_machine, nodes, problems)
-        results: list[SimResult] = []
-        out = io.StringIO()
+    async with watched(redis, tmp_path) as watch:
+        a = watch.nodes[0]
 
-        async def sim() -> None:
-            results.append(await run_sim(SimConfig(
-                url=f"{a.url},{b.url}", agent_token=AGENT, agents=2000, duration=30,
-                scenario="steady=7,commands=3", seed=11, api_key=API, operators=0.05,
-                agents_per_process=5000, progress_every=5), out=out))
-
-        started = trio.current_time()
-        async with trio.open_nursery() as run:
-            run.start_soon(sim)
-            await trio.sleep_until(started + 10)  # every agent connected (ramp: 5 s)
+        async def kill_and_restart() -> None:
             await a.kill()
             await trio.sleep(3)
             a.name = "node-a2"  # a new process: a new node id
             await a.start()
-        [result] = results
-        print(result.summary(), *result.problems, sep="\n")
-        assert result.ok, result.summary() + "\n" + out.getvalue()[-3000:]
+
+        # At 10 s every agent is connected (the ramp takes 5 s).
+        result = await fleet_under(watch.nodes, kill_and_restart, agents=2000, duration=30,
+                                   fault_at=10, operators=0.05)
         # About half the agents were on node-a (fewer if node-a was slow to take their first
         # hello: they went to node-b): each came back on node-b with its session.
         assert result.failovers + result.connect_retries >= 900, result.summary()
         assert result.failovers >= 500, result.summary()
-        assert result.sessions == 2000, result.summary()  # resumed, none replaced
-        assert not problems, problems[:5]
-        audit = await settled_audit(b.url, sink, 2000)
-        print(audit)
-        assert audit.ok, audit.problems
-        assert audit.sessions == 2000
-        assert audit.ends == {"agent_goodbye": 2000}  # the sim's goodbyes, nothing else
-        nursery.cancel_scope.cancel()
-
-
-async def fleet_under(nodes: list[Node], fault: Callable[[], Awaitable[None]], *,
-                      agents: int, duration: float, fault_at: float,
-                      scenario: str = "steady=7,commands=3", operators: float = 0.1,
-                      ) -> SimResult:
-    """Run ``agents`` over ``nodes`` for ``duration`` seconds, with ``fault`` at
-    ``fault_at``; the sim's check must hold."""
-    results: list[SimResult] = []
-    out = io.StringIO()
-
-    async def sim() -> None:
-        results.append(await run_sim(SimConfig(
-            url=",".join(node.url for node in nodes), agent_token=AGENT, agents=agents,
-            duration=duration, scenario=scenario, seed=3, api_key=API,
-            operators=operators, agents_per_process=5000, progress_every=5), out=out))
-
-    started = trio.current_time()
-    async with trio.open_nursery() as run:
-        run.start_soon(sim)
-        await trio.sleep_until(started + fault_at)
-        await fault()
-    [result] = results
-    print(result.summary(), *result.problems, sep="\n")
-    assert result.ok, result.summary() + "\n" + out.getvalue()[-3000:]
-    return result
+        await watch.invariants_hold(2000)
 
 
 async def test_redis_paused_under_agents_loses_nothing(redis: RedisServer,
@@ -268,27 +277,15 @@ async def test_redis_paused_under_agents_loses_nothing(redis: RedisServer,
     the lease TTL) under 300 agents on two nodes: writes wait (the API answers 503
     meanwhile), agents stay, and once Redis answers again every report, command and event is
     there, once. (An outage past the TTL lets the leases lapse: see docs/cluster.md.)"""
-    async with cluster(redis, tmp_path, "node-a", "node-b", lease_ttl=10.0) as nodes, \
-            trio.open_nursery() as nursery:
-        sink = WebhookSink()
-        await nursery.start(sink.run)
-        await subscribe(nodes[0].url, sink)
-        problems: list[str] = []
-        nursery.start_soon(one_active_per_machine, nodes, problems)
+    async with watched(redis, tmp_path, lease_ttl=10.0) as watch:
 
         async def pause_redis() -> None:
             redis.pause()
             await trio.sleep(4)
             redis.resume()
 
-        result = await fleet_under(nodes, pause_redis, agents=300, duration=20, fault_at=8)
-        assert result.sessions == 300, result.summary()  # nobody lost a session
-        assert not problems, problems[:5]
-        audit = await settled_audit(nodes[1].url, sink, 300)
-        print(audit)
-        assert audit.ok, audit.problems
-        assert audit.ends == {"agent_goodbye": 300}
-        nursery.cancel_scope.cancel()
+        await fleet_under(watch.nodes, pause_redis, agents=300, duration=20, fault_at=8)
+        await watch.invariants_hold(300)
 
 
 async def test_a_paused_owner_wakes_after_its_sessions_moved(redis: RedisServer,
@@ -298,14 +295,8 @@ async def test_a_paused_owner_wakes_after_its_sessions_moved(redis: RedisServer,
     it tells its agents to resume (1012 ``session_moved``), which they do on the other node.
     No session ends, none is run by two nodes. (What agents report to a node while it is
     paused is lost with its refused writes: the agents here only heartbeat.)"""
-    async with cluster(redis, tmp_path, "node-a", "node-b") as nodes, \
-            trio.open_nursery() as nursery:
-        a, b = nodes
-        sink = WebhookSink()
-        await nursery.start(sink.run)
-        await subscribe(b.url, sink)
-        problems: list[str] = []
-        nursery.start_soon(one_active_per_machine, nodes, problems)
+    async with watched(redis, tmp_path) as watch:
+        a, b = watch.nodes
 
         async def pause_node_a() -> None:
             a.signal(signal.SIGSTOP)
@@ -319,16 +310,10 @@ async def test_a_paused_owner_wakes_after_its_sessions_moved(redis: RedisServer,
                         await trio.sleep(0.2)
             a.signal(signal.SIGCONT)
 
-        result = await fleet_under(nodes, pause_node_a, agents=300, duration=35, fault_at=8,
-                                   scenario="steady", operators=0.0)
+        result = await fleet_under(watch.nodes, pause_node_a, agents=300, duration=35,
+                                   fault_at=8, scenario="steady", operators=0.0)
         assert result.failovers >= 100, result.summary()
-        assert result.sessions == 300, result.summary()
-        assert not problems, problems[:5]
-        audit = await settled_audit(b.url, sink, 300)
-        print(audit)
-        assert audit.ok, audit.problems
-        assert audit.ends == {"agent_goodbye": 300}
-        nursery.cancel_scope.cancel()
+        await watch.invariants_hold(300)
 
 
 async def hello_into(welcomes: dict[str, wire.Welcome], name: str,
@@ -370,6 +355,7 @@ async def test_two_nodes_racing_for_one_machine_leave_one_active_session(
                         while True:
                             await sockets[loser_node].get_message()
                     except trio_websocket.ConnectionClosed as closed:
+                        assert closed.reason is not None
                         assert closed.reason.reason == "replaced"
                 loser = welcomes[loser_node].session_id
                 async with api(nodes[0].url) as client:
@@ -382,16 +368,10 @@ async def test_a_rolling_restart_under_agents_ends_no_session(
     """SIGTERM one node, then the other (each started again before the next goes), under 300
     agents: each node drains (1012 ``node_draining``), its agents resume on the other, and no
     session ends; the event log and the receiver agree."""
-    async with cluster(redis, tmp_path, "node-a", "node-b") as nodes, \
-            trio.open_nursery() as nursery:
-        sink = WebhookSink()
-        await nursery.start(sink.run)
-        await subscribe(nodes[1].url, sink)
-        problems: list[str] = []
-        nursery.start_soon(one_active_per_machine, nodes, problems)
+    async with watched(redis, tmp_path) as watch:
 
         async def roll() -> None:
-            for node in nodes:
+            for node in watch.nodes:
                 node.signal(signal.SIGTERM)
                 assert node.proc is not None
                 with trio.fail_after(20):
@@ -400,12 +380,6 @@ async def test_a_rolling_restart_under_agents_ends_no_session(
                 await node.start()
                 await trio.sleep(3)
 
-        result = await fleet_under(nodes, roll, agents=300, duration=35, fault_at=6)
+        result = await fleet_under(watch.nodes, roll, agents=300, duration=35, fault_at=6)
         assert result.failovers >= 250, result.summary()  # every agent moved at least once
-        assert result.sessions == 300, result.summary()
-        assert not problems, problems[:5]
-        audit = await settled_audit(nodes[0].url, sink, 300)
-        print(audit)
-        assert audit.ok, audit.problems
-        assert audit.ends == {"agent_goodbye": 300}
-        nursery.cancel_scope.cancel()
+        await watch.invariants_hold(300)

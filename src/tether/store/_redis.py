@@ -219,7 +219,10 @@ for i = 0, tonumber(ARGV[4]) - 1 do
   local answer = 0
   if redis.call('EXISTS', hash) == 1 then
     local owner = redis.call('HGET', hash, 'o')
-    if owner and ARGV[1] ~= '1' and owner ~= expected and owner ~= ARGV[2] then
+    -- Unforced (an adoption), a claim holds only while the owner is still the one found
+    -- gone: not if another node took it meanwhile, nor if this node did (its take-over's
+    -- token is in use: raising the fence again would refuse the batch being written).
+    if owner and ARGV[1] ~= '1' and owner ~= expected then
       answer = owner
     else
       answer = redis.call('INCR', fence)
@@ -708,7 +711,8 @@ class RedisStore:
             answers = await self._claim_chunk([(ws, sid, found[sid] or "") for ws, sid in chunk],
                                               force=False)
             for (_ws, sid), answer in zip(chunk, answers, strict=True):
-                if isinstance(answer, bytes):  # another node took it meanwhile
+                # another node (or this one, on a resume) took it meanwhile
+                if isinstance(answer, bytes):
                     owners[sid] = answer.decode()
                 elif answer:
                     self._held(sid, int(answer))
