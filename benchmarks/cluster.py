@@ -66,7 +66,6 @@ if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().p
     del sys.path[0]
 
 import argparse
-import base64
 import importlib.util
 import json
 import os
@@ -100,6 +99,7 @@ def _load(name: str, filename: str) -> ModuleType:
 
 
 rs = _load("redis_store_bench", "redis_store.py")  # redis_server, Node, free_port, list_latency
+load = _load("load_bench", "load.py")  # upgrade_request
 load = _load("load_bench", "load.py")  # ws_frame (a client text frame), cpu_s (from /proc)
 
 say = rs.say
@@ -147,12 +147,8 @@ class AgentConn:
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         conn = cls(stream)
         try:
-            key = base64.b64encode(os.urandom(16)).decode()
-            await conn.send((
-                f"GET /v1/agent HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {rs.AGENT_TOKEN}\r\n\r\n"
-            ).encode())
+            await conn.send(load.upgrade_request("/v1/agent", port, os.urandom(16),
+                                                 rs.AGENT_TOKEN))
             while (end := conn.buffer.find(b"\r\n\r\n")) < 0:
                 await conn._fill()
             status = bytes(conn.buffer[:end]).split(b"\r\n")[0]

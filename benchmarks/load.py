@@ -52,6 +52,7 @@ if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().p
     del sys.path[0]
 
 import argparse
+import base64
 import json
 import os
 import socket
@@ -206,6 +207,17 @@ def run_server(port: int, gc_young: int, redis: str | None = None) -> None:
 # -- the agents process ------------------------------------------------------------------------
 
 
+def upgrade_request(path: str, port: int, nonce: bytes, token: str) -> bytes:
+    """The HTTP request that opens an agent WebSocket on 127.0.0.1:``port`` (``nonce``: the
+    16 bytes of its ``Sec-WebSocket-Key``)."""
+    key = base64.b64encode(nonce).decode()
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n"
+    ).encode()
+
+
 def ws_frame(text: str) -> bytes:
     """A client text frame (FIN, masked with a zero key, so the payload goes as it is)."""
     payload = text.encode()
@@ -218,7 +230,6 @@ def run_agents(port: int, agents: int, every: float, per_round: int) -> None:
     """The agents: a minimal WebSocket client on trio sockets, so the client's own cost per
     message (pre-built frames, a round's burst written in one send) stays well below the
     server's."""
-    import base64
     import random
 
     import trio
@@ -241,12 +252,7 @@ def run_agents(port: int, agents: int, every: float, per_round: int) -> None:
 
     async def connect(path: str, i: int) -> trio.SocketStream:
         stream = await trio.open_tcp_stream("127.0.0.1", port)
-        key = base64.b64encode(i.to_bytes(16)).decode()
-        await stream.send_all((
-            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {AGENT_TOKEN}\r\n\r\n"
-        ).encode())
+        await stream.send_all(upgrade_request(path, port, i.to_bytes(16), AGENT_TOKEN))
         buffer = b""
         while b"\r\n\r\n" not in buffer:
             chunk = await stream.receive_some(65536)
