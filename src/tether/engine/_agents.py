@@ -180,8 +180,8 @@ class AgentDesk:
         return link
 
     def _resumable(self, workspace_id: str, machine_id: str, token: str) -> SessionRecord | None:
-        session_id, dot, secret = token.removeprefix("rt_").partition(".")
-        rec = self.table.records.get(session_id) if dot and token.startswith("rt_") else None
+        session_id, secret = _token_parts(token)
+        rec = self.table.records.get(session_id) if secret else None
         if (
             rec is None
             or rec.resume_hash is None
@@ -199,9 +199,9 @@ class AgentDesk:
         (its resume token reaches this node through the change feed a moment later), if the
         store has ``token`` as its resume token: a welcome goes out only once its token is
         stored, so an agent that moves at once (its node died) still resumes."""
-        session_id, _, secret = token.removeprefix("rt_").partition(".")
-        rec = self.table.records.get(session_id)
-        if rec is None or rec.owner is None or not secret:
+        session_id, secret = _token_parts(token)
+        rec = self.table.records.get(session_id) if secret else None
+        if rec is None or rec.owner is None:
             return None  # unknown here, or run here (then this copy is the latest)
         stored = await self._stored_resume_hash(rec)
         if stored is None or not hmac.compare_digest(resume_hash(secret), stored):
@@ -284,3 +284,10 @@ class AgentDesk:
                 user_email=entry.user_email,
             ),
         )
+
+
+def _token_parts(token: str) -> tuple[str, str]:
+    """A resume token's session id and secret (``rt_<session id>.<secret>``); an empty
+    secret for anything not of that form."""
+    session_id, dot, secret = token.removeprefix("rt_").partition(".")
+    return (session_id, secret) if dot and token.startswith("rt_") else ("", "")

@@ -59,7 +59,6 @@ class ForeignSessions:
         #: The same sessions by owner (session id -> (workspace, session id)): an adoption
         #: look asks about owners, and reads only the sessions of those gone.
         self._by_owner: dict[str, dict[str, tuple[str, str]]] = {}
-        self._owner_of: dict[str, str] = {}
         self._taking: dict[str, trio.Event] = {}
         self._added = trio.lowlevel.ParkingLot()
         self._started = trio.Event()
@@ -76,15 +75,17 @@ class ForeignSessions:
         self._drop(session_id)  # a session another node took from its owner: filed anew
         rec.owner = owner
         self._records[session_id] = rec
-        self._owner_of[session_id] = owner
         self._by_owner.setdefault(owner, {})[session_id] = (rec.workspace_id, session_id)
         self._added.unpark_all()
 
     def _drop(self, session_id: str) -> None:
-        """Not foreign any more (taken over, adopted, ended, purged)."""
-        if self._records.pop(session_id, None) is None:
+        """Not foreign any more (taken over, adopted, ended, purged). Its ``owner`` is still
+        the one it was filed under: only :meth:`add` sets it, and clears it after this."""
+        rec = self._records.pop(session_id, None)
+        if rec is None:
             return
-        owner = self._owner_of.pop(session_id)
+        assert rec.owner is not None
+        owner = rec.owner
         sessions = self._by_owner[owner]
         del sessions[session_id]
         if not sessions:

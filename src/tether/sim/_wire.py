@@ -74,8 +74,7 @@ class WireConfig(msgspec.Struct, kw_only=True, frozen=True):
     @property
     def ws_urls(self) -> list[str]:
         """Each node's agent socket URL."""
-        return [("ws" + base.removeprefix("http") if base.startswith("http") else base)
-                + self.agent_path for base in self.urls]
+        return ["ws" + base.removeprefix("http") + self.agent_path for base in self.urls]
 
     @property
     def ws_url(self) -> str:
@@ -130,7 +129,6 @@ class WireFleet:
         self._connect_limit = trio.Semaphore(config.connect_concurrency)
         self._headers = [(b"authorization", f"Bearer {config.agent_token}".encode())]
         self.messages = 0
-        self.unknown_outcomes = 0  # operator steps whose node went away mid-request
         self.errors = 0
         self.problems: list[str] = []
         self.connected = 0
@@ -325,19 +323,16 @@ class WireFleet:
             except (httpx.ConnectError, httpx.ConnectTimeout) as error:
                 if k < n:
                     continue  # never reached the node: the next one may take it
-                op.failed()
-                self._error(f"operator of agent {i}: {step.value} failed: {error!r}")
+                self._op_failed(i, op, step, f"failed: {error!r}")
                 return
             except httpx.TransportError as error:
                 if n > 1:  # the node went away under the request: did it happen?
                     await self._settle_unknown(i, op, step, session.session_id)
-                    return
-                op.failed()
-                self._error(f"operator of agent {i}: {step.value} failed: {error!r}")
+                else:
+                    self._op_failed(i, op, step, f"failed: {error!r}")
                 return
             except (httpx.HTTPError, ValueError, KeyError) as error:
-                op.failed()
-                self._error(f"operator of agent {i}: {step.value} failed: {error!r}")
+                self._op_failed(i, op, step, f"failed: {error!r}")
                 return
             break
         if r is None:
@@ -348,8 +343,12 @@ class WireFleet:
         elif (r.status_code, code) in _REFUSALS:
             op.refused()
         else:
-            op.failed()
-            self._error(f"operator of agent {i}: {step.value} answered {r.status_code} {code}")
+            self._op_failed(i, op, step, f"answered {r.status_code} {code}")
+
+    def _op_failed(self, i: int, op: OperatorRun, step: OpStep, what: str) -> None:
+        """The step's outcome is unknown, or the server answered it as it never should."""
+        op.failed()
+        self._error(f"operator of agent {i}: {step.value} {what}")
 
     async def _op_request(self, api: httpx.AsyncClient, i: int, op: OperatorRun, step: OpStep,
                           session_id: str) -> httpx.Response | None:
@@ -383,7 +382,6 @@ class WireFleet:
         longer land (the forwarding deadline), read the session on another node and take
         what it shows as the outcome. A command whose fate is unknown is not expected in the
         history: if it ran, its agent's answer put it there."""
-        self.unknown_outcomes += 1
         await trio.sleep(FORWARD_SETTLE)
         if step is OpStep.RUN:
             op.refused()
@@ -408,8 +406,7 @@ class WireFleet:
             else:
                 op.detached()
             return
-        op.failed()
-        self._error(f"operator of agent {i}: {step.value}: no node answered afterwards")
+        self._op_failed(i, op, step, "failed: no node answered afterwards")
 
     async def _await_run_command(self, i: int, command_id: str) -> None:
         """Wait until the agent got run_command ``command_id`` (it answers it next)."""
@@ -543,10 +540,7 @@ _REFUSALS = {(409, "session_not_active"), (404, "client_not_found")}
 def _close_reason(error: BaseException, ws: trio_websocket.WebSocketConnection | None
                   ) -> str | None:
     """The reason the server gave for closing the socket, if it gave one."""
-    closed = getattr(error, "reason", None)
-    if closed is None and ws is not None:
-        closed = ws.closed
-    reason = getattr(closed, "reason", None)
+    reason = getattr(_close_of(error, ws), "reason", None)
     return reason if isinstance(reason, str) else None
 
 
@@ -561,10 +555,15 @@ def _node_went_away(error: BaseException, ws: trio_websocket.WebSocketConnection
     """Whether a close means the agent's node went away (it should resume elsewhere)."""
     if isinstance(error, trio.BrokenResourceError):
         return True  # the socket broke under a send: no close frame
+    return getattr(_close_of(error, ws), "code", 1006) in _NODE_GONE
+
+
+def _close_of(error: BaseException, ws: trio_websocket.WebSocketConnection | None) -> object:
+    """The close (code and reason) a closed-socket error carries, else the socket's own."""
     closed = getattr(error, "reason", None)
     if closed is None and ws is not None:
         closed = ws.closed
-    return getattr(closed, "code", 1006) in _NODE_GONE
+    return closed
 
 
 def _error_code(r: httpx.Response) -> str | None:
