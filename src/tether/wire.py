@@ -17,6 +17,7 @@ answered with an ``invalid_parameter`` error naming the field, and nothing of it
 from __future__ import annotations
 
 import datetime
+from typing import Literal
 
 import msgspec
 
@@ -30,8 +31,12 @@ __all__ = [
     "Goodbye",
     "Heartbeat",
     "Hello",
+    "Input",
+    "Output",
+    "Resize",
     "RunCommand",
     "ServerFrame",
+    "Signal",
     "Telemetry",
     "TelemetryFrame",
     "Welcome",
@@ -98,10 +103,23 @@ class Command(_Frame, kw_only=True, frozen=True, omit_defaults=True, tag="comman
 
 
 class CommandResult(_Frame, kw_only=True, frozen=True, omit_defaults=True, tag="command_result"):
-    """The outcome of a ``run_command`` the agent was sent."""
+    """The outcome of a ``run_command`` the agent was sent (``duration_ms``: how long it ran)."""
 
     command_id: str
     exit_code: int
+    duration_ms: int | None = None
+
+
+class Output(_Frame, kw_only=True, frozen=True, omit_defaults=True, tag="output", gc=False):
+    """Output the agent's session wrote: ``data`` at byte ``offset`` (of its UTF-8 encoding)
+    of the session's one output stream, which starts at 0. The server appends a piece at the
+    next offset, skips bytes it has (a resend after a resume), and answers an offset beyond
+    the next with an ``output_gap`` error carrying ``expected_offset``."""
+
+    offset: int
+    data: str
+    stream: Literal["stdout", "stderr"] = "stdout"
+    command_id: str | None = None
 
 
 class Background(_Frame, kw_only=True, frozen=True, omit_defaults=True, tag="background"):
@@ -122,11 +140,13 @@ class Goodbye(_Frame, kw_only=True, frozen=True, omit_defaults=True, tag="goodby
 
 
 class Error(_Frame, kw_only=True, frozen=True, tag="error"):
-    """An error. From the agent, ``fatal`` ends its session in ERROR; the server sends it false."""
+    """An error. From the agent, ``fatal`` ends its session in ERROR; the server sends it false.
+    An ``output_gap`` from the server carries ``expected_offset``: resend output from there."""
 
     code: str
     message: str
     fatal: bool = False
+    expected_offset: int | None = None
 
 
 # -- server -> agent ---------------------------------------------------------------------------
@@ -141,6 +161,8 @@ class Welcome(_Frame, kw_only=True, frozen=True, tag="welcome"):
     heartbeat_timeout: float
     grace_period: float
     resumed: bool = False
+    #: The next output offset the server expects: resend what was written from there on.
+    output_offset: int = 0
 
 
 class RunCommand(_Frame, kw_only=True, frozen=True, tag="run_command"):
@@ -151,10 +173,33 @@ class RunCommand(_Frame, kw_only=True, frozen=True, tag="run_command"):
     user_email: str
 
 
+class Input(_Frame, kw_only=True, frozen=True, tag="input"):
+    """Text an attached operator typed: write it to the session's terminal."""
+
+    data: str
+    client_id: str
+
+
+class Resize(_Frame, kw_only=True, frozen=True, tag="resize"):
+    """An attached operator's terminal is now ``cols`` x ``rows``."""
+
+    cols: int
+    rows: int
+    client_id: str
+
+
+class Signal(_Frame, kw_only=True, frozen=True, tag="signal"):
+    """An attached operator sends ``signal`` to what runs in the session's terminal."""
+
+    signal: Literal["SIGINT", "SIGTERM", "SIGKILL", "SIGHUP"]
+    client_id: str
+
+
 AgentFrame = (
     Hello
     | Heartbeat
     | TelemetryFrame
+    | Output
     | Command
     | CommandResult
     | Background
@@ -162,7 +207,7 @@ AgentFrame = (
     | Goodbye
     | Error
 )
-ServerFrame = Welcome | RunCommand | Error
+ServerFrame = Welcome | RunCommand | Input | Resize | Signal | Error
 
 _encoder = msgspec.json.Encoder()
 _agent_decoder = msgspec.json.Decoder(AgentFrame)

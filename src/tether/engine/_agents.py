@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from ._apply import Applier
     from ._clock import WallClock
     from ._config import EngineConfig
+    from ._io import IoDesk
+    from ._output import OutputStream
     from ._ports import AgentTransport
     from ._record import SessionRecord
     from ._table import SessionTable
@@ -57,6 +59,7 @@ class AgentDesk:
         spawn: Callable[[SessionRecord], None],
         own: Callable[[SessionRecord], Awaitable[None]],
         stored_resume_hash: Callable[[SessionRecord], Awaitable[bytes | None]],
+        io: IoDesk,
     ) -> None:
         self.table = table
         self.applier = applier
@@ -66,6 +69,7 @@ class AgentDesk:
         self._spawn = spawn
         self._own = own  # take over a session another node owns (with a shared store)
         self._stored_resume_hash = stored_resume_hash
+        self.io = io  # where links' output goes
 
     # -- hello -------------------------------------------------------------------------------
 
@@ -159,6 +163,7 @@ class AgentDesk:
             heartbeat_timeout=config.heartbeat_timeout,
             grace_period=config.grace_period,
             resumed=resumed,
+            output_offset=self.io.next_offset(rec),
         )
 
     async def _resume(
@@ -251,7 +256,8 @@ class AgentDesk:
         ), now)
         return command_id
 
-    def report_result(self, link: AgentLink, command_id: str, exit_code: int) -> None:
+    def report_result(self, link: AgentLink, command_id: str, exit_code: int,
+                      duration_ms: int | None) -> None:
         rec = link._check()
         pending = None if rec.commands is None else rec.commands.get(command_id)
         if pending is None or pending.state != "pending":
@@ -260,15 +266,23 @@ class AgentDesk:
         pending.state = "completed" if exit_code == 0 else "failed"
         pending.exit_code = exit_code
         pending.completed_at = now
+        pending.duration_ms = duration_ms
         self._record_executed(rec, CommandEntry(
             command_id=command_id,
             command=pending.command,
             exit_code=exit_code,
             executed_at=self.clock.rfc3339(now),
             user_email=pending.user_email,
-        ), now)
+        ), now, pending.took_ms())
+        if rec.output is not None and rec.output.watchers:
+            rec.output.command_result(command_id, exit_code)
 
-    def _record_executed(self, rec: SessionRecord, entry: CommandEntry, now: float) -> None:
+    def report_output(self, link: AgentLink, offset: int, data: str, stream: OutputStream,
+                      command_id: str | None) -> None:
+        self.io.write(link._record, offset, data, stream, command_id)
+
+    def _record_executed(self, rec: SessionRecord, entry: CommandEntry, now: float,
+                         duration_ms: int | None = None) -> None:
         rec.record_command(entry, self.config.history_cap)
         rec.version += 1
         self.applier.emit(
@@ -282,6 +296,7 @@ class AgentDesk:
                 command=entry.command,
                 exit_code=entry.exit_code,
                 user_email=entry.user_email,
+                duration_ms=duration_ms,
             ),
         )
 

@@ -87,6 +87,7 @@ class Applier:
 
     def apply(self, rec: SessionRecord, request: Request, now: float) -> Outcome:
         outcome = step(rec.state(), request, now)  # raises, changing nothing, if refused
+        before = rec.status
         if isinstance(request, Change):
             rec.enter(outcome.state)
             rec.version += 1
@@ -116,6 +117,9 @@ class Applier:
                     self.table.finish(rec, now)
                 case SendCommand():
                     unreachable = not self._send_command(rec, effect, now)
+        output = rec.output
+        if output is not None and output.watchers and rec.status is not before:
+            output.status(rec.status, rec.reason)  # the attach streams show every transition
         if unreachable:  # the agent's transport failed: it is as good as closed
             self.apply(rec, Change(Input.TRANSPORT_CLOSED), now)
         elif self.journal is not None:
@@ -160,6 +164,8 @@ class Applier:
         rec.version += 1
         self.emit(rec, "session.client_detached", effect.status, effect.reason, now,
                   status=effect.status, client=_event_client(client))
+        if rec.output is not None and rec.output.watchers:
+            rec.output.client_detached(client.client_id, rec.status)
 
     def _send_command(self, rec: SessionRecord, effect: SendCommand, now: float) -> bool:
         """Record the command as pending and send it; ``False`` if the transport failed."""

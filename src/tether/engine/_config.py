@@ -29,6 +29,11 @@ class EngineConfig(msgspec.Struct, kw_only=True, frozen=True):
     #: Freeze the collected heap whenever its old generation holds more objects than this, so
     #: full garbage collections never walk every session (``_gc.py``); 0: leave it alone.
     gc_freeze_limit: int = 100_000
+    #: Each session keeps its last this many bytes of output (through its grace period, until
+    #: it is purged); all sessions together at most ``output_memory_bytes``, the largest
+    #: buffers giving up their oldest bytes first.
+    output_buffer_bytes: int = 1024 * 1024
+    output_memory_bytes: int = 1024 * 1024 * 1024
 
     def __post_init__(self) -> None:
         for name in (
@@ -43,7 +48,8 @@ class EngineConfig(msgspec.Struct, kw_only=True, frozen=True):
         for name in ("retention", "event_retention"):
             if not getattr(self, name) >= 0:
                 raise InvalidParameter(name, "must be zero or a positive number of seconds")
-        for name in ("history_cap", "event_log_max"):
+        for name in ("history_cap", "event_log_max", "output_buffer_bytes",
+                     "output_memory_bytes"):
             if getattr(self, name) < 1:
                 raise InvalidParameter(name, "must be at least 1")
         if self.gc_freeze_limit < 0:

@@ -10,6 +10,7 @@ module each:
   out its effects;
 - ``_agents.py``: hello, resume and replace, and what agents' links report;
 - ``_clients.py``: attach, detach and operators' commands;
+- ``_io.py`` and ``_output.py``: sessions' output, attach streams and operators' input;
 - ``_queries.py``: the reads; ``_events.py``: the event log and its subscribers;
 - ``_nurseries.py``: the nurseries actor tasks run in.
 """
@@ -42,6 +43,7 @@ from ._errors import (
 from ._events import EventLog, Subscription
 from ._forward import Forwarder
 from ._gc import GcGuard
+from ._io import DEFAULT_OUTPUT_READ, IoDesk, StreamStart
 from ._journal import Journal
 from ._lifecycle import Input
 from ._models import AttachedClient, CommandView, SessionDetail, Status, check_text
@@ -64,8 +66,11 @@ if TYPE_CHECKING:
         HistoryPage,
         MachineSession,
         Metrics,
+        OperatorFrame,
+        OutputPage,
         SessionPage,
     )
+    from ._output import OutputWatcher
     from ._persist import Displaced, Loaded, SessionStore
     from ._ports import AgentTransport
     from ._record import SessionRecord
@@ -100,6 +105,7 @@ class Engine:
         self._applier: Applier
         self._agents: AgentDesk
         self._clients: ClientDesk
+        self._io: IoDesk
         self._queries: Queries
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
@@ -123,8 +129,9 @@ class Engine:
         )
         self._table = table = SessionTable(clock, config.retention)
         self._applier = applier = Applier(table, self.events, clock, config)
+        self._io = io = IoDesk(table, applier, clock, config)
         self._agents = AgentDesk(table, applier, config, clock, self._new_session, self._spawn,
-                                 self._own, self._stored_resume_hash)
+                                 self._own, self._stored_resume_hash, io)
         self._clients = ClientDesk(table, applier, clock)
         self._queries = Queries(table, clock, config)
         # Each write through the API, as this node runs it for a session it owns.
@@ -440,6 +447,43 @@ class Engine:
         """The node that runs a live session, if not this one (with a shared store)."""
         rec = self._table.get(workspace_id, session_id)
         return None if rec.status.final else rec.owner
+
+    # -- live session I/O (``_io.py``) -----------------------------------------------------
+
+    def read_output(self, workspace_id: str, session_id: str, *, offset: int | None = None,
+                    limit: int = DEFAULT_OUTPUT_READ) -> OutputPage:
+        """Up to ``limit`` bytes of the session's output from ``offset`` (default: the oldest
+        retained); :class:`~tether.engine.OutputGone` if that is no longer retained."""
+        return self._io.read(workspace_id, session_id, offset, limit)
+
+    async def open_stream(
+        self,
+        workspace_id: str,
+        session_id: str,
+        watcher: OutputWatcher,
+        *,
+        mode: ClientMode | None = None,
+        user_email: str | None = None,
+        client_id: str | None = None,
+        offset: int | None = None,
+    ) -> StreamStart:
+        """Open an attach stream on a CONNECTED or BACKGROUND session: attach a new client
+        (``mode``, ``user_email``) or take the attached ``client_id``, and start telling
+        ``watcher`` of the session's output and changes. The returned start holds the replay
+        from ``offset`` (default: the last 64 KiB), which joins the live output exactly."""
+        return await self._io.open_stream(workspace_id, session_id, watcher, mode=mode,
+                                          user_email=user_email, client_id=client_id,
+                                          offset=offset)
+
+    def close_stream(self, workspace_id: str, session_id: str, watcher: OutputWatcher,
+                     detach: str | None = None) -> None:
+        """Stop telling ``watcher``, detaching the client ``detach`` (the stream's own).
+        Never blocks."""
+        self._io.close_stream(workspace_id, session_id, watcher, detach)
+
+    def send_operator(self, workspace_id: str, session_id: str, frame: OperatorFrame) -> None:
+        """An attached operator's input, resize or signal, passed on to the agent."""
+        self._io.send(workspace_id, session_id, frame)
 
     # -- queries ---------------------------------------------------------------------------
 

@@ -164,6 +164,29 @@ class EventsGone(TetherError):
         )
 
 
+class OutputGone(TetherError):
+    """The output asked for is older than what the session still retains."""
+
+    code = "output_gone"
+
+    def __init__(self, offset: int, first_offset: int) -> None:
+        super().__init__("Output at this offset is no longer retained",
+                         {"offset": offset, "first_offset": first_offset})
+        self.first_offset = first_offset
+
+
+class OutputGap(TetherError):
+    """An agent wrote output beyond the next offset: the bytes before it must come first."""
+
+    code = "output_gap"
+
+    def __init__(self, offset: int, expected_offset: int) -> None:
+        super().__init__(f"Output at offset {offset} leaves a gap: expected offset "
+                         f"{expected_offset}", {"offset": offset,
+                                                "expected_offset": expected_offset})
+        self.expected_offset = expected_offset
+
+
 class StoreUnavailable(TetherError):
     """With a store: a write cannot be made durable now (the store does not answer).
 

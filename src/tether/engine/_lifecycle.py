@@ -87,9 +87,11 @@ class Change(msgspec.Struct, frozen=True, gc=False):
 
 
 class Attach(msgspec.Struct, frozen=True, gc=False):
-    """A client asks to attach."""
+    """A client asks to attach (``stream``: with an attach stream, which a BACKGROUND session
+    takes too: its agent is there, only not in front)."""
 
     client: AttachedClient
+    stream: bool = False
 
 
 class Detach(msgspec.Struct, frozen=True, gc=False):
@@ -223,7 +225,7 @@ def step(state: SessionState, request: Request, now: float) -> Outcome:
     if isinstance(request, Change):
         return _change(state, request.input, request.detail, now)
     if isinstance(request, Attach):
-        return _attach(state, request.client)
+        return _attach(state, request.client, request.stream)
     if isinstance(request, Detach):
         return _detach(state, request.client_id)
     return _request_command(state, request)
@@ -270,9 +272,10 @@ def _change(state: SessionState, inp: Input, detail: str | None, now: float) -> 
     )
 
 
-def _attach(state: SessionState, client: AttachedClient) -> Outcome:
-    if state.status is not _C:
-        raise SessionNotActive(state.status.value)
+def _attach(state: SessionState, client: AttachedClient, stream: bool) -> Outcome:
+    if state.status is not _C and not (stream and state.status is _B):
+        raise SessionNotActive(state.status.value,
+                               "CONNECTED or BACKGROUND" if stream else "CONNECTED")
     if any(client_id == client.client_id for client_id, _ in state.clients):
         raise InvalidParameter("client_id", "is already attached")
     clients = (*state.clients, (client.client_id, client.mode))

@@ -18,15 +18,19 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from ._errors import AgentLinkClosed
+from ._errors import AgentLinkClosed, InvalidParameter
 from ._lifecycle import Input
 from ._models import MAX_COMMAND, MAX_DETAIL, MAX_EMAIL, check_exit_code, check_text
 
 if TYPE_CHECKING:
     from ._journal import Journal
     from ._models import Telemetry, Welcome
+    from ._output import OutputStream
     from ._ports import AgentTransport
     from ._record import SessionRecord
+
+#: The longest run a command result may report: a year.
+MAX_DURATION_MS = 365 * 24 * 3600 * 1000
 
 
 class LinkHost(Protocol):
@@ -45,7 +49,11 @@ class LinkHost(Protocol):
         user_email: str | None,
     ) -> str: ...
 
-    def report_result(self, link: AgentLink, command_id: str, exit_code: int) -> None: ...
+    def report_result(self, link: AgentLink, command_id: str, exit_code: int,
+                      duration_ms: int | None) -> None: ...
+
+    def report_output(self, link: AgentLink, offset: int, data: str, stream: OutputStream,
+                      command_id: str | None) -> None: ...
 
 
 class AgentLink:
@@ -95,6 +103,14 @@ class AgentLink:
     def telemetry(self, telemetry: Telemetry) -> None:
         """A telemetry sample; it also proves the agent alive."""
         self.heartbeat(telemetry)
+
+    def output(self, offset: int, data: str, stream: OutputStream = "stdout",
+               command_id: str | None = None) -> None:
+        """Output the agent wrote at byte ``offset`` of its session's stream (in place, like a
+        heartbeat). Bytes the session has already are skipped; an offset beyond the next one
+        raises :class:`~tether.engine.OutputGap` with the offset expected."""
+        self._check()
+        self._host.report_output(self, offset, data, stream, command_id)
 
     # -- lifecycle, through the actor ------------------------------------------------------
 
@@ -148,13 +164,17 @@ class AgentLink:
         return await rec.actor.call(self._host.report_command, self, command_id, command,
                                     exit_code, executed_at, user_email)
 
-    async def command_result(self, command_id: str, exit_code: int) -> None:
-        """The outcome of a ``run_command`` this agent was sent."""
+    async def command_result(self, command_id: str, exit_code: int,
+                             duration_ms: int | None = None) -> None:
+        """The outcome of a ``run_command`` this agent was sent (``duration_ms``: how long it
+        ran, as the agent measured it)."""
         check_text("command_id", command_id)
         check_exit_code(exit_code)
+        if duration_ms is not None and not 0 <= duration_ms <= MAX_DURATION_MS:
+            raise InvalidParameter("duration_ms", f"must be 0 to {MAX_DURATION_MS}")
         rec = self._check()
         assert rec.actor is not None
-        await rec.actor.call(self._host.report_result, self, command_id, exit_code)
+        await rec.actor.call(self._host.report_result, self, command_id, exit_code, duration_ms)
 
     def transport_lost(self) -> None:
         """The transport is gone. Never blocks, so it is safe in a ``finally`` while cancelled.

@@ -179,6 +179,60 @@ class CommandView(msgspec.Struct, kw_only=True, frozen=True):
     requested_at: str
     exit_code: int | None
     completed_at: str | None
+    #: When the agent was sent it and when its result came back (as CMDOP's Commands API).
+    started_at: str | None = None
+    finished_at: str | None = None
+    #: The agent's own measure of the run if it gave one, else finished_at - started_at.
+    duration_ms: int | None = None
+    #: The output the agent wrote for this command (its ``command_id``), each stream up to
+    #: 64 KiB: the first bytes are kept, ``output_truncated`` says if any were not.
+    stdout: str = ""
+    stderr: str = ""
+    output_truncated: bool = False
+
+
+SIGNALS = ("SIGINT", "SIGTERM", "SIGKILL", "SIGHUP")
+Signal = Literal["SIGINT", "SIGTERM", "SIGKILL", "SIGHUP"]
+
+
+class OperatorInput(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """Keystrokes (text) an attached operator sends to the agent's terminal."""
+
+    data: str
+    client_id: str
+
+
+class OperatorResize(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """An attached operator's terminal changed size."""
+
+    cols: int
+    rows: int
+    client_id: str
+
+
+class OperatorSignal(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """An attached operator sends a signal to what runs in the agent's terminal."""
+
+    signal: Signal
+    client_id: str
+
+
+#: What an operator's attach stream sends on to the agent.
+OperatorFrame = OperatorInput | OperatorResize | OperatorSignal
+
+
+class OutputPage(msgspec.Struct, kw_only=True, frozen=True):
+    """A range of a session's output: ``data`` is the text from byte ``offset`` to
+    ``next_offset`` of its stream; ``first_offset`` is the oldest byte still retained and
+    ``total_bytes`` how many were ever written."""
+
+    session_id: str
+    offset: int
+    data: str
+    next_offset: int
+    first_offset: int
+    total_bytes: int
+    has_more: bool
 
 
 class Metrics(msgspec.Struct, kw_only=True, frozen=True):
@@ -215,6 +269,8 @@ class Welcome(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     heartbeat_timeout: float
     grace_period: float
     resumed: bool
+    #: The next output offset the session expects: an agent resends what it wrote from there.
+    output_offset: int = 0
 
 
 class EventClient(msgspec.Struct, kw_only=True, frozen=True, gc=False):
@@ -228,6 +284,8 @@ class EventCommand(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     command: str
     exit_code: int
     user_email: str | None
+    #: How long it ran, when known (an operator's command; never its output).
+    duration_ms: int | None = None
 
 
 class EventData(SessionSummary, kw_only=True, frozen=True, omit_defaults=True, gc=False):

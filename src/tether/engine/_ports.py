@@ -12,16 +12,19 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ._models import RunCommand
+    from ._models import OperatorFrame, RunCommand
 
 T = TypeVar("T")
 
 
 class AgentTransport(Protocol):
-    """What the engine needs from whatever carries an agent's messages. Neither call blocks."""
+    """What the engine needs from whatever carries an agent's messages. No call blocks."""
 
     def send_run_command(self, command: RunCommand) -> None:
         """Deliver a ``run_command`` to the agent."""
+
+    def send_operator(self, frame: OperatorFrame) -> None:
+        """Deliver an attached operator's ``input``, ``resize`` or ``signal`` to the agent."""
 
     def close(self, reason: str) -> None:
         """The session no longer uses this transport (``reason`` says why): close it."""

@@ -34,7 +34,11 @@ from ._models import (
 
 if TYPE_CHECKING:
     from ._clock import WallClock
+    from ._output import OutputBuffer
     from ._ports import AgentCarrier, SessionInbox
+
+#: Bytes of each stream (stdout, stderr) a command's view keeps of the output written for it.
+COMMAND_OUTPUT = 64 * 1024
 
 
 class OperatorCommand:
@@ -45,9 +49,13 @@ class OperatorCommand:
         "command",
         "command_id",
         "completed_at",
+        "duration_ms",
         "exit_code",
+        "output_truncated",
         "requested_at",
         "state",
+        "stderr",
+        "stdout",
         "user_email",
     )
 
@@ -62,6 +70,37 @@ class OperatorCommand:
         self.state: CommandState = "pending"
         self.exit_code: int | None = None
         self.completed_at: float | None = None
+        self.duration_ms: int | None = None  # the agent's own measure, if it gave one
+        # The output the agent wrote for this command, each stream's first COMMAND_OUTPUT bytes.
+        self.stdout: bytearray | None = None
+        self.stderr: bytearray | None = None
+        self.output_truncated = False
+
+    def capture(self, stream: str, data: bytes) -> None:
+        """Keep ``data`` (written for this command on ``stream``) up to the stream's bound,
+        cut on a character boundary."""
+        kept = self.stdout if stream == "stdout" else self.stderr
+        if kept is None:
+            kept = bytearray()
+            if stream == "stdout":
+                self.stdout = kept
+            else:
+                self.stderr = kept
+        room = COMMAND_OUTPUT - len(kept)
+        if len(data) > room:
+            self.output_truncated = True
+            while 0 < room < len(data) and data[room] & 0xC0 == 0x80:
+                room -= 1  # back to the start of the character that does not fit
+            data = data[:max(room, 0)]
+        kept += data
+
+    def took_ms(self) -> int | None:
+        """How long it ran: the agent's measure if it gave one, else from sending to result."""
+        if self.duration_ms is not None:
+            return self.duration_ms
+        if self.completed_at is None:
+            return None
+        return round((self.completed_at - self.requested_at) * 1000)
 
 
 class SessionRecord:
@@ -83,6 +122,7 @@ class SessionRecord:
         "link",
         "machine_hostname",
         "machine_id",
+        "output",
         "owner",
         "reason",
         "reason_detail",
@@ -135,6 +175,8 @@ class SessionRecord:
         #: With a shared store: the node that owns the live session, when it is not this one
         #: (its actor runs there; this node only serves reads of it until it takes it over).
         self.owner: str | None = None
+        #: Its output and the attach streams watching it, from its first output or stream on.
+        self.output: OutputBuffer | None = None
 
     # -- the lifecycle state (``_lifecycle.py``) ---------------------------------------------
 
@@ -228,6 +270,12 @@ class SessionRecord:
             requested_at=clock.rfc3339(command.requested_at),
             exit_code=command.exit_code,
             completed_at=clock.maybe(command.completed_at),
+            started_at=clock.rfc3339(command.requested_at),
+            finished_at=clock.maybe(command.completed_at),
+            duration_ms=command.took_ms(),
+            stdout=command.stdout.decode() if command.stdout else "",
+            stderr=command.stderr.decode() if command.stderr else "",
+            output_truncated=command.output_truncated,
         )
 
     # -- views -----------------------------------------------------------------------------
@@ -331,6 +379,6 @@ _NO_TELEMETRY = Telemetry()
 _STORED_STATE = tuple(
     name for name in SessionRecord.__slots__
     if name not in ("session_id", "workspace_id", "machine_id", "created_at", "actor", "link",
-                    "owner")
+                    "owner", "output")
 )
 _STORED_STATUS = tuple(name for name in _STORED_STATE if not name.startswith("history"))

@@ -101,6 +101,9 @@ class SessionTable:
         rec = self.records.pop(session_id, None)
         if rec is not None:
             self.index.remove(rec)
+            if rec.output is not None:  # its output leaves the process's budget
+                rec.output.release()
+                rec.output = None
             if self.on_purge is not None:
                 self.on_purge(rec)
 
@@ -136,6 +139,9 @@ class SessionTable:
         rec = self.records.pop(session_id, None)
         if rec is not None:
             self.index.remove(rec)
+            if rec.output is not None:  # its output leaves the process's budget
+                rec.output.release()
+                rec.output = None
             if not rec.status.final:
                 self.live_count -= 1
 

@@ -24,7 +24,7 @@ from ._record import SessionRecord
 
 if TYPE_CHECKING:
     from ._engine import Engine
-    from ._models import RunCommand, Status
+    from ._models import OperatorFrame, RunCommand, Status
 
 __all__ = [
     "FailingTransport",
@@ -48,6 +48,9 @@ class NullTransport:
     def send_run_command(self, command: RunCommand) -> None:
         pass
 
+    def send_operator(self, frame: OperatorFrame) -> None:
+        pass
+
     def close(self, reason: str) -> None:
         pass
 
@@ -55,10 +58,11 @@ class NullTransport:
 class RecordingTransport:
     """An agent transport that remembers what the engine told it."""
 
-    __slots__ = ("closed", "closes", "commands")
+    __slots__ = ("closed", "closes", "commands", "operator_frames")
 
     def __init__(self) -> None:
         self.commands: list[RunCommand] = []
+        self.operator_frames: list[OperatorFrame] = []  # input, resize, signal, in order
         self.closed: str | None = None  # the reason of the first close
         self.closes = 0  # how many times the engine closed it (once, if all is well)
 
@@ -68,6 +72,9 @@ class RecordingTransport:
 
     def send_run_command(self, command: RunCommand) -> None:
         self.commands.append(command)
+
+    def send_operator(self, frame: OperatorFrame) -> None:
+        self.operator_frames.append(frame)
 
     def close(self, reason: str) -> None:
         if self.closed is None:
@@ -90,6 +97,9 @@ class FailingTransport(RecordingTransport):
         self.fail_close = fail_close
 
     def send_run_command(self, command: RunCommand) -> None:
+        raise TransportFailed("the agent cannot be reached")
+
+    def send_operator(self, frame: OperatorFrame) -> None:
         raise TransportFailed("the agent cannot be reached")
 
     def close(self, reason: str) -> None:

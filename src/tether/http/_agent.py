@@ -3,8 +3,9 @@
 The first frame must be ``hello`` (answered ``welcome``, or ``error`` and a close). Then two
 tasks: this one decodes the agent's frames and reports them through the session's
 :class:`~tether.engine.AgentLink`, and a sender drains the outgoing queue (``run_command``,
-``error`` frames, the close) so the socket has a single writer. Heartbeats and telemetry are the
-hot path: decode, ``link.heartbeat``, nothing else.
+``error`` frames, an operator's ``input``/``resize``/``signal``, the close) so the socket has a
+single writer. Heartbeats, telemetry and output are the hot path: decode, one call on the link,
+nothing else.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from quart import websocket
 from tether import wire
 from tether.engine import (
     AgentLinkClosed,
+    OperatorInput,
+    OperatorResize,
+    OutputGap,
     RunCommand,
     StoreUnavailable,
     Telemetry,
@@ -32,7 +36,7 @@ from ._errors import Unauthorized, error_response
 if TYPE_CHECKING:
     from quart import Response
 
-    from tether.engine import AgentLink, Engine
+    from tether.engine import AgentLink, Engine, OperatorFrame
 
     from ._auth import KeyStore
     from ._settings import HttpSettings
@@ -62,6 +66,7 @@ _TOLD_ON_CLOSE: dict[str, tuple[str, int]] = {
 
 _Heartbeat = wire.Heartbeat
 _TelemetryFrame = wire.TelemetryFrame
+_Output = wire.Output
 
 
 def _telemetry(t: wire.Telemetry | wire.TelemetryFrame) -> Telemetry:
@@ -74,6 +79,14 @@ def _telemetry(t: wire.Telemetry | wire.TelemetryFrame) -> Telemetry:
 
 def _error_frame(code: str, message: str) -> str:
     return wire.encode(wire.Error(code=code, message=message)).decode()
+
+
+def _operator_frame(frame: OperatorFrame) -> wire.Input | wire.Resize | wire.Signal:
+    if isinstance(frame, OperatorInput):
+        return wire.Input(data=frame.data, client_id=frame.client_id)
+    if isinstance(frame, OperatorResize):
+        return wire.Resize(cols=frame.cols, rows=frame.rows, client_id=frame.client_id)
+    return wire.Signal(signal=frame.signal, client_id=frame.client_id)
 
 
 class _Close:
@@ -141,6 +154,9 @@ class SocketTransport:
             command_id=command.command_id, command=command.command,
             user_email=command.user_email,
         )).decode())
+
+    def send_operator(self, frame: OperatorFrame) -> None:
+        self.push(wire.encode(_operator_frame(frame)).decode())
 
     def close(self, reason: str, code: int = _CLOSE_NORMAL) -> None:
         if self.closing:
@@ -232,6 +248,7 @@ class AgentSocket:
                     heartbeat_interval=welcome.heartbeat_interval,
                     heartbeat_timeout=welcome.heartbeat_timeout,
                     grace_period=welcome.grace_period, resumed=welcome.resumed,
+                    output_offset=welcome.output_offset,
                 )).decode())
             return link
         await self._refuse("hello_timeout", "No hello in time")
@@ -290,6 +307,15 @@ class AgentSocket:
                         if kind is _TelemetryFrame:
                             link.telemetry(_telemetry(frame))
                             continue
+                        if kind is _Output:  # in place too: the buffer fans it out
+                            try:
+                                link.output(frame.offset, frame.data, frame.stream,
+                                            frame.command_id)
+                            except OutputGap as gap:  # not a violation: resend from there
+                                transport.push(wire.encode(wire.Error(
+                                    code=gap.code, message=gap.message,
+                                    expected_offset=gap.expected_offset)).decode())
+                            continue
                         problem = await self._reported(link, transport, frame)
                     except AgentLinkClosed as error:
                         transport.close(error.code)
@@ -326,7 +352,7 @@ class AgentSocket:
     ) -> tuple[str, str] | None:
         """Report one (non-heartbeat) frame; a problem to tell the agent, or ``None``."""
         if isinstance(frame, wire.CommandResult):
-            await link.command_result(frame.command_id, frame.exit_code)
+            await link.command_result(frame.command_id, frame.exit_code, frame.duration_ms)
         elif isinstance(frame, wire.Command):
             await link.report_command(
                 frame.command, frame.exit_code, command_id=frame.command_id,

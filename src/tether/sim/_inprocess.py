@@ -39,7 +39,7 @@ from ._result import SimResult
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from tether.engine import AgentLink, Engine, RunCommand
+    from tether.engine import AgentLink, Engine, OperatorFrame, RunCommand
 
     from ._agent import SessionExpect
     from ._behaviour import AgentPlan
@@ -57,6 +57,9 @@ class _Transport:
 
     def send_run_command(self, command: RunCommand) -> None:
         self.driver._run_command(self, command)
+
+    def send_operator(self, frame: OperatorFrame) -> None:
+        pass  # simulated agents have no terminal to type into
 
     def close(self, reason: str) -> None:
         self.driver._closed(self, reason)
