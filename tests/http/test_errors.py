@@ -253,6 +253,7 @@ async def test_healthz_and_openapi(server, api):
         ("get", "/v1/machines/{machine_id}/session"),
         ("get", "/v1/sessions/{session_id}/history"),
         ("get", "/v1/sessions/{session_id}/metrics"),
+        ("get", "/v1/sessions/{session_id}/output"),
         ("post", "/v1/sessions/{session_id}/clients"),
         ("delete", "/v1/sessions/{session_id}/clients/{client_id}"),
         ("post", "/v1/sessions/{session_id}/commands"),
@@ -295,7 +296,7 @@ async def test_healthz_and_openapi(server, api):
 #: Integer texts no parameter accepts. The webhooks and events operations used a lax parser
 #: (Python's ``int()``) that took the first four; the sessions API never did. The strict one won.
 NOT_INTEGERS = ["1_0", " 5", "5 ", "\u0663", "+5", "-1", "1e3", "1.0", "0x10", "", "ten",
-                "9" * 13]
+                "9" * 17]
 
 
 def _integer_params():

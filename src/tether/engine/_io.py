@@ -169,9 +169,6 @@ class IoDesk:
         if rec.status not in _STREAMABLE:
             raise SessionNotActive(rec.status.value, "CONNECTED or BACKGROUND")
         buffer = self.buffer(rec)
-        if offset is not None and offset > buffer.next_offset:
-            raise InvalidParameter(
-                "offset", f"is beyond the output's end (next_offset {buffer.next_offset})")
         if client_id is None:
             assert mode is not None and user_email is not None
             client = AttachedClient(client_id=random_id("cli_"), user_email=user_email,
@@ -189,7 +186,7 @@ class IoDesk:
         elif offset < first:
             gap, start = (offset, first), first
         else:
-            start = offset
+            start = min(offset, end)  # past the end: from the end, where the next byte comes
         replay = buffer.chunks_from(start)
         buffer.watchers.add(watcher)
         return StreamStart(

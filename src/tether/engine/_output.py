@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 import msgspec
 
-from ._errors import InvalidParameter, OutputGap, OutputGone
+from ._errors import OutputGap, OutputGone
 
 if TYPE_CHECKING:
     from ._models import Status
@@ -200,16 +200,14 @@ class OutputBuffer:
     # -- reading -----------------------------------------------------------------------------
 
     def _check(self, offset: int) -> int:
+        """``offset`` if it is retained, the end if it is past it (nothing there yet)."""
         if offset < self.first_offset:
             raise OutputGone(offset, self.first_offset)
-        if offset > self.next_offset:
-            raise InvalidParameter(
-                "offset", f"is beyond the output's end (next_offset {self.next_offset})")
-        return offset
+        return min(offset, self.next_offset)
 
     def chunks_from(self, offset: int) -> list[OutputChunk]:
         """The retained chunks from ``offset`` (which must be retained) to the end."""
-        self._check(offset)
+        offset = self._check(offset)
         starts = self._starts
         i = max(bisect.bisect_right(starts, offset) - 1, 0)
         found = self._chunks[i:]
@@ -222,7 +220,8 @@ class OutputBuffer:
 
     def read(self, offset: int | None, limit: int) -> OutputRead:
         """Up to ``limit`` bytes from ``offset`` (default: the oldest retained), cut on
-        character boundaries (an offset inside a character starts at the next one)."""
+        character boundaries (an offset inside a character starts at the next one; one past
+        the end reads nothing, at the end)."""
         start = self.first_offset if offset is None else self._check(offset)
         parts: list[bytes] = []
         taken = 0

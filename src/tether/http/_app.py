@@ -14,6 +14,7 @@ from quart_trio import QuartTrio
 from . import _errors, _malformed
 from ._agent import AgentSocket
 from ._asgi import HTTPConnection
+from ._attach import AttachSocket
 from ._endpoints import endpoint
 from ._events import EventsApi
 from ._openapi import openapi_document
@@ -90,6 +91,8 @@ def create_app(
     # A bound method, not a callable object: Quart runs what is not a coroutine function on a
     # worker thread.
     app.add_websocket("/v1/agent", "agent", AgentSocket(engine, keys, settings).serve)
+    app.add_websocket("/v1/sessions/<session_id>/attach", "attach",
+                      AttachSocket(engine, keys, settings).serve)
     return app
 
 

@@ -54,8 +54,9 @@ STATUS: dict[str, int] = {
     "command_not_found": 404,
     "session_not_active": 409,
     "session_already_active": 409,
-    # the event feed
+    # the event feed, a session's output
     "events_gone": 410,
+    "output_gone": 410,
     # webhooks
     "webhook_not_found": 404,
     "delivery_not_found": 404,
@@ -73,10 +74,11 @@ STATUS: dict[str, int] = {
     "resume_rejected": 401,
     "duplicate_command": 409,
     "link_closed": 409,
+    "output_gap": 409,
 }
 #: The codes only the agent socket answers (as error frames): not among the REST API's answers.
 AGENT_CODES = frozenset({"protocol_violation", "resume_rejected", "duplicate_command",
-                         "link_closed"})
+                         "link_closed", "output_gap"})
 
 
 class Unauthorized(TetherError):
@@ -191,7 +193,7 @@ def error_response(error: TetherError) -> Response:
 def _from_http_exception(error: HTTPException) -> TetherError:
     """What the framework raised, as one of our errors."""
     if has_websocket_context():
-        # A WebSocket upgrade: the agent socket is the only WebSocket route. An unknown path is
+        # A WebSocket upgrade (the agent socket, attach streams). An unknown path is
         # a 404 like any other; a REST path answers 400, as a plain request to the socket does.
         if isinstance(error, NotFound):
             return RouteNotFound(websocket.path)

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 #: The longest integer text looked at (the bounds are far below it); longer is refused unread.
-_MAX_DIGITS = 12
+_MAX_DIGITS = 16
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,14 +61,16 @@ class Param:
 
 @dataclass(frozen=True, kw_only=True)
 class Integer(Param):
-    """A whole number from ``low`` to ``high``, in ASCII digits."""
+    """A whole number from ``low`` to ``high``, in ASCII digits (absent: ``default``, which
+    may be ``None`` where the view decides what absent means)."""
 
     low: int
     high: int
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.default, int)
-                and 0 <= self.low <= self.default <= self.high < 10**_MAX_DIGITS):
+        default = self.low if self.default is None else self.default
+        if not (isinstance(default, int)
+                and 0 <= self.low <= default <= self.high < 10**_MAX_DIGITS):
             raise ValueError(f"{self.name}: bounds and default must be 0 <= low <= default <= high")
 
     def parse(self, raw: str) -> int:
@@ -79,8 +81,10 @@ class Integer(Param):
         raise InvalidParameter(self.name, f"must be an integer from {self.low} to {self.high}")
 
     def schema(self) -> dict[str, Any]:
-        return {"type": "integer", "minimum": self.low, "maximum": self.high,
-                "default": self.default}
+        schema: dict[str, Any] = {"type": "integer", "minimum": self.low, "maximum": self.high}
+        if self.default is not None:
+            schema["default"] = self.default
+        return schema
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,14 +15,17 @@ from typing import Any
 
 from tether.engine import (
     DEFAULT_HISTORY,
+    DEFAULT_OUTPUT_READ,
     DEFAULT_PAGE,
     MAX_HISTORY,
+    MAX_OUTPUT_READ,
     MAX_PAGE,
     AttachedClient,
     CommandView,
     HistoryPage,
     MachineSession,
     Metrics,
+    OutputPage,
     SessionDetail,
     SessionPage,
     Status,
@@ -43,6 +46,8 @@ from ._params import Choice, Integer, Param, Text
 
 #: The largest ``offset`` a list accepts.
 MAX_OFFSET = 1_000_000_000
+#: The largest byte offset of a session's output a read may name (a petabyte).
+MAX_OUTPUT_OFFSET = 10**15 - 1
 DEFAULT_EVENTS = 100
 MAX_EVENTS = 1000
 DEFAULT_DELIVERIES = 20
@@ -144,8 +149,8 @@ OPERATIONS: tuple[Operation, ...] = (
         Data[SessionDetail], status=201, body=CreateSessionBody, errors=(*_COMMON, 409, 413),
         links=(
             *_links("create_session", _SESSION, "get_session", "terminate_session",
-                    "get_session_history", "get_session_metrics", "attach_client",
-                    "run_command"),
+                    "get_session_history", "get_session_metrics", "get_session_output",
+                    "attach_client", "run_command"),
             Link("create_session_to_get_machine_session", "get_machine_session",
                  (("machine_id", "$response.body#/data/machine_id"),)),
         ),
@@ -183,6 +188,22 @@ OPERATIONS: tuple[Operation, ...] = (
         "GET", "/v1/sessions/{session_id}/metrics", "get_session_metrics",
         "The latest telemetry of a CONNECTED session",
         Data[Metrics], errors=(*_COMMON, 404, 409),
+    ),
+    Operation(
+        "GET", "/v1/sessions/{session_id}/output", "get_session_output",
+        "The session's output from a byte offset (410 output_gone if no longer retained)",
+        Data[OutputPage],
+        query=(
+            Integer(name="offset", description="Byte offset to read from (default: the oldest "
+                                               "retained byte; past the end: nothing yet)",
+                    low=0, high=MAX_OUTPUT_OFFSET, example=0),
+            Integer(name="limit", description="Max bytes (cut on a character boundary)",
+                    low=1, high=MAX_OUTPUT_READ, default=DEFAULT_OUTPUT_READ, example=65536),
+        ),
+        errors=(*_COMMON, 404, 410),
+        links=(Link("get_session_output_to_get_session_output", "get_session_output",
+                    (("session_id", "$request.path.session_id"),
+                     ("offset", "$response.body#/data/next_offset"))),),
     ),
     Operation(
         "POST", "/v1/sessions/{session_id}/clients", "attach_client",

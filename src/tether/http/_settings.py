@@ -1,4 +1,5 @@
-"""What the HTTP layer can be told: body and frame limits, the agent socket's patience."""
+"""What the HTTP layer can be told: body and frame limits, the agent socket's patience, the
+attach streams' queues."""
 
 from __future__ import annotations
 
@@ -29,12 +30,16 @@ class HttpSettings(msgspec.Struct, kw_only=True, frozen=True):
     #: slows itself (TCP pushes back on it) and never the other agents.
     agent_frame_rate: float = 100.0
     agent_frame_burst: int = 200
+    #: Bytes of output an attach stream may have waiting for its client; past it the stream
+    #: is closed (4008 ``slow_consumer``) and the client re-attaches from its last offset.
+    stream_queue_bytes: int = MIB
     #: The node's name: every response carries it in ``X-Tether-Node``, and ``/healthz``
     #: says it ("" for neither).
     node_id: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_frame_bytes", "max_violations", "agent_send_queue"):
+        for name in ("max_body_bytes", "max_frame_bytes", "max_violations", "agent_send_queue",
+                     "stream_queue_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if not self.agent_frame_rate >= 0:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         HistoryPage,
         MachineSession,
         Metrics,
+        OutputPage,
         SessionDetail,
         SessionPage,
     )
@@ -72,6 +73,11 @@ class SessionsApi:
 
     async def get_session_metrics(self, workspace_id: str, session_id: str) -> Data[Metrics]:
         return Data(data=self.engine.metrics(workspace_id, session_id))
+
+    async def get_session_output(self, workspace_id: str, session_id: str, offset: int | None,
+                                 limit: int) -> Data[OutputPage]:
+        return Data(data=self.engine.read_output(workspace_id, session_id, offset=offset,
+                                                 limit=limit))
 
     # -- writes ----------------------------------------------------------------------------
 
