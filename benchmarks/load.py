@@ -93,7 +93,7 @@ def run_server(port: int, gc_young: int, redis: str | None = None) -> None:
     bare_count = 0
     welcome = wire.encode(wire.Welcome(
         session_id="sess_bare", resume_token="rt_bare", heartbeat_interval=5,
-        heartbeat_timeout=600, grace_period=600)).decode()
+        heartbeat_timeout=600, grace_period=600, output_offset=0)).decode()
     # armed round: which counter, the count that means "all processed", when it started,
     # when the watcher first saw the count, and (time, count) samples along the way
     watch: dict[str, object] = {"key": None}

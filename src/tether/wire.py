@@ -160,9 +160,10 @@ class Welcome(_Frame, kw_only=True, frozen=True, tag="welcome"):
     heartbeat_interval: float
     heartbeat_timeout: float
     grace_period: float
-    resumed: bool = False
     #: The next output offset the server expects: resend what was written from there on.
-    output_offset: int = 0
+    #: Always present (0 for a new session), so an agent never has to guess.
+    output_offset: int
+    resumed: bool = False
 
 
 class RunCommand(_Frame, kw_only=True, frozen=True, tag="run_command"):

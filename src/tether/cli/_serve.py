@@ -95,6 +95,17 @@ def add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
                         "sustained; past it its socket is read no faster (0: no limit)")
     limits.add_argument("--agent-frame-burst", type=count, default=h.agent_frame_burst,
                         metavar="FRAMES", help="frames one agent may send at once")
+    output = p.add_argument_group("session output")
+    output.add_argument("--output-buffer-bytes", type=count, default=d.output_buffer_bytes,
+                        metavar="N", help="each session keeps its last N bytes of output, "
+                        "through its grace period until it is purged")
+    output.add_argument("--output-memory-bytes", type=count, default=d.output_memory_bytes,
+                        metavar="N", help="every session's output together: past it the "
+                        "largest buffers give up their oldest bytes first")
+    output.add_argument("--stream-queue-bytes", type=count, default=h.stream_queue_bytes,
+                        metavar="N", help="output an attach stream may have waiting for its "
+                        "client; past it the stream is closed (4008 slow_consumer) and the "
+                        "client re-attaches from its last offset")
     hooks = p.add_argument_group("webhooks")
     hooks.add_argument("--webhook-retry-base", type=positive, default=w.retry_base,
                        metavar="SECONDS", help="delay before the first retry; doubles after")
@@ -331,11 +342,14 @@ def run_serve(args: argparse.Namespace) -> int:
             heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
             grace_period=args.grace_period, pending_timeout=args.pending_timeout,
             background_timeout=args.background_timeout, retention=args.retention,
+            output_buffer_bytes=args.output_buffer_bytes,
+            output_memory_bytes=args.output_memory_bytes,
         )
         settings = HttpSettings(
             max_body_bytes=args.max_body_bytes, max_frame_bytes=args.max_frame_bytes,
             max_violations=args.max_violations, agent_frame_rate=args.agent_frame_rate,
-            agent_frame_burst=args.agent_frame_burst, node_id=args.node_id,
+            agent_frame_burst=args.agent_frame_burst, stream_queue_bytes=args.stream_queue_bytes,
+            node_id=args.node_id,
         )
         webhook_config = WebhookConfig(
             retry_base=args.webhook_retry_base, timeout=args.webhook_timeout,
