@@ -61,13 +61,13 @@ async def test_output_is_read_back_at_exact_offsets(engine: Engine,
     link.output(0, "hello ")
     link.output(6, "wörld\n", "stderr")
     link.output(3, "lo wörld\n")  # a resend of what it has, and one byte more... all known
-    page = engine.read_output(WS, sid)
+    page = await engine.read_output(WS, sid)
     assert (page.offset, page.data, page.next_offset, page.first_offset, page.total_bytes,
             page.has_more) == (0, "hello wörld\n", 13, 0, 13, False)
-    page = engine.read_output(WS, sid, offset=6, limit=2)  # "wö" is 3 bytes: cut before ö
+    page = await engine.read_output(WS, sid, offset=6, limit=2)  # "wö" is 3 bytes: cut before ö
     assert (page.data, page.next_offset, page.has_more) == ("w", 7, True)
-    assert engine.read_output(WS, sid, offset=13).data == ""
-    past = engine.read_output(WS, sid, offset=99)  # past the end: nothing, and where it is
+    assert (await engine.read_output(WS, sid, offset=13)).data == ""
+    past = await engine.read_output(WS, sid, offset=99)  # past the end: nothing, and where it is
     assert (past.offset, past.data, past.next_offset, past.total_bytes) == (13, "", 13, 13)
     with pytest.raises(OutputGap) as gap:
         link.output(20, "later")
@@ -77,7 +77,7 @@ async def test_output_is_read_back_at_exact_offsets(engine: Engine,
         link.output(13, "x", "stdin")  # type: ignore[arg-type]
     with pytest.raises(InvalidParameter):
         link.output(13, "\ud800")  # not text UTF-8 can carry
-    assert engine.read_output(WS, sid).total_bytes == 13  # nothing of the refused kept
+    assert (await engine.read_output(WS, sid)).total_bytes == 13  # nothing of the refused kept
 
 
 async def test_a_session_keeps_its_last_bytes_only(autojump_clock: MockClock) -> None:
@@ -85,11 +85,11 @@ async def test_a_session_keeps_its_last_bytes_only(autojump_clock: MockClock) ->
         link, _ = await hello(engine)
         for i in range(5):
             link.output(i * 4, f"{i:03d}\n")
-        page = engine.read_output(WS, link.session_id)
+        page = await engine.read_output(WS, link.session_id)
         assert (page.offset, page.data, page.first_offset, page.total_bytes) == (
             10, "2\n003\n004\n"[0:10], 10, 20)
         with pytest.raises(OutputGone) as gone:
-            engine.read_output(WS, link.session_id, offset=3)
+            await engine.read_output(WS, link.session_id, offset=3)
         assert gone.value.envelope()["error"] == {
             "code": "output_gone", "message": "Output at this offset is no longer retained",
             "details": {"offset": 3, "first_offset": 10}}
@@ -109,7 +109,7 @@ async def test_a_resume_is_told_where_to_resend_from(engine: Engine,
     again, _ = await hello(engine, token=link.welcome.resume_token)
     assert again.welcome is not None and again.welcome.output_offset == 6
     again.output(3, "defghi")  # the agent resends from what it last knew was taken
-    assert engine.read_output(WS, link.session_id).data == "abcdefghi"
+    assert (await engine.read_output(WS, link.session_id)).data == "abcdefghi"
 
 
 async def test_output_outlives_the_grace_period_until_the_purge(
@@ -121,7 +121,7 @@ async def test_output_outlives_the_grace_period_until_the_purge(
         link.transport_lost()
         await trio.sleep(10)
         assert engine.get_session(WS, link.session_id).status is Status.DISCONNECTED
-        assert engine.read_output(WS, link.session_id).data == "last words\n"
+        assert (await engine.read_output(WS, link.session_id)).data == "last words\n"
         await trio.sleep(120)
         assert engine.list_sessions(WS).meta.total == 0
         engine.shutdown()
@@ -264,11 +264,12 @@ async def test_operators_reach_the_agent_and_observers_do_not(
         OperatorSignal(signal="SIGINT", client_id=operator.client_id),
     ]
     for frame in frames:
-        engine.send_operator(WS, sid, frame)
+        await engine.send_operator(WS, sid, frame)
     assert transport.operator_frames == frames
     with pytest.raises(ClientNotOperator):
-        engine.send_operator(WS, sid, OperatorInput(data="rm -rf /", client_id=observer.client_id))
+        await engine.send_operator(WS, sid, OperatorInput(data="rm -rf /",
+                                                          client_id=observer.client_id))
     with pytest.raises(InvalidParameter):
-        engine.send_operator(WS, sid, OperatorResize(cols=0, rows=40,
+        await engine.send_operator(WS, sid, OperatorResize(cols=0, rows=40,
                                                      client_id=operator.client_id))
     assert transport.operator_frames == frames

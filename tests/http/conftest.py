@@ -53,27 +53,24 @@ def _marker_kwargs(request: pytest.FixtureRequest, name: str) -> dict[str, Any]:
     return dict(marker.kwargs) if marker else {}
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def server(request: pytest.FixtureRequest) -> AsyncIterator[Server]:
+def node_keys() -> KeyStore:
     keys = KeyStore()
     keys.add_key("api", ACME_KEY, "ws_acme")
     keys.add_key("api", OTHER_KEY, "ws_other")
     keys.add_key("agent", ACME_AGENT, "ws_acme")
     keys.add_key("agent", OTHER_AGENT, "ws_other")
-    settings = HttpSettings(**_marker_kwargs(request, "http"))
-    config = EngineConfig(**_marker_kwargs(request, "engine"))
-    async with AsyncExitStack() as stack:
-        store = None
-        if request.param == "redis":
-            url = request.getfixturevalue("shared_redis").url
-            store = await stack.enter_async_context(
-                RedisStore(url, prefix=fresh_prefix("http")))
-        engine = await stack.enter_async_context(Engine(config, store=store))
-        nursery = await stack.enter_async_context(trio.open_nursery())
+    return keys
+
+
+@asynccontextmanager
+async def running_server(config: EngineConfig, settings: HttpSettings,
+                         store: RedisStore | None) -> AsyncIterator[Server]:
+    """A node: an engine (on ``store``, if any), its webhooks and the app on a free port."""
+    async with Engine(config, store=store) as engine, trio.open_nursery() as nursery:
         webhooks = Webhooks(engine, WebhookConfig(allow_private=True),
                             store=None if store is None else store.webhooks)
         await nursery.start(webhooks.run)
-        app = create_app(engine, keys, settings, webhooks)
+        app = create_app(engine, node_keys(), settings, webhooks)
         binds = await nursery.start(
             partial(serve, app, server_config("127.0.0.1", 0, settings),
                     shutdown_trigger=trio.sleep_forever)
@@ -82,6 +79,19 @@ async def server(request: pytest.FixtureRequest) -> AsyncIterator[Server]:
         yield Server(url=url, ws_url="ws" + url.removeprefix("http") + "/v1/agent",
                      engine=engine)
         nursery.cancel_scope.cancel()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def server(request: pytest.FixtureRequest) -> AsyncIterator[Server]:
+    settings = HttpSettings(**_marker_kwargs(request, "http"))
+    config = EngineConfig(**_marker_kwargs(request, "engine"))
+    async with AsyncExitStack() as stack:
+        store = None
+        if request.param == "redis":
+            url = request.getfixturevalue("shared_redis").url
+            store = await stack.enter_async_context(
+                RedisStore(url, prefix=fresh_prefix("http")))
+        yield await stack.enter_async_context(running_server(config, settings, store))
 
 
 @pytest.fixture

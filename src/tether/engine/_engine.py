@@ -43,7 +43,7 @@ from ._errors import (
 from ._events import EventLog, Subscription
 from ._forward import Forwarder
 from ._gc import GcGuard
-from ._io import DEFAULT_OUTPUT_READ, IoDesk, StreamStart
+from ._io import DEFAULT_OUTPUT_READ, DEFAULT_REPLAY, IoDesk, StreamStart
 from ._journal import Journal
 from ._lifecycle import Input
 from ._models import AttachedClient, CommandView, SessionDetail, Status, check_text
@@ -52,6 +52,7 @@ from ._owners import ForeignSessions
 from ._pacer import Pacer
 from ._persist import restore
 from ._queries import DEFAULT_HISTORY, DEFAULT_PAGE, MAX_HISTORY, MAX_PAGE, Queries
+from ._remote import RemoteStreams
 from ._table import SessionTable
 from ._timers import Timekeeper
 
@@ -111,6 +112,7 @@ class Engine:
         self._nursery_cm: Any = None
         self._actors: ActorNurseries
         self._services = trio.CancelScope()
+        self._services_nursery: trio.Nursery | None = None
         # Sessions a write found displaced from their machine, for the services to end.
         self._displaced_send, self._displaced_receive = trio.open_memory_channel[
             "list[Displaced]"](math.inf)
@@ -141,11 +143,16 @@ class Engine:
             "run_command": (clients.run_command, CommandView),
             "terminate": (self._terminate_here, SessionDetail),
             "replace": (self._replace_here, None),
+            # another node's attach stream: its client, and its operator's frames
+            "attach_stream": (io.attach_stream_here, AttachedClient),
+            "stream_client": (io.stream_client_here, AttachedClient),
+            "send_operator": (io.send_operator_here, None),
         }
         loaded = None
         if self.store is not None:
             self.foreign = ForeignSessions(self.store, table, clock, config.history_cap,
-                                           self._adopt, self.events.place_new)
+                                           self._adopt, self.events.place_new,
+                                           io.moved_away)
             self.forwarder = Forwarder(self.store)
             for op, (run, result) in self._writes_here.items():
                 self.forwarder.add(op, run, result)
@@ -159,6 +166,10 @@ class Engine:
             self.journal = journal = Journal(self.store, clock, self.events, config.history_cap)
             self.events.durable = True
             applier.journal = journal
+            io.journal, io.store, io.call_owner = journal, self.store, self._write
+            io.spawn = self._start_service
+            io.remote = RemoteStreams(self.store, self.events, self._start_service,
+                                      DEFAULT_REPLAY)
             table.on_purge = journal.purged
             journal.on_displaced = self._displaced_send.send_nowait
             self._nursery.start_soon(self._run_journal, journal)
@@ -184,6 +195,7 @@ class Engine:
         if loaded.log is not None:
             self.events.restore(loaded.events, loaded.log.run_id, loaded.log.next_offset)
         records = []
+        output_next: dict[str, int] = {}  # of the sessions this engine runs from now on
         # A checkpoint every 1,000 sessions: the store's lease renewal runs meanwhile (restoring
         # 100,000 at a stretch outlasted a lease's TTL).
         for i, stored in enumerate(loaded.sessions):
@@ -193,12 +205,14 @@ class Engine:
             records.append(rec)
             if stored.owner is not None and not rec.status.final:
                 self.foreign.add(rec, stored.owner)
+            elif not rec.status.final:
+                output_next[rec.session_id] = stored.output_next
         self._table.restore(records)
         for i, rec in enumerate(records):
             if i % 1000 == 999:
                 await trio.lowlevel.checkpoint()
             if rec.owner is None and not rec.status.final:
-                self._adopt(rec)
+                self._adopt(rec, output_next.get(rec.session_id, 0))
         assert self.journal is not None
         # No caller waits on this: a big adoption (100,000 sessions) takes longer than a
         # commit's 5 s bound, and must not fail the start for it.
@@ -254,12 +268,14 @@ class Engine:
                 actor.post(self._socket_gone, rec, Input.NODE_DRAINING)
                 actor.stop()
 
-    def _adopt(self, rec: SessionRecord) -> None:
+    def _adopt(self, rec: SessionRecord, output_next: int) -> None:
         """Run a live session that another process owned: one that was CONNECTED or
         BACKGROUND lost its agent's socket with that process, so it enters GRACE_PERIOD
-        (``node_lost``) and its agent may resume it here. An engine already stopping runs
+        (``node_lost``) and its agent may resume it here, its output going on from
+        ``output_next`` (where the store's ends). An engine already stopping runs
         nothing new: the store keeps the session, and another node adopts it once this one's
         lease goes (a node told to stop while it adopted crashed on it)."""
+        self._io.run_here(rec, output_next)
         self._socket_gone(rec, Input.NODE_LOST)
         if self._closing:
             return
@@ -320,9 +336,15 @@ class Engine:
     def _end(self, rec: SessionRecord, inp: Input) -> None:
         self._applier.end(rec, inp, trio.current_time())
 
+    def _start_service(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Start a task among the services (cancelled when the engine closes)."""
+        assert self._services_nursery is not None
+        self._services_nursery.start_soon(fn, *args)
+
     async def _run_services(self) -> None:
         with self._services:
             async with trio.open_nursery() as nursery:
+                self._services_nursery = nursery
                 nursery.start_soon(self.timekeeper.run)
                 nursery.start_soon(self.pacer.run)
                 nursery.start_soon(self._table.run_purger)
@@ -434,7 +456,7 @@ class Engine:
                                               client_id, command)
         return view
 
-    async def _write(self, op: str, workspace_id: str, session_id: str, *args: str) -> Any:
+    async def _write(self, op: str, workspace_id: str, session_id: str, *args: Any) -> Any:
         """Run a write here, or (a session another node owns) on its owner (``_forward.py``),
         which runs it here-only: it never forwards again."""
         owner = self._owner(workspace_id, session_id)
@@ -450,11 +472,14 @@ class Engine:
 
     # -- live session I/O (``_io.py``) -----------------------------------------------------
 
-    def read_output(self, workspace_id: str, session_id: str, *, offset: int | None = None,
-                    limit: int = DEFAULT_OUTPUT_READ) -> OutputPage:
+    async def read_output(self, workspace_id: str, session_id: str, *,
+                          offset: int | None = None,
+                          limit: int = DEFAULT_OUTPUT_READ) -> OutputPage:
         """Up to ``limit`` bytes of the session's output from ``offset`` (default: the oldest
-        retained); :class:`~tether.engine.OutputGone` if that is no longer retained."""
-        return self._io.read(workspace_id, session_id, offset, limit)
+        retained); :class:`~tether.engine.OutputGone` if that is no longer retained. With a
+        store, what this node's memory lacks (or a session another node runs) is read from
+        the store."""
+        return await self._io.read(workspace_id, session_id, offset, limit)
 
     async def open_stream(
         self,
@@ -481,9 +506,11 @@ class Engine:
         Never blocks."""
         self._io.close_stream(workspace_id, session_id, watcher, detach)
 
-    def send_operator(self, workspace_id: str, session_id: str, frame: OperatorFrame) -> None:
-        """An attached operator's input, resize or signal, passed on to the agent."""
-        self._io.send(workspace_id, session_id, frame)
+    async def send_operator(self, workspace_id: str, session_id: str,
+                            frame: OperatorFrame) -> None:
+        """An attached operator's input, resize or signal, passed on to the agent (on the
+        node that runs the session)."""
+        await self._io.send(workspace_id, session_id, frame)
 
     # -- queries ---------------------------------------------------------------------------
 

@@ -7,12 +7,17 @@ operator's command is also kept with that command (its first 64 KiB per stream).
 stream opens inside the session's actor: the client is attached (or found), the watcher added
 and the replay taken in one step, so nothing is appended between the replay's end and the
 watcher's first chunk.
+
+With a store (Redis), the store keeps each session's retained output too (the journal writes
+what is appended, in batches): the node that runs a session serves its streams from memory and
+what memory no longer holds (older bytes, or bytes written before it took the session over)
+from the store; a read of a session another node runs is the store's.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import trio
@@ -21,7 +26,10 @@ from ._errors import (
     ClientNotFound,
     ClientNotOperator,
     InvalidParameter,
+    OutputGone,
     SessionNotActive,
+    StoreUnavailable,
+    TetherError,
 )
 from ._ids import random_id
 from ._lifecycle import Attach, Detach
@@ -37,15 +45,21 @@ from ._models import (
     Status,
     check_text,
 )
-from ._output import OUTPUT_STREAMS, OutputBuffer, OutputChunk, OutputMemory
+from ._output import OUTPUT_STREAMS, OutputBuffer, OutputChunk, OutputMemory, OutputRead
+from ._remote import is_hub
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from ._apply import Applier
     from ._clock import WallClock
     from ._config import EngineConfig
+    from ._journal import Journal
     from ._models import ClientMode, OperatorFrame
     from ._output import OutputStream, OutputWatcher
+    from ._persist import SessionStore, StoredOutput
     from ._record import SessionRecord
+    from ._remote import RemoteStreams
     from ._table import SessionTable
 
 log = logging.getLogger("tether.engine")
@@ -88,6 +102,14 @@ class IoDesk:
         self.clock = clock
         self.config = config
         self.memory = OutputMemory(config.output_memory_bytes)
+        #: With a store: where output goes (the journal) and where what memory lacks is read.
+        self.journal: Journal | None = None
+        self.store: SessionStore | None = None
+        #: With a store: streams of sessions other nodes run, and how to ask their owner
+        #: (``call_owner(op, workspace, session, *args)``) and start a task.
+        self.remote: RemoteStreams | None = None
+        self.call_owner: Callable[..., Awaitable[Any]] | None = None
+        self.spawn: Callable[..., object] | None = None
 
     def buffer(self, rec: SessionRecord) -> OutputBuffer:
         """The session's output buffer, made on first use."""
@@ -112,7 +134,11 @@ class IoDesk:
         except UnicodeEncodeError:
             raise InvalidParameter("data", "must be UTF-8 text (no lone surrogates)") from None
         chunk = self.buffer(rec).append(offset, raw, stream, command_id)
-        if chunk is not None and command_id is not None and rec.commands:
+        if chunk is None:
+            return
+        if self.journal is not None:
+            self.journal.written(rec)
+        if command_id is not None and rec.commands:
             command = rec.commands.get(command_id)
             if command is not None:
                 command.capture(stream, chunk.data)
@@ -120,22 +146,82 @@ class IoDesk:
     def next_offset(self, rec: SessionRecord) -> int:
         return 0 if rec.output is None else rec.output.next_offset
 
+    # -- a session changing nodes (with a store) ---------------------------------------------
+
+    def run_here(self, rec: SessionRecord, stored_next: int) -> None:
+        """``rec`` runs on this node from now on (loaded, taken over, adopted); the store
+        holds its output up to ``stored_next``, where its buffer here goes on. A buffer from
+        an earlier time here that ends elsewhere is dropped: its streams re-attach."""
+        buffer = rec.output
+        if buffer is not None and (is_hub(buffer) or buffer.next_offset != stored_next):
+            self.moved_away(rec)
+            buffer = None
+        if buffer is None and stored_next:
+            rec.output = OutputBuffer(self.config.output_buffer_bytes, self.memory,
+                                      next_offset=stored_next)
+        if self.journal is not None:
+            self.journal.output_stored(rec, stored_next)
+
+    def moved_away(self, rec: SessionRecord) -> None:
+        """Another node runs ``rec`` now: its streams here end (they re-attach, on any node,
+        from their offset) and its buffer here goes."""
+        buffer, rec.output = rec.output, None
+        if buffer is not None:
+            for watcher in tuple(buffer.watchers):
+                watcher.moved()
+            buffer.release()
+
     # -- reading -----------------------------------------------------------------------------
 
-    def read(self, workspace_id: str, session_id: str, offset: int | None,
-             limit: int = DEFAULT_OUTPUT_READ) -> OutputPage:
+    async def read(self, workspace_id: str, session_id: str, offset: int | None,
+                   limit: int = DEFAULT_OUTPUT_READ) -> OutputPage:
         if not 1 <= limit <= MAX_OUTPUT_READ:
             raise InvalidParameter("limit", f"must be 1 to {MAX_OUTPUT_READ}")
         if offset is not None and offset < 0:
             raise InvalidParameter("offset", "must be 0 or more")
         rec = self.table.get(workspace_id, session_id)
-        buffer = rec.output or OutputBuffer(self.config.output_buffer_bytes)
-        found = buffer.read(offset, limit)
+        buffer = rec.output
+        if self.store is not None and (buffer is None or is_hub(buffer) or offset is None
+                                       or offset < buffer.first_offset):
+            found = await self._read_stored(workspace_id, session_id, offset, limit)
+        else:
+            found = (buffer or OutputBuffer(self.config.output_buffer_bytes)).read(offset, limit)
         return OutputPage(
             session_id=session_id, offset=found.offset, data=found.data.decode(),
             next_offset=found.next_offset, first_offset=found.first_offset,
             total_bytes=found.total_bytes, has_more=found.next_offset < found.total_bytes,
         )
+
+    async def _held_from_store(self, workspace_id: str, session_id: str, offset: int | None,
+                               limit: int) -> tuple[StoredOutput, OutputBuffer]:
+        """The store's chunks from ``offset`` (default: its oldest) for ``limit`` bytes, in a
+        buffer of their own (up to the first bytes the store lacks, if it lacks any), so
+        they are read and cut as memory's are. :class:`OutputGone` before its oldest."""
+        assert self.store is not None
+        try:
+            stored = await self.store.read_output(workspace_id, session_id, offset, limit)
+        except Exception as exc:
+            raise StoreUnavailable(f"reading output: {exc}") from exc
+        want = stored.first_offset if offset is None else offset
+        if want < stored.first_offset:
+            raise OutputGone(want, stored.first_offset)
+        chunks = [chunk for chunk in stored.chunks if chunk.end > want]
+        start = chunks[0].offset if chunks else stored.next_offset
+        held = OutputBuffer(sum(len(chunk.data) for chunk in chunks) + 1, next_offset=start)
+        for chunk in chunks:
+            if chunk.offset != held.next_offset:
+                break  # bytes the store never got (shed before written): up to them
+            held.append(chunk.offset, chunk.data, chunk.stream, chunk.command_id)
+        return stored, held
+
+    async def _read_stored(self, workspace_id: str, session_id: str, offset: int | None,
+                           limit: int) -> OutputRead:
+        stored, held = await self._held_from_store(workspace_id, session_id, offset, limit)
+        want = held.first_offset if offset is None else offset
+        # from ``want``; past bytes the store lacks, from the first it has after them
+        found = held.read(max(held.first_offset, min(want, held.next_offset)), limit)
+        return msgspec.structs.replace(found, first_offset=stored.first_offset,
+                                       total_bytes=max(stored.next_offset, found.next_offset))
 
     # -- attach streams ----------------------------------------------------------------------
 
@@ -160,25 +246,21 @@ class IoDesk:
             check_text("client_id", client_id)
         if offset is not None and offset < 0:
             raise InvalidParameter("offset", "must be 0 or more")
+        rec = self.table.get(workspace_id, session_id)
+        if rec.owner is not None and not rec.status.final and self.remote is not None:
+            return await self._open_remote(rec, watcher, mode, user_email, client_id, offset)
         rec, actor = self.table.live(workspace_id, session_id, "CONNECTED or BACKGROUND")
-        return await actor.call(self._open, rec, watcher, mode, user_email, client_id, offset)
+        start = await actor.call(self._open, rec, watcher, mode, user_email, client_id, offset)
+        if self.store is not None and start.gap is not None:
+            start = await self._older_from_store(rec, start)
+        return start
 
     def _open(self, rec: SessionRecord, watcher: OutputWatcher, mode: ClientMode | None,
               user_email: str | None, client_id: str | None,
               offset: int | None) -> StreamStart:
-        if rec.status not in _STREAMABLE:
-            raise SessionNotActive(rec.status.value, "CONNECTED or BACKGROUND")
+        client = (self._attach_here(rec, mode, user_email) if client_id is None
+                  else self._client_here(rec, client_id))
         buffer = self.buffer(rec)
-        if client_id is None:
-            assert mode is not None and user_email is not None
-            client = AttachedClient(client_id=random_id("cli_"), user_email=user_email,
-                                    mode=mode, attached_at=self.clock.rfc3339(trio.current_time()))
-            self.applier.apply(rec, Attach(client, stream=True), trio.current_time())
-        else:
-            found = None if rec.clients is None else rec.clients.get(client_id)
-            if found is None:
-                raise ClientNotFound(client_id)
-            client = found
         first, end = buffer.first_offset, buffer.next_offset
         gap = None
         if offset is None:
@@ -195,37 +277,150 @@ class IoDesk:
             gap=gap, attached_here=client_id is None,
         )
 
+    def _attach_here(self, rec: SessionRecord, mode: ClientMode | None,
+                     user_email: str | None) -> AttachedClient:
+        """In the actor: attach a new client for a stream (CONNECTED or BACKGROUND)."""
+        if rec.status not in _STREAMABLE:
+            raise SessionNotActive(rec.status.value, "CONNECTED or BACKGROUND")
+        assert mode is not None and user_email is not None
+        client = AttachedClient(client_id=random_id("cli_"), user_email=user_email,
+                                mode=mode, attached_at=self.clock.rfc3339(trio.current_time()))
+        self.applier.apply(rec, Attach(client, stream=True), trio.current_time())
+        return client
+
+    @staticmethod
+    def _client_here(rec: SessionRecord, client_id: str) -> AttachedClient:
+        """In the actor: the attached client a stream is for."""
+        if rec.status not in _STREAMABLE:
+            raise SessionNotActive(rec.status.value, "CONNECTED or BACKGROUND")
+        found = None if rec.clients is None else rec.clients.get(client_id)
+        if found is None:
+            raise ClientNotFound(client_id)
+        return found
+
+    async def _older_from_store(self, rec: SessionRecord, start: StreamStart) -> StreamStart:
+        """A local stream asked for bytes this node's memory no longer holds (or never did:
+        written before this node took the session over): those the store still has go
+        before the replay. What the watcher is told meanwhile waits behind it."""
+        assert start.gap is not None
+        asked, held_from = start.gap
+        ws, sid = rec.workspace_id, rec.session_id
+        try:
+            stored, held = await self._held_from_store(ws, sid, asked, held_from - asked)
+        except OutputGone as gone:  # older than the store holds too: from its oldest
+            asked = gone.first_offset
+            if asked >= held_from:
+                return start
+            stored, held = await self._held_from_store(ws, sid, asked, held_from - asked)
+        if held.next_offset < held_from:
+            return start  # the store lacks bytes up to memory's: the gap stands
+        older = []
+        for chunk in held.chunks_from(max(asked, held.first_offset)):
+            if chunk.offset >= held_from:
+                break
+            if chunk.end > held_from:  # memory holds the rest (from a character boundary)
+                chunk = OutputChunk(chunk.offset, chunk.data[:held_from - chunk.offset],
+                                    chunk.stream, chunk.command_id)
+            older.append(chunk)
+        if not older:
+            return start
+        begins = older[0].offset
+        return msgspec.structs.replace(
+            start, offset=begins, first_offset=min(start.first_offset, stored.first_offset),
+            replay=older + start.replay,
+            gap=(start.gap[0], begins) if begins > start.gap[0] else None)
+
+    async def _open_remote(self, rec: SessionRecord, watcher: OutputWatcher,
+                           mode: ClientMode | None, user_email: str | None,
+                           client_id: str | None, offset: int | None) -> StreamStart:
+        assert self.remote is not None and self.call_owner is not None
+        ws, sid, call = rec.workspace_id, rec.session_id, self.call_owner
+        if client_id is None:
+            async def client() -> AttachedClient:
+                found: AttachedClient = await call("attach_stream", ws, sid, mode, user_email)
+                return found
+        else:
+            async def client() -> AttachedClient:
+                found: AttachedClient = await call("stream_client", ws, sid, client_id)
+                return found
+        attached, start, first, replay, gap = await self.remote.open(rec, watcher, client,
+                                                                     offset)
+        return StreamStart(client=attached, status=rec.status, offset=start, first_offset=first,
+                           replay=replay, gap=gap, attached_here=client_id is None)
+
     def close_stream(self, workspace_id: str, session_id: str, watcher: OutputWatcher,
                      detach: str | None) -> None:
         """Stop telling ``watcher``; detach client ``detach`` (the one the stream attached).
         Never blocks, so it is safe in a ``finally`` while cancelled."""
         rec = self.table.records.get(session_id)
         if rec is None or rec.workspace_id != workspace_id:
+            rec = None
+        if self.remote is not None:
+            self.remote.close(rec, watcher)
+        if rec is None:
             return
         if rec.output is not None:
             rec.output.watchers.discard(watcher)
-        if detach is not None and rec.actor is not None and rec.clients \
-                and detach in rec.clients:
+        if detach is None or not rec.clients or detach not in rec.clients:
+            return
+        if rec.actor is not None:
             rec.actor.post(self._detach_quietly, rec, detach)
+        elif rec.owner is not None and self.call_owner is not None and self.spawn is not None:
+            self.spawn(self._detach_on_owner, workspace_id, session_id, detach)
 
     def _detach_quietly(self, rec: SessionRecord, client_id: str) -> None:
         if rec.clients and client_id in rec.clients and not rec.status.final:
             self.applier.apply(rec, Detach(client_id), trio.current_time())
 
+    async def _detach_on_owner(self, workspace_id: str, session_id: str,
+                               client_id: str) -> None:
+        assert self.call_owner is not None
+        try:
+            await self.call_owner("detach", workspace_id, session_id, client_id)
+        except TetherError as error:  # detached meanwhile, ended, or the owner is away
+            log.info("session %s: the stream's client %s was not detached: %s", session_id,
+                     client_id, error.message)
+
+    # -- the owner's side of another node's stream (forwarded calls) -------------------------
+
+    async def attach_stream_here(self, workspace_id: str, session_id: str,
+                                 mode: ClientMode, user_email: str) -> AttachedClient:
+        rec, actor = self.table.live(workspace_id, session_id, "CONNECTED or BACKGROUND")
+        return await actor.call(self._attach_here, rec, mode, user_email)
+
+    async def stream_client_here(self, workspace_id: str, session_id: str,
+                                 client_id: str) -> AttachedClient:
+        rec, actor = self.table.live(workspace_id, session_id, "CONNECTED or BACKGROUND")
+        return await actor.call(self._client_here, rec, client_id)
+
     # -- an operator's input, resize and signal ----------------------------------------------
 
-    def send(self, workspace_id: str, session_id: str, frame: OperatorFrame) -> None:
-        """Pass an attached operator's frame to the agent (in order: no actor on the way)."""
-        if isinstance(frame, OperatorInput):
-            if len(frame.data) > MAX_INPUT:
-                raise InvalidParameter("data", f"must be at most {MAX_INPUT} characters")
-        elif isinstance(frame, OperatorResize):
-            for name, value in (("cols", frame.cols), ("rows", frame.rows)):
-                if not 1 <= value <= MAX_TERMINAL_SIDE:
-                    raise InvalidParameter(name, f"must be 1 to {MAX_TERMINAL_SIDE}")
-        elif isinstance(frame, OperatorSignal) and frame.signal not in SIGNALS:
-            raise InvalidParameter("signal", "must be one of " + ", ".join(SIGNALS))
+    async def send(self, workspace_id: str, session_id: str, frame: OperatorFrame) -> None:
+        """Pass an attached operator's frame to the agent, here or on the node that runs the
+        session (in order: no actor on the way here; one call after another there)."""
+        _check_operator_frame(frame)
         rec = self.table.get(workspace_id, session_id)
+        if rec.owner is not None and not rec.status.final and self.call_owner is not None:
+            await self.call_owner("send_operator", workspace_id, session_id,
+                                  *_operator_args(frame))
+            return
+        self._send_here(rec, frame)
+
+    async def send_operator_here(self, workspace_id: str, session_id: str, kind: str,
+                                 client_id: str, value: Any, extra: Any) -> None:
+        """Another node's stream's operator frame (``_operator_args``), for this node's
+        agent."""
+        frame: OperatorFrame
+        if kind == "input":
+            frame = OperatorInput(data=value, client_id=client_id)
+        elif kind == "resize":
+            frame = OperatorResize(cols=value, rows=extra, client_id=client_id)
+        else:
+            frame = OperatorSignal(signal=value, client_id=client_id)
+        _check_operator_frame(frame)
+        self._send_here(self.table.get(workspace_id, session_id), frame)
+
+    def _send_here(self, rec: SessionRecord, frame: OperatorFrame) -> None:
         client = None if rec.clients is None else rec.clients.get(frame.client_id)
         if client is None:
             raise ClientNotFound(frame.client_id)
@@ -242,3 +437,24 @@ class IoDesk:
             log.warning("session %s: agent transport failed to send %s", rec.session_id,
                         type(frame).__name__, exc_info=True)
             raise SessionNotActive(rec.status.value, "CONNECTED or BACKGROUND") from None
+
+
+def _check_operator_frame(frame: OperatorFrame) -> None:
+    if isinstance(frame, OperatorInput):
+        if len(frame.data) > MAX_INPUT:
+            raise InvalidParameter("data", f"must be at most {MAX_INPUT} characters")
+    elif isinstance(frame, OperatorResize):
+        for name, value in (("cols", frame.cols), ("rows", frame.rows)):
+            if not 1 <= value <= MAX_TERMINAL_SIDE:
+                raise InvalidParameter(name, f"must be 1 to {MAX_TERMINAL_SIDE}")
+    elif frame.signal not in SIGNALS:
+        raise InvalidParameter("signal", "must be one of " + ", ".join(SIGNALS))
+
+
+def _operator_args(frame: OperatorFrame) -> tuple[str, str, Any, Any]:
+    """An operator frame as a forwarded call's arguments (plain msgpack values)."""
+    if isinstance(frame, OperatorInput):
+        return "input", frame.client_id, frame.data, None
+    if isinstance(frame, OperatorResize):
+        return "resize", frame.client_id, frame.cols, frame.rows
+    return "signal", frame.client_id, frame.signal, None

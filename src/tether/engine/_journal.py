@@ -11,6 +11,10 @@ only once written: they enter the log when read back from the store, numbered by
 
 Heartbeats and telemetry only mark the session "beaten"; they go out with the next batch, and
 the writer writes at least every ``flush_interval``, so the hot path never waits on the store.
+Output marks the session "written" and asks for a batch soon (nobody waits for it either): the
+bytes since the last batch go out with it, so readers on other nodes see them within a round
+trip or two, and a node that dies loses only what its agents resend (a welcome's
+``output_offset`` is what the store holds).
 Retries, outages and commit timeouts are the group commit's (see ``_commit.py``).
 """
 
@@ -19,7 +23,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._commit import GroupCommit
-from ._persist import HistoryAppend, WriteBatch, heartbeat, snapshot
+from ._persist import HistoryAppend, OutputAppend, WriteBatch, heartbeat, snapshot
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -43,6 +47,8 @@ class Journal:
         self._changed: dict[str, SessionRecord] = {}
         self._beaten: dict[str, SessionRecord] = {}
         self._purged: list[tuple[str, str]] = []
+        self._written: dict[str, SessionRecord] = {}  # sessions with output to write
+        self._output_saved: dict[str, int] = {}  # session id -> its output's stored end
         #: Called with the live sessions a write found displaced from their machine.
         self.on_displaced: Callable[[list[Displaced]], None] = lambda found: None
         self.writer: GroupCommit[WriteBatch] = GroupCommit(
@@ -73,9 +79,21 @@ class Journal:
         """A heartbeat or telemetry: written within ``flush_interval``, nobody waits."""
         self._beaten[rec.session_id] = rec
 
+    def written(self, rec: SessionRecord) -> None:
+        """Output was appended: written with the next batch, asked for now; nobody waits."""
+        self._written[rec.session_id] = rec
+        self.writer.mark()
+
+    def output_stored(self, rec: SessionRecord, next_offset: int) -> None:
+        """The store holds ``rec``'s output up to ``next_offset`` (the session was loaded,
+        taken over or adopted): what is appended from there on is what to write."""
+        self._output_saved[rec.session_id] = next_offset
+
     def purged(self, rec: SessionRecord) -> None:
         self._changed.pop(rec.session_id, None)
         self._beaten.pop(rec.session_id, None)
+        self._written.pop(rec.session_id, None)
+        self._output_saved.pop(rec.session_id, None)
         self._purged.append((rec.workspace_id, rec.session_id))
         self.writer.mark()
 
@@ -87,6 +105,7 @@ class Journal:
         changed, self._changed = self._changed, {}
         beaten, self._beaten = self._beaten, {}
         purged, self._purged = self._purged, []
+        written, self._written = self._written, {}
         sessions = []
         history = []
         for rec in changed.values():
@@ -105,7 +124,24 @@ class Journal:
             heartbeats=[heartbeat(rec, clock) for rec in beaten.values()],
             events=self.events.take_pending(),
             purged=purged,
+            output=self._output(written),
         )
+
+    def _output(self, written: dict[str, SessionRecord]) -> list[OutputAppend]:
+        """The output appended to ``written`` since their last batch (bytes the process
+        budget shed before they were taken are not written: the store's stream has a gap)."""
+        saved = self._output_saved
+        appends = []
+        for session_id, rec in written.items():
+            buffer = rec.output
+            if buffer is None:
+                continue
+            start = max(saved.get(session_id, 0), buffer.first_offset)
+            if start < buffer.next_offset:
+                appends.append(OutputAppend(rec.workspace_id, session_id,
+                                            buffer.chunks_from(start), buffer.limit))
+                saved[session_id] = buffer.next_offset
+        return appends
 
     async def _write(self, batch: WriteBatch) -> None:
         displaced = await self.store.write(batch)

@@ -78,6 +78,11 @@ class OutputWatcher(Protocol):
     def command_result(self, command_id: str, exit_code: int) -> None:
         """An operator's command came back from the agent."""
 
+    def moved(self) -> None:
+        """This node no longer serves the session's stream as it did (another node runs the
+        session now, or it has come to this one): the stream ends, and its client
+        re-attaches from its offset."""
+
 
 class OutputRead(msgspec.Struct, frozen=True, gc=False):
     """What :meth:`OutputBuffer.read` found: ``data`` from ``offset`` to ``next_offset``."""
@@ -105,7 +110,9 @@ def _char_end(data: bytes | bytearray, i: int) -> int:
 
 
 class OutputBuffer:
-    """One session's output: the retained chunks, their offsets, and the watchers."""
+    """One session's output: the retained chunks, their offsets, and the watchers. A
+    ``limit`` of 0 makes a *hub*: the watchers of a session another node runs, no bytes
+    (``_remote.py``)."""
 
     __slots__ = ("_chunks", "_memory", "_starts", "first_offset", "limit", "next_offset",
                  "size", "watchers")

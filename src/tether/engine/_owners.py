@@ -47,13 +47,15 @@ class ForeignSessions:
     """The live sessions other nodes own, until this engine takes them over."""
 
     def __init__(self, store: SessionStore, table: SessionTable, clock: WallClock,
-                 history_cap: int, adopt: Callable[[SessionRecord], None],
-                 place: Callable[[list[tuple[int, Event]]], None]) -> None:
+                 history_cap: int, adopt: Callable[[SessionRecord, int], None],
+                 place: Callable[[list[tuple[int, Event]]], None],
+                 moved_away: Callable[[SessionRecord], None]) -> None:
         self.store = store
         self.table = table
         self.clock = clock
         self.history_cap = history_cap
-        self._adopt = adopt  # give the record an actor here (the engine's)
+        self._adopt = adopt  # give the record an actor here (the engine's), and its output
+        self._moved_away = moved_away  # its output here goes (the streams re-attach)
         self._place = place  # events the store numbered, into the engine's log
         self._records: dict[str, SessionRecord] = {}
         #: The same sessions by owner (session id -> (workspace, session id)): an adoption
@@ -148,7 +150,7 @@ class ForeignSessions:
         now = trio.current_time()
         self.table.refresh(rec, restore(stored, self.clock, self.history_cap), now)
         if not rec.status.final:
-            self._adopt(rec)
+            self._adopt(rec, stored.output_next)
 
     # -- what other nodes wrote --------------------------------------------------------------
 
@@ -181,6 +183,7 @@ class ForeignSessions:
             actor = rec.actor
             actor.post(self._let_go, rec)
             actor.stop()
+            self._moved_away(rec)
             # This node's copy counted heartbeats it never wrote: the new owner's versions go
             # on from the stored one, so whatever it writes next is newer than this copy.
             rec.version = -1

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 import msgspec
 
 from ._models import AttachedClient, CommandEntry, CommandState, Event, Status, Telemetry
+from ._output import OutputChunk
 from ._record import OperatorCommand, SessionRecord
 
 if TYPE_CHECKING:
@@ -94,6 +95,25 @@ class HistoryAppend(msgspec.Struct, frozen=True, gc=False):
     cap: int
 
 
+class OutputAppend(msgspec.Struct, frozen=True, gc=False):
+    """A session's output written since its last batch, in order; keep its last ``keep``
+    bytes. A chunk starting before the stored end is written already (a retried batch)."""
+
+    workspace_id: str
+    session_id: str
+    chunks: list[OutputChunk]
+    keep: int
+
+
+class StoredOutput(msgspec.Struct, frozen=True, gc=False):
+    """What a store holds of a session's output: the retained bytes ``first_offset`` to
+    ``next_offset``, and ``chunks``, the stored chunks a read asked for (in order)."""
+
+    first_offset: int
+    next_offset: int
+    chunks: list[OutputChunk]
+
+
 class LogPosition(msgspec.Struct, frozen=True, gc=False):
     """The event log's run id and the offset its next event gets: event ids continue across
     restarts, so consumers' cursors stay valid."""
@@ -108,6 +128,7 @@ class WriteBatch(msgspec.Struct, kw_only=True, gc=False):
     heartbeats: list[Heartbeat] = []
     events: list[Event] = []  # unnumbered: the store gives each its offset, in its order
     purged: list[tuple[str, str]] = []  # (workspace_id, session_id)
+    output: list[OutputAppend] = []
 
 
 class Displaced(NamedTuple):
@@ -124,6 +145,8 @@ class LoadedSession(msgspec.Struct, frozen=True, gc=False):
     #: The node that owns the live session, if another node does (its actor runs there);
     #: ``None`` when this engine has it.
     owner: str | None = None
+    #: The offset the session's next output byte gets: what the store holds ends there.
+    output_next: int = 0
 
 
 class Loaded(msgspec.Struct, frozen=True, gc=False):
@@ -205,6 +228,17 @@ class SessionStore(Protocol):
 
     async def receive(self) -> bytes | None:
         """The next message in this node's inbox, or ``None`` after waiting a while."""
+
+    async def read_output(self, workspace_id: str, session_id: str, offset: int | None,
+                          limit: int) -> StoredOutput:
+        """The stored chunks holding the session's output from ``offset`` (default: the
+        oldest retained; clamped to what is retained) for at least ``limit`` bytes, or to the
+        end."""
+
+    async def follow_output(self, workspace_id: str, session_id: str, offset: int,
+                            wait: float) -> list[OutputChunk]:
+        """The stored chunks from ``offset`` (a chunk's start) on, waiting up to ``wait``
+        seconds for one to be written; ``[]`` if none was."""
 
 
 def with_heartbeat(snap: SessionSnapshot, beat: Heartbeat | None) -> SessionSnapshot:

@@ -10,8 +10,10 @@ watcher is told meanwhile waits behind the replay.
 A stream never slows its session: the watcher's calls only queue frames. A client that lets
 more than ``stream_queue_bytes`` of them wait is cut off (4008 ``slow_consumer``) and
 re-attaches from its last offset. The session's end is told (``status``) and closes the
-stream (1000); so does its client being detached. Operators' frames go to the agent;
-observers' are answered ``forbidden`` and go nowhere.
+stream (1000); so does its client being detached. A stream whose session moves between nodes
+(Redis mode: the agent resumed on another node, or this one took it over) is closed with 1012
+``session_moved``; its client re-attaches from its last offset, on any node. Operators' frames
+go to the agent; observers' are answered ``forbidden`` and go nowhere.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tether.http.attach")
 
 _CLOSE_NORMAL = 1000
+_CLOSE_MOVED = 1012  # "service restart": re-attach, as agents resume after session_moved
 _CLOSE_SLOW = 4008
 #: Seconds a slow client has to take the frame being sent and the close before it is cut off.
 SLOW_CLOSE_GRACE = 10.0
@@ -160,6 +163,9 @@ class StreamWatcher:
         if self.ended is None:
             self._put(_frame(attach.CommandResult(command_id=command_id, exit_code=exit_code)))
 
+    def moved(self) -> None:
+        self._end(_End(_CLOSE_MOVED, "session_moved"))
+
     def tell(self, frame: attach.ServerFrame) -> None:
         """A frame for this client alone (an answer to one of its own)."""
         if self.ended is None:
@@ -246,14 +252,16 @@ class AttachSocket:
                 continue
             try:
                 if isinstance(frame, attach.Input):
-                    engine.send_operator(workspace_id, session_id,
-                                         OperatorInput(data=frame.data, client_id=client_id))
+                    await engine.send_operator(
+                        workspace_id, session_id,
+                        OperatorInput(data=frame.data, client_id=client_id))
                 elif isinstance(frame, attach.Resize):
-                    engine.send_operator(workspace_id, session_id, OperatorResize(
+                    await engine.send_operator(workspace_id, session_id, OperatorResize(
                         cols=frame.cols, rows=frame.rows, client_id=client_id))
                 elif isinstance(frame, attach.Signal):
-                    engine.send_operator(workspace_id, session_id,
-                                         OperatorSignal(signal=frame.signal, client_id=client_id))
+                    await engine.send_operator(
+                        workspace_id, session_id,
+                        OperatorSignal(signal=frame.signal, client_id=client_id))
                 else:
                     view = await engine.run_command(workspace_id, session_id, client_id,
                                                     frame.command)

@@ -76,8 +76,8 @@ class SessionsApi:
 
     async def get_session_output(self, workspace_id: str, session_id: str, offset: int | None,
                                  limit: int) -> Data[OutputPage]:
-        return Data(data=self.engine.read_output(workspace_id, session_id, offset=offset,
-                                                 limit=limit))
+        return Data(data=await self.engine.read_output(workspace_id, session_id, offset=offset,
+                                                       limit=limit))
 
     # -- writes ----------------------------------------------------------------------------
 

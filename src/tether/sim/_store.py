@@ -1,9 +1,10 @@
 """A session and webhook store held in this process, for the fault simulation.
 
 It keeps what ``tether.store.RedisStore`` keeps, as values (snapshots, histories, events, the
-log position, endpoints, deliveries and the dispatcher's cursor), and applies each batch whole
-after one checkpoint, as one round trip to Redis would; setting :attr:`InProcessStore.down`
-makes every write and load fail the way an unreachable Redis does. The simulation restarts
+log position, sessions' output, endpoints, deliveries and the dispatcher's cursor), and
+applies each batch whole after one checkpoint, as one round trip to Redis would; setting
+:attr:`InProcessStore.down` makes every write and load fail the way an unreachable Redis
+does. The simulation restarts
 engines on it and takes it away mid-run, deterministically and without sockets; Redis itself
 is tested against a real ``redis-server`` (``tests/store``).
 """
@@ -14,7 +15,14 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from tether.engine import Loaded, LoadedSession, LogPosition, with_heartbeat
+from tether.engine import (
+    Loaded,
+    LoadedSession,
+    LogPosition,
+    OutputChunk,
+    StoredOutput,
+    with_heartbeat,
+)
 from tether.webhooks import LoadedWebhooks
 
 if TYPE_CHECKING:
@@ -57,6 +65,11 @@ class InProcessStore:
         self._endpoints: dict[str, EndpointSnapshot] = {}
         self._deliveries: dict[str, dict[str, DeliverySnapshot]] = {}
         self._cursor: str | None = None
+        # session id -> its output's chunks (as Redis keeps them: trimmed by offset) and end
+        self._output: dict[str, list[OutputChunk]] = {}
+        self._output_next: dict[str, int] = {}
+        self._output_first: dict[str, int] = {}
+        self._output_written = trio.lowlevel.ParkingLot()
 
     async def _round_trip(self) -> None:
         await trio.lowlevel.checkpoint()
@@ -77,10 +90,33 @@ class InProcessStore:
         for beat in batch.heartbeats:
             if beat.session_id in self._sessions:
                 self._beats[beat.session_id] = beat
+        for written in batch.output:
+            chunks = self._output.setdefault(written.session_id, [])
+            end = self._output_next.get(written.session_id, 0)
+            for chunk in written.chunks:
+                if chunk.offset >= end:  # what a retried batch has written already is skipped
+                    chunks.append(chunk)
+                    end = chunk.end
+            self._output_next[written.session_id] = end
+            # as Redis keeps it: from the chunk holding the cut (``_first``: where it is)
+            cut = end - written.keep
+            if cut > self._output_first.get(written.session_id, 0):
+                chunks[:] = [chunk for chunk in chunks if chunk.end > cut]
+                if chunks and chunks[0].offset < cut:  # on to a character boundary
+                    data, i = chunks[0].data, cut - chunks[0].offset
+                    while i < len(data) and data[i] & 0xC0 == 0x80:
+                        i += 1
+                    cut = chunks[0].offset + i
+                self._output_first[written.session_id] = cut
+        if batch.output:
+            self._output_written.unpark_all()
         for _, session_id in batch.purged:
             self._sessions.pop(session_id, None)
             self._beats.pop(session_id, None)
             self._history.pop(session_id, None)
+            self._output.pop(session_id, None)
+            self._output_next.pop(session_id, None)
+            self._output_first.pop(session_id, None)
         for event in batch.events:  # numbered here, as Redis numbers them
             self._events.append((self._next_offset, event))
             self._next_offset += 1
@@ -133,7 +169,29 @@ class InProcessStore:
 
     def _loaded(self, session_id: str, snap: SessionSnapshot) -> LoadedSession:
         return LoadedSession(with_heartbeat(snap, self._beats.get(session_id)),
-                             list(self._history.get(session_id, ())))
+                             list(self._history.get(session_id, ())),
+                             output_next=self._output_next.get(session_id, 0))
+
+    # -- output ----------------------------------------------------------------------------
+
+    async def read_output(self, workspace_id: str, session_id: str, offset: int | None,
+                          limit: int) -> StoredOutput:
+        await self._round_trip()
+        chunks = self._output.get(session_id, [])
+        end = self._output_next.get(session_id, 0)
+        first = max(self._output_first.get(session_id, 0), chunks[0].offset if chunks else end)
+        start = first if offset is None or offset < first else offset
+        until = start + limit
+        found = [c for c in chunks if c.end > start and c.offset < until]
+        return StoredOutput(first, end, found)
+
+    async def follow_output(self, workspace_id: str, session_id: str, offset: int,
+                            wait: float) -> list[OutputChunk]:
+        await self._round_trip()
+        with trio.move_on_after(wait):
+            while self._output_next.get(session_id, 0) <= offset:
+                await self._output_written.park()
+        return [c for c in self._output.get(session_id, []) if c.offset >= offset]
 
     # -- webhooks --------------------------------------------------------------------------
 

@@ -37,6 +37,12 @@ class Keys:
         """A list: the session's command history, oldest first, capped."""
         return f"{self._ws(workspace_id)}h:{session_id}"
 
+    def output(self, workspace_id: str, session_id: str) -> str:
+        """A stream: the session's retained output, one entry per chunk, its id
+        ``<offset>-1`` (so ids are byte offsets: a range is a read, ``MINID`` a trim by
+        bytes); the session hash's ``n`` is the offset the next byte gets."""
+        return f"{self._ws(workspace_id)}out:{session_id}"
+
     def machines(self, workspace_id: str) -> str:
         """A hash: machine id -> its live (active) session id, in the workspace."""
         return f"{self._ws(workspace_id)}machines"

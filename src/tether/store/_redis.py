@@ -45,7 +45,10 @@ from tether.engine import (
     Loaded,
     LoadedSession,
     LogPosition,
+    OutputAppend,
+    OutputChunk,
     SessionSnapshot,
+    StoredOutput,
     WriteBatch,
     with_heartbeat,
 )
@@ -81,18 +84,23 @@ end
 
 # One script per chunk of sessions. KEYS[1..4]: workspaces set, event stream, log hash, change
 # feed; then per session: fence, hash, history list, workspace's sessions set, workspace's
-# machines hash.
+# machines hash, output stream.
 # ARGV[1..4]: sessions in the chunk, event stream maxlen, this node's id, how long the change
 # feed keeps an entry (ms); then per session: token,
 # session id, workspace, machine, live ('1' if its snapshot is not in a final status),
 # snapshot ('' for none), heartbeat ('' for none), purge ('1'), its history append as one
 # blob for the change feed ('' for none), history cap, number of its first history entry, n,
-# the n entries, m, then m pairs of (event sequence, event).
+# the n entries, m, then m pairs of (event sequence, event), then the output: bytes to keep,
+# c, then c quadruples (offset, data, stream, command id or '').
 # A session's writes are idempotent, so a batch retried after a lost answer writes nothing
 # twice: history entries are pushed only past the count kept in the hash (field ``h``),
-# events only past the last sequence written (field ``q``). Each event written gets the log's
-# next offset (the log hash's ``next_offset``, one counter for every node), kept beside it in
-# the stream (``o``), so the event log is one, in the order of the writes, across nodes.
+# events only past the last sequence written (field ``q``), output only from the stored end
+# on (field ``n``: the offset the next byte gets; each chunk an entry ``<offset>-1`` in the
+# session's output stream, trimmed with MINID; ``f``: the oldest offset retained, as memory
+# retains it, on a character boundary). Each event written
+# gets the log's next offset (the log hash's ``next_offset``, one counter for every node),
+# kept beside it in the stream (``o``), so the event log is one, in the order of the writes,
+# across nodes.
 # What was written goes on the change feed as one entry (``c``: its number, one more than the
 # entry before, from the log hash's ``feed``, so a reader knows when it missed one; ``n``: the
 # node; ``s<id>``,
@@ -103,10 +111,11 @@ end
 _WRITE = _FEED + """
 local n = tonumber(ARGV[1])
 local k, a = 5, 5
+local function whole(x) return string.format('%.0f', x) end
 local claimed, stale, displaced, feed = {}, {}, {}, {}
 for _ = 1, n do
   local fence, hash, list, set = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
-  local machines = KEYS[k + 4]
+  local machines, out = KEYS[k + 4], KEYS[k + 5]
   local token, sid, ws, machine = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local live, snap, beat, purge = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]
   local appended = ARGV[a + 8]
@@ -114,7 +123,9 @@ for _ = 1, n do
   local h0 = a + 12
   local ne = tonumber(ARGV[h0 + nh])
   local e0 = h0 + nh + 1
-  k, a = k + 5, e0 + 2 * ne
+  local keep, no = tonumber(ARGV[e0 + 2 * ne]), tonumber(ARGV[e0 + 2 * ne + 1])
+  local o0 = e0 + 2 * ne + 2
+  k, a = k + 6, o0 + 4 * no
   local held = redis.call('GET', fence)
   local owner = held == token
   if token == '0' and not held then
@@ -126,7 +137,7 @@ for _ = 1, n do
   if not owner then
     table.insert(stale, sid)
   elseif purge == '1' then
-    redis.call('DEL', hash, list, fence)
+    redis.call('DEL', hash, list, fence, out)
     redis.call('SREM', set, sid)
     table.insert(feed, 'p' .. sid)
     table.insert(feed, ws)
@@ -197,6 +208,35 @@ for _ = 1, n do
       end
       redis.call('HSET', hash, 'q', seq)
     end
+    if no > 0 then
+      local nxt = tonumber(redis.call('HGET', hash, 'n') or '0')
+      for i = 0, no - 1 do
+        local at, data = ARGV[o0 + 4 * i], ARGV[o0 + 4 * i + 1]
+        if tonumber(at) >= nxt then
+          redis.call('XADD', out, at .. '-1', 'd', data, 's', ARGV[o0 + 4 * i + 2],
+                     'c', ARGV[o0 + 4 * i + 3])
+          nxt = tonumber(at) + #data
+        end
+      end
+      redis.call('HSET', hash, 'n', whole(nxt))
+      -- Keep the last ``keep`` bytes, as memory does: from the first character boundary at or
+      -- after the cut (field ``f``), in the entries from the one holding it.
+      local cut = nxt - keep
+      if cut > tonumber(redis.call('HGET', hash, 'f') or '0') then
+        local held = redis.call('XREVRANGE', out, whole(cut) .. '-1', '-', 'COUNT', 1)[1]
+        if held then
+          local at = tonumber(string.match(held[1], '^%d+'))
+          local data = held[2][2]
+          local i = cut - at + 1
+          while i <= #data and string.byte(data, i) >= 128 and string.byte(data, i) < 192 do
+            i = i + 1
+          end
+          cut = at + i - 1
+          redis.call('XTRIM', out, 'MINID', held[1])
+        end
+        redis.call('HSET', hash, 'f', whole(cut))
+      end
+    end
   end
 end
 to_feed(KEYS[4], KEYS[3], ARGV[3], ARGV[4], feed)
@@ -254,7 +294,7 @@ def default_node_id() -> str:
 class _Item:
     """What one batch writes of one session."""
 
-    __slots__ = ("beat", "events", "history", "purge", "snap", "workspace_id")
+    __slots__ = ("beat", "events", "history", "output", "purge", "snap", "workspace_id")
 
     def __init__(self, workspace_id: str) -> None:
         self.workspace_id = workspace_id
@@ -263,6 +303,7 @@ class _Item:
         self.purge = False
         self.history: HistoryAppend | None = None
         self.events: list[Event] = []
+        self.output: OutputAppend | None = None
 
 
 class RedisStore:
@@ -429,6 +470,8 @@ class RedisStore:
             item(event.workspace_id, event.session_id).events.append(event)
         for ws, sid in batch.purged:
             item(ws, sid).purge = True
+        for output in batch.output:
+            item(output.workspace_id, output.session_id).output = output
         chunk: list[tuple[str, _Item]] = []
         for pair in items.items():
             chunk.append(pair)
@@ -447,7 +490,7 @@ class RedisStore:
         for sid, it in chunk:
             ws = it.workspace_id
             script_keys += [keys.fence(ws, sid), keys.session(ws, sid), keys.history(ws, sid),
-                            keys.sessions(ws), keys.machines(ws)]
+                            keys.sessions(ws), keys.machines(ws), keys.output(ws, sid)]
             history = it.history
             snap = it.snap
             args += [self._token(sid), sid, ws, "" if snap is None else snap.machine_id,
@@ -463,6 +506,13 @@ class RedisStore:
             args.append(len(it.events))
             for event in it.events:
                 args += [event.sequence, encode(event)]
+            written = it.output
+            if written is None:
+                args += [0, 0]
+            else:
+                args += [written.keep, len(written.chunks)]
+                for piece in written.chunks:
+                    args += [piece.offset, piece.data, piece.stream, piece.command_id or ""]
         with answer_within(self.timeout):
             reply: Any = await self._script(keys=script_keys, args=args)
         claimed: list[bytes] = reply[0]
@@ -658,6 +708,49 @@ class RedisStore:
             found = await self._read([(workspace_id, session_id)])
         return found[0] if found else None
 
+    # -- output ----------------------------------------------------------------------------
+
+    async def read_output(self, workspace_id: str, session_id: str, offset: int | None,
+                          limit: int) -> StoredOutput:
+        """The stored chunks from the one holding ``offset`` for ``limit`` bytes (or to the
+        end), with the retained range; stream entry ids are offsets, so this is a range
+        read."""
+        client, key = self._client, self.keys.output(workspace_id, session_id)
+        with answer_within(self.timeout):
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.hmget(self.keys.session(workspace_id, session_id), ["n", "f"])
+                pipe.xrange(key, "-", "+", count=1)
+                if offset is not None:  # the chunk holding it starts at or before it
+                    pipe.xrevrange(key, f"{offset}-1", "-", count=1)
+            results: Any = pipe.results
+            next_offset, kept_from = (int(raw or 0) for raw in results[0])
+            first = results[1]
+            first_offset = max(kept_from,
+                               _output_chunk(first[0]).offset if first else next_offset)
+            start = first_offset if offset is None or offset < first_offset else offset
+            if offset is not None and offset >= first_offset and results[2]:
+                start = _output_chunk(results[2][0]).offset
+            # up to the chunk holding the read's last byte
+            until = (start if offset is None else max(offset, start)) + limit
+            chunks: list[OutputChunk] = []
+            cursor = f"{start}-1"
+            while cursor and (not chunks or chunks[-1].end < until):
+                entries: Any = await client.xrange(key, cursor, "+", count=64)
+                chunks += [_output_chunk(entry) for entry in entries]
+                cursor = "(" + entries[-1].identifier.decode() if len(entries) == 64 else ""
+        return StoredOutput(first_offset, next_offset, chunks)
+
+    async def follow_output(self, workspace_id: str, session_id: str, offset: int,
+                            wait: float) -> list[OutputChunk]:
+        """The stored chunks from ``offset`` on (entries after id ``<offset>-0``), blocking
+        up to ``wait`` seconds for the first (``XREAD BLOCK``)."""
+        key = self.keys.output(workspace_id, session_id)
+        reply: Any = await self._client.xread({key: f"{offset}-0"}, count=256,
+                                               block=max(1, int(wait * 1000)))
+        if not reply:
+            return []
+        return [_output_chunk(entry) for entry in reply.get(key.encode(), ())]
+
     async def _claim_chunk(self, chunk: list[tuple[str, str, str]], *,
                            force: bool) -> list[Any]:
         """Run ``_CLAIM`` over (workspace, session id, owner found gone) triples: their
@@ -727,17 +820,27 @@ class RedisStore:
             await self._keep_lease()
             async with client.pipeline(transaction=False) as pipe:
                 for ws, sid in chunk:
-                    pipe.hmget(keys.session(ws, sid), ["snap", "beat"])
+                    pipe.hmget(keys.session(ws, sid), ["snap", "beat", "n"])
                     pipe.lrange(keys.history(ws, sid), 0, -1)
             results = pipe.results or ()
             for i in range(len(chunk)):
-                (snap_raw, beat_raw), history = results[2 * i : 2 * i + 2]
+                (snap_raw, beat_raw, output_next), history = results[2 * i : 2 * i + 2]
                 if snap_raw is None:
                     continue  # purged meanwhile
                 snap = with_heartbeat(self._snap(snap_raw),
                                       None if beat_raw is None else self._beat(beat_raw))
-                sessions.append(LoadedSession(snap, [self._entry(e) for e in history]))
+                sessions.append(LoadedSession(snap, [self._entry(e) for e in history],
+                                              output_next=int(output_next or 0)))
         return sessions
+
+
+def _output_chunk(entry: Any) -> OutputChunk:
+    """An output stream entry (id ``<offset>-1``) as a chunk."""
+    fields = entry.field_values
+    command_id = fields.get(b"c")
+    return OutputChunk(_stream_id(entry.identifier)[0], fields[b"d"],
+                       "stderr" if fields.get(b"s") == b"stderr" else "stdout",
+                       command_id.decode() if command_id else None)
 
 
 def _stream_id(raw: bytes) -> tuple[int, int]:
