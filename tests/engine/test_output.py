@@ -49,6 +49,9 @@ class Watcher:
     def command_result(self, command_id: str, exit_code: int) -> None:
         self.results.append((command_id, exit_code))
 
+    def moved(self) -> None:
+        self.statuses.append((Status.PENDING, "moved"))  # a marker: never a real transition
+
     @property
     def data(self) -> bytes:
         return b"".join(c.data for c in self.chunks)
