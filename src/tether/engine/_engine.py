@@ -10,7 +10,8 @@ module each:
   out its effects;
 - ``_agents.py``: hello, resume and replace, and what agents' links report;
 - ``_clients.py``: attach, detach and operators' commands;
-- ``_io.py`` and ``_output.py``: sessions' output, attach streams and operators' input;
+- ``_io.py`` and ``_output.py``: sessions' output, attach streams and operators' input
+  (``_remote.py``: with a store, streams of sessions another node runs);
 - ``_queries.py``: the reads; ``_events.py``: the event log and its subscribers;
 - ``_nurseries.py``: the nurseries actor tasks run in.
 """
