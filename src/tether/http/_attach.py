@@ -82,9 +82,26 @@ def _frame(frame: attach.ServerFrame) -> str:
     return attach.encode(frame).decode()
 
 
+class _LastFrame:
+    """The ``output`` frame of the last chunk encoded: a buffer tells each of its watchers
+    the same chunk in a row, so 100 streams of one session encode it once, not 100 times."""
+
+    __slots__ = ("chunk", "frame")
+
+    def __init__(self) -> None:
+        self.chunk: OutputChunk | None = None
+        self.frame = ""
+
+
+_last = _LastFrame()
+
+
 def _output(chunk: OutputChunk) -> str:
-    return _frame(attach.Output(offset=chunk.offset, data=chunk.text(), stream=chunk.stream,
-                                command_id=chunk.command_id))
+    if chunk is not _last.chunk:
+        _last.frame = _frame(attach.Output(offset=chunk.offset, data=chunk.text(),
+                                           stream=chunk.stream, command_id=chunk.command_id))
+        _last.chunk = chunk
+    return _last.frame
 
 
 class StreamWatcher:
