@@ -10,8 +10,9 @@ module each:
   out its effects;
 - ``_agents.py``: hello, resume and replace, and what agents' links report;
 - ``_clients.py``: attach, detach and operators' commands;
-- ``_io.py`` and ``_output.py``: sessions' output, attach streams and operators' input
-  (``_remote.py``: with a store, streams of sessions another node runs);
+- ``_io.py`` and ``_output.py``: sessions' output and attach streams (``_remote.py``: with a
+  store, streams of sessions another node runs); ``_operators.py``: operators' input, resize
+  and signal;
 - ``_queries.py``: the reads; ``_events.py``: the event log and its subscribers;
 - ``_nurseries.py``: the nurseries actor tasks run in.
 """
@@ -49,6 +50,7 @@ from ._journal import Journal
 from ._lifecycle import Input
 from ._models import AttachedClient, CommandView, SessionDetail, Status, check_text
 from ._nurseries import ActorNurseries
+from ._operators import OperatorDesk
 from ._owners import ForeignSessions
 from ._pacer import Pacer
 from ._persist import restore
@@ -108,6 +110,7 @@ class Engine:
         self._agents: AgentDesk
         self._clients: ClientDesk
         self._io: IoDesk
+        self._operators: OperatorDesk
         self._queries: Queries
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
@@ -133,6 +136,7 @@ class Engine:
         self._table = table = SessionTable(clock, config.retention)
         self._applier = applier = Applier(table, self.events, clock, config)
         self._io = io = IoDesk(table, applier, clock, config)
+        self._operators = OperatorDesk(table)
         self._agents = AgentDesk(table, applier, config, clock, self._new_session, self._spawn,
                                  self._own, self._stored_resume_hash, io)
         self._clients = ClientDesk(table, applier, clock)
@@ -147,7 +151,7 @@ class Engine:
             # another node's attach stream: its client, and its operator's frames
             "attach_stream": (io.attach_stream_here, AttachedClient),
             "stream_client": (io.stream_client_here, AttachedClient),
-            "send_operator": (io.send_operator_here, None),
+            "send_operator": (self._operators.send_here, None),
         }
         loaded = None
         if self.store is not None:
@@ -168,6 +172,7 @@ class Engine:
             self.events.durable = True
             applier.journal = journal
             io.journal, io.store, io.call_owner = journal, self.store, self._write
+            self._operators.call_owner = self._write
             io.spawn = self._start_service
             io.remote = RemoteStreams(self.store, self.events, self._start_service,
                                       DEFAULT_REPLAY)
@@ -511,7 +516,7 @@ class Engine:
                             frame: OperatorFrame) -> None:
         """An attached operator's input, resize or signal, passed on to the agent (on the
         node that runs the session)."""
-        await self._io.send(workspace_id, session_id, frame)
+        await self._operators.send(workspace_id, session_id, frame)
 
     # -- queries ---------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
-"""Live session I/O: the agent's output into its session's buffer, reads of it, attach streams,
-and an operator's input, resize and signal on their way to the agent.
+"""Live session I/O: the agent's output into its session's buffer, reads of it, and attach
+streams (an operator's input, resize and signal go their own way: ``_operators.py``).
 
 Output is the hot path beside heartbeats: a link appends in place (no actor wake-up), the
 buffer hands the new chunk to the session's watching streams, and a chunk written for an
@@ -24,7 +24,6 @@ import trio
 
 from ._errors import (
     ClientNotFound,
-    ClientNotOperator,
     InvalidParameter,
     OutputGone,
     SessionNotActive,
@@ -36,11 +35,7 @@ from ._lifecycle import Attach, Detach
 from ._models import (
     CLIENT_MODES,
     MAX_EMAIL,
-    SIGNALS,
     AttachedClient,
-    OperatorInput,
-    OperatorResize,
-    OperatorSignal,
     OutputPage,
     Status,
     check_text,
@@ -55,7 +50,7 @@ if TYPE_CHECKING:
     from ._clock import WallClock
     from ._config import EngineConfig
     from ._journal import Journal
-    from ._models import ClientMode, OperatorFrame
+    from ._models import ClientMode
     from ._output import OutputStream, OutputWatcher
     from ._persist import SessionStore, StoredOutput
     from ._record import SessionRecord
@@ -69,10 +64,6 @@ DEFAULT_REPLAY = 64 * 1024
 #: The most bytes one read of the output API returns, and its default.
 MAX_OUTPUT_READ = 1024 * 1024
 DEFAULT_OUTPUT_READ = 64 * 1024
-#: A terminal's columns and rows, as a resize may set them.
-MAX_TERMINAL_SIDE = 10_000
-#: Bytes of one ``input``.
-MAX_INPUT = 64 * 1024
 
 _STREAMABLE = (Status.CONNECTED, Status.BACKGROUND)
 
@@ -392,69 +383,3 @@ class IoDesk:
                                  client_id: str) -> AttachedClient:
         rec, actor = self.table.live(workspace_id, session_id, "CONNECTED or BACKGROUND")
         return await actor.call(self._client_here, rec, client_id)
-
-    # -- an operator's input, resize and signal ----------------------------------------------
-
-    async def send(self, workspace_id: str, session_id: str, frame: OperatorFrame) -> None:
-        """Pass an attached operator's frame to the agent, here or on the node that runs the
-        session (in order: no actor on the way here; one call after another there)."""
-        _check_operator_frame(frame)
-        rec = self.table.get(workspace_id, session_id)
-        if rec.owner is not None and not rec.status.final and self.call_owner is not None:
-            await self.call_owner("send_operator", workspace_id, session_id,
-                                  *_operator_args(frame))
-            return
-        self._send_here(rec, frame)
-
-    async def send_operator_here(self, workspace_id: str, session_id: str, kind: str,
-                                 client_id: str, value: Any, extra: Any) -> None:
-        """Another node's stream's operator frame (``_operator_args``), for this node's
-        agent."""
-        frame: OperatorFrame
-        if kind == "input":
-            frame = OperatorInput(data=value, client_id=client_id)
-        elif kind == "resize":
-            frame = OperatorResize(cols=value, rows=extra, client_id=client_id)
-        else:
-            frame = OperatorSignal(signal=value, client_id=client_id)
-        _check_operator_frame(frame)
-        self._send_here(self.table.get(workspace_id, session_id), frame)
-
-    def _send_here(self, rec: SessionRecord, frame: OperatorFrame) -> None:
-        client = None if rec.clients is None else rec.clients.get(frame.client_id)
-        if client is None:
-            raise ClientNotFound(frame.client_id)
-        if client.mode != "operator":
-            raise ClientNotOperator(frame.client_id)
-        link = rec.link
-        if rec.status not in _STREAMABLE or link is None:
-            raise SessionNotActive(rec.status.value, "CONNECTED or BACKGROUND")
-        try:
-            link.transport.send_operator(frame)
-        except Exception:
-            # The transport's own task sees it fail and loses it (the session enters
-            # GRACE_PERIOD); the operator is told the agent is not there.
-            log.warning("session %s: agent transport failed to send %s", rec.session_id,
-                        type(frame).__name__, exc_info=True)
-            raise SessionNotActive(rec.status.value, "CONNECTED or BACKGROUND") from None
-
-
-def _check_operator_frame(frame: OperatorFrame) -> None:
-    if isinstance(frame, OperatorInput):
-        if len(frame.data) > MAX_INPUT:
-            raise InvalidParameter("data", f"must be at most {MAX_INPUT} characters")
-    elif isinstance(frame, OperatorResize):
-        for name, value in (("cols", frame.cols), ("rows", frame.rows)):
-            if not 1 <= value <= MAX_TERMINAL_SIDE:
-                raise InvalidParameter(name, f"must be 1 to {MAX_TERMINAL_SIDE}")
-    elif frame.signal not in SIGNALS:
-        raise InvalidParameter("signal", "must be one of " + ", ".join(SIGNALS))
-
-
-def _operator_args(frame: OperatorFrame) -> tuple[str, str, Any, Any]:
-    """An operator frame as a forwarded call's arguments (plain msgpack values)."""
-    if isinstance(frame, OperatorInput):
-        return "input", frame.client_id, frame.data, None
-    if isinstance(frame, OperatorResize):
-        return "resize", frame.client_id, frame.cols, frame.rows
-    return "signal", frame.client_id, frame.signal, None
