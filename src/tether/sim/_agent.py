@@ -26,10 +26,12 @@ import math
 from typing import TYPE_CHECKING
 
 from ._behaviour import Act, Kind, TelemetryWalk
+from ._output import BusyWriter, OutputLog, command_output
 from ._shell import exit_code_of
 
 if TYPE_CHECKING:
     from ._behaviour import AgentPlan
+    from ._output import Piece
 
 INF = math.inf
 
@@ -70,10 +72,11 @@ class Step(enum.StrEnum):
     RESULT = "command_result"  # AgentRun.command: (command_id, command, exit_code)
     BACKGROUND = "background"
     FOREGROUND = "foreground"
-    DROP = "drop"  # close the socket without goodbye
+    DROP = "drop"  # close the socket without goodbye (a busy machine's last write is lost)
     RESTART = "restart"  # close the socket without goodbye, then HELLO at once
     GOODBYE = "goodbye"
     FATAL = "fatal"  # an error frame with fatal=true
+    OUTPUT = "output"  # only AgentRun.outbox: a busy machine's lines
 
 
 class SessionExpect:
@@ -178,15 +181,25 @@ class AgentRun:
     ``failovers`` counts the times its node went away under it and it came back (resumed,
     or told its session had ended meanwhile); ``connect_retries`` the connections it tried
     again.
+
+    Output (``_output.py``): ``output`` is the current session's :class:`OutputLog`. Every
+    step, and every welcome, leaves in ``outbox`` the ``output`` frames to send before the
+    step's own frame (a command's output before its report; on a resume, what the server
+    lacks from its ``output_offset``, and what the machine wrote while the agent was away).
+    ``output_trouble`` says why a welcome's ``output_offset`` could not be honoured (the
+    driver counts it as an error).
     """
 
     __slots__ = (
         "_cmd_seq",
         "_offline_fresh",
         "_recent",
+        "_resent",
         "_results",
         "_script_pos",
+        "_wrote",
         "answered",
+        "busy",
         "command",
         "connect_failures",
         "connect_retries",
@@ -201,6 +214,9 @@ class AgentRun:
         "in_background",
         "next_hb",
         "next_step",
+        "outbox",
+        "output",
+        "output_trouble",
         "plan",
         "reconnect_at",
         "resume_token",
@@ -248,6 +264,12 @@ class AgentRun:
         self.started_at = plan.start
         self.telemetry: tuple[float, float, float, int, int, int] | None = None
         self.command: tuple[str, str, int] | None = None
+        self.output: OutputLog | None = None
+        self._wrote = 0  # output bytes written, and resent, on earlier sessions
+        self._resent = 0
+        self.outbox: list[Piece] = []
+        self.output_trouble: str | None = None
+        self.busy = BusyWriter(plan.seed, plan.start + 1.0) if plan.busy else None
 
     # -- the driver's questions ------------------------------------------------------------
 
@@ -270,6 +292,10 @@ class AgentRun:
             if session is not None:
                 session.commands.append(result)
                 self._reported(now, result)
+            self._print(result)
+        elif step is Step.OUTPUT:
+            assert self.busy is not None
+            self._busy_write()
         elif step in (Step.HELLO, Step.RESUME):
             self.next_step = None  # wait for welcomed() / hello_failed()
             self.due = INF
@@ -300,6 +326,7 @@ class AgentRun:
             if session is not None:
                 session.commands.append(self.command)
                 self._reported(now, self.command)
+            self._print(self.command)
         elif act is Act.BACKGROUND:
             self.in_background = True
             if session is not None:
@@ -309,6 +336,8 @@ class AgentRun:
             if session is not None:
                 session.set("CONNECTED", now)
         elif act is Act.DROP:
+            if self.busy is not None and self.busy.next_at < self.stop_at:
+                self._busy_write(send=False)  # written as the network went: never arrives
             self._go_offline(now, session)
             if item.offline < 1:
                 # within the grace period, and within the run
@@ -330,6 +359,46 @@ class AgentRun:
             self._end(now, session, "ERROR", "agent_error")
         self.next_step = _ACT_STEP[act]
 
+    def _set_output(self, log: OutputLog | None) -> None:
+        old = self.output
+        if old is not None:
+            self._wrote += old.written
+            self._resent += old.resent
+        self.output = log
+
+    @property
+    def output_bytes(self) -> int:
+        """Output bytes written over the run."""
+        return self._wrote + (self.output.written if self.output is not None else 0)
+
+    @property
+    def output_resent(self) -> int:
+        """Output bytes sent again after resumes over the run."""
+        return self._resent + (self.output.resent if self.output is not None else 0)
+
+    def _print(self, command: tuple[str, str, int]) -> None:
+        """The command's output goes out before its report."""
+        log = self.output
+        if log is None:
+            return
+        command_id, text, exit_code = command
+        for data, stream in command_output(text, exit_code):
+            piece = log.write(data, stream, command_id)
+            if piece is not None:
+                self.outbox.append(piece)
+
+    def _busy_write(self, send: bool = True) -> None:
+        """The busy machine's next write, into the session's log (and the outbox)."""
+        assert self.busy is not None
+        lines = self.busy.lines()
+        log = self.output
+        if log is None:
+            return
+        for data, stream in lines:
+            piece = log.write(data, stream)
+            if piece is not None and send:
+                self.outbox.append(piece)
+
     def _reported(self, now: float, command: tuple[str, str, int]) -> None:
         recent = self._recent
         while recent and recent[0][0] < now - NODE_LOSS_WINDOW:
@@ -350,6 +419,7 @@ class AgentRun:
         if session is not None:
             session.set(status, now, reason)
         self.session = None
+        self._set_output(None)
 
     def _schedule(self, now: float) -> None:
         """Pick the next step and when it is due."""
@@ -372,13 +442,19 @@ class AgentRun:
             at = max(script[self._script_pos].at, _tick(now))
             if at < due and at < self.stop_at:
                 step, due = Step.COMMAND, at  # any scripted step: resolved in take()
+        busy = self.busy
+        if busy is not None and self.output is not None:
+            at = max(busy.next_at, _tick(now))
+            if at < due and busy.next_at < self.stop_at:
+                step, due = Step.OUTPUT, at
         self.next_step, self.due = step, due
 
     # -- what the server said --------------------------------------------------------------
 
     def welcomed(self, now: float, session_id: str, resume_token: str, heartbeat_interval: float,
-                 grace_period: float, resumed: bool) -> None:
-        """The server welcomed the hello (or the resume)."""
+                 grace_period: float, resumed: bool, output_offset: int = 0) -> None:
+        """The server welcomed the hello (or the resume), having the session's output up to
+        ``output_offset``: what it lacks goes into :attr:`outbox`."""
         self.connected = True
         self.in_background = False
         if self.failing_over:
@@ -391,8 +467,11 @@ class AgentRun:
         if self.hb_override is None:
             self.hb_every = heartbeat_interval
         previous = self.session
+        self.output_trouble = None
+        self.outbox.clear()
         if resumed and previous is not None and previous.session_id == session_id:
             previous.set("CONNECTED", now)
+            self._resend(now, output_offset)
         else:
             if previous is not None and previous.status == "GRACE_PERIOD":
                 # a fresh hello ends a session still in grace (replaced), or it had expired
@@ -402,8 +481,35 @@ class AgentRun:
                                          grace_period, now)
             self.session.first_sample = self.walk.samples
             self.sessions.append(self.session)
+            self._set_output(OutputLog())
+            busy = self.busy
+            while busy is not None and busy.next_at < now:
+                busy.lines()  # written while there was no session: gone with the last one
+            if output_offset:
+                self.output_trouble = (f"a new session's welcome says output_offset "
+                                       f"{output_offset}, not 0")
         self.next_hb = _tick(now)  # heartbeat (with telemetry) right away
         self._schedule(now)
+
+    def _resend(self, now: float, output_offset: int) -> None:
+        """A resume: the machine's writes while the agent was away join the log, and what
+        the server lacks of it (from ``output_offset``) goes out again."""
+        log = self.output
+        if log is None:
+            return
+        written, kept_from = log.written, log.kept_from
+        pieces = log.resend_from(output_offset)
+        if pieces is None:
+            self.output_trouble = (
+                f"the welcome's output_offset {output_offset} is past the {written} bytes "
+                "written" if output_offset > written else
+                f"the welcome's output_offset {output_offset} asks for bytes no longer kept "
+                f"(from {kept_from}): no more output on the session")
+            return
+        self.outbox.extend(pieces)
+        busy = self.busy
+        while busy is not None and busy.next_at <= now and busy.next_at < self.stop_at:
+            self._busy_write()
 
     def hello_failed(self, now: float) -> None:
         """The hello was refused or the connection failed: the agent gives up."""
@@ -483,6 +589,7 @@ class AgentRun:
             session.telemetry_sent = TelemetryWalk.replay(
                 self.plan.seed, session.first_sample, self.walk.samples)
         self.session = None
+        self._set_output(None)
         self._results.clear()  # commands of an ended session are lost with it
         self.server_ends += 1
         if reason == "replaced":

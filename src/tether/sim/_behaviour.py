@@ -130,6 +130,19 @@ class OperatorVisit:
 
 
 @dataclass(frozen=True, slots=True)
+class ObserverVisit:
+    """An observer watching a machine's session through an attach stream: attaches at ``at``,
+    drops the stream at ``drop``, re-attaches from its offset at ``back``, leaves at
+    ``leave`` (seconds into the run). See :class:`~tether.sim._stream.ObserverRun`."""
+
+    at: float
+    drop: float
+    back: float
+    leave: float
+    user_email: str
+
+
+@dataclass(frozen=True, slots=True)
 class AgentPlan:
     """Everything one agent will do, decided up front from the seed."""
 
@@ -141,6 +154,9 @@ class AgentPlan:
     seed: int
     script: tuple[Scripted, ...] = field(default=())
     visits: tuple[OperatorVisit, ...] = field(default=())
+    #: Its machine streams output continuously (:class:`~tether.sim._output.BusyWriter`).
+    busy: bool = False
+    watch: tuple[ObserverVisit, ...] = field(default=())
 
 
 #: What agents of kind COMMANDS report they ran: mostly everyday commands, and some that fail
@@ -201,6 +217,20 @@ def _visits(rng: random.Random, index: int, start: float,
     return tuple(visits)
 
 
+def _watch(rng: random.Random, index: int, start: float,
+           duration: float) -> tuple[ObserverVisit, ...]:
+    """One observer visit after the agent starts, over by 0.9 of the run."""
+    at = round(rng.uniform(start + 0.05 * duration, 0.5 * duration), 1)
+    span = 0.9 * duration - at
+    if span < 0.4:
+        return ()
+    drop = round(at + rng.uniform(0.2, 0.4) * span, 1)
+    back = round(drop + rng.uniform(0.05, 0.2) * span, 1)
+    leave = round(max(back + 0.1, at + rng.uniform(0.8, 1.0) * span), 1)
+    return (ObserverVisit(at=at, drop=drop, back=back, leave=leave,
+                          user_email=f"observer-{index % 5}@sim.tether.test"),)
+
+
 def plan_fleet(
     agents: int,
     duration: float,
@@ -212,6 +242,8 @@ def plan_fleet(
     first: int = 0,
     count: int | None = None,
     operators: float = 0.0,
+    busy: float = 0.0,
+    observers: float = 0.0,
 ) -> list[AgentPlan]:
     """The plans of agents ``first .. first+count`` of a fleet of ``agents``.
 
@@ -219,10 +251,13 @@ def plan_fleet(
     process's share) is the same as in a one-process run. Agents start spread uniformly over
     the first ``ramp`` seconds. A share ``operators`` (0 to 1) of the machines get operator
     visits; they are drawn from each agent's own seed, so the rest of a plan is the same
-    whatever the share.
+    whatever the share. So are the shares ``busy`` of agents whose machines stream output
+    continuously and ``observers`` of machines an observer watches through an attach stream.
     """
-    if not 0 <= operators <= 1:
-        raise ValueError("the share of operators must be from 0 to 1")
+    for name, value in (("operators", operators), ("busy agents", busy),
+                        ("observers", observers)):
+        if not 0 <= value <= 1:
+            raise ValueError(f"the share of {name} must be from 0 to 1")
     weights = weights or SCENARIOS["mixed"]
     kinds = [k for k, w in weights.items() if w > 0]
     kind_weights = [weights[k] for k in kinds]
@@ -242,10 +277,16 @@ def plan_fleet(
             visit_rng = random.Random(agent_seed ^ 0x0BE7A7)
             if visit_rng.random() < operators:
                 visits = _visits(visit_rng, index, start, duration)
+        is_busy = busy > 0 and random.Random(agent_seed ^ 0xB5).random() < busy
+        watch: tuple[ObserverVisit, ...] = ()
+        if observers > 0:
+            watch_rng = random.Random(agent_seed ^ 0x0B5E7)
+            if watch_rng.random() < observers:
+                watch = _watch(watch_rng, index, start, duration)
         plans.append(AgentPlan(
             index=index, kind=kind, machine_id=f"{prefix}-{index:06d}",
             machine_hostname=f"{prefix}-host-{index % 100:02d}", start=start, seed=agent_seed,
-            script=script, visits=visits,
+            script=script, visits=visits, busy=is_busy, watch=watch,
         ))
     return plans
 

@@ -6,6 +6,12 @@ Every agent, and every operator visiting one (``engine.attach_client`` / ``run_c
 tasks, but there is only one task deciding what agents and operators do and in which order. The
 engine's actors run while this task awaits a lifecycle call or sleeps until the next due step.
 
+Output goes in through the link (``link.output``) before the step's own report; people watch it
+through ``engine.open_stream`` with a watcher that feeds their
+:class:`~tether.sim._stream.StreamClient` (operators on their clients, observers as new ones,
+driven from the same heap), and the self-check compares what each received with what the agent
+wrote.
+
 A session ended under its agent by someone else (``engine.terminate`` from another task, as
 the REST API's DELETE does) closes the agent's transport with that reason: the agent counts it
 (``ended_by_server``), and this task wakes to carry out its reconnect when it is due.
@@ -24,6 +30,7 @@ import trio
 from tether.engine import (
     AgentLinkClosed,
     ClientNotFound,
+    OutputGap,
     ResumeRejected,
     SessionNotActive,
     SessionNotFound,
@@ -35,14 +42,24 @@ from ._agent import INF, SERVER_ENDS, AgentRun, Step
 from ._check import disagreements
 from ._operator import OperatorRun, OpStep
 from ._result import SimResult
+from ._stream import ObserverRun, ObsStep, output_stats
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from tether.engine import AgentLink, Engine, OperatorFrame, RunCommand
+    from tether.engine import (
+        AgentLink,
+        Engine,
+        OperatorFrame,
+        OutputChunk,
+        RunCommand,
+        Status,
+        StreamStart,
+    )
 
     from ._agent import SessionExpect
     from ._behaviour import AgentPlan
+    from ._stream import StreamClient
 
 
 class _Transport:
@@ -65,12 +82,70 @@ class _Transport:
         self.driver._closed(self, reason)
 
 
+class _Watcher:
+    """One in-process attach stream: the engine's watcher, feeding a :class:`StreamClient`.
+    What the engine tells it before :meth:`begin` waits behind the replay, as on a socket."""
+
+    __slots__ = ("attached_here", "client", "driver", "early", "ended", "session_id")
+
+    def __init__(self, driver: InProcessFleet, client: StreamClient) -> None:
+        self.driver = driver
+        self.client = client
+        self.session_id = client.session.session_id
+        self.attached_here = False
+        self.ended = False
+        self.early: list[OutputChunk | None] | None = []  # None: the end
+
+    def begin(self, start: StreamStart) -> None:
+        client = self.client
+        self.attached_here = start.attached_here
+        client.attached(start.client.client_id, start.offset)
+        if start.gap is not None:
+            client.gap(*start.gap)
+        for chunk in start.replay:
+            client.output(chunk.offset, chunk.data)
+        early, self.early = self.early, None
+        for item in early or ():
+            if item is None:
+                self._end()
+            else:
+                self.output(item)
+
+    def output(self, chunk: OutputChunk) -> None:
+        if self.early is not None:
+            self.early.append(chunk)
+        elif not self.ended:
+            self.client.output(chunk.offset, chunk.data)
+
+    def status(self, status: Status, reason: str | None) -> None:
+        if status.final:
+            self._end()
+
+    def client_detached(self, client_id: str, status: Status) -> None:
+        if client_id == self.client.client_id and not status.final:
+            self._end()
+
+    def command_result(self, command_id: str, exit_code: int) -> None:
+        pass
+
+    def moved(self) -> None:
+        self._end()
+
+    def _end(self) -> None:
+        if self.early is not None:
+            self.early.append(None)
+        elif not self.ended:
+            self.ended = True
+            self.driver._stream_ended(self)
+
+
 class InProcessFleet:
     """A fleet of simulated agents over one engine workspace.
 
     ``run()`` drives them for ``duration`` seconds of the trio clock (plus ``settle`` seconds of
     heartbeats only), then checks every session they made against the engine's views.
-    Machines whose plans have visits get an :class:`~tether.sim._operator.OperatorRun`.
+    Machines whose plans have visits get an :class:`~tether.sim._operator.OperatorRun`, and
+    those watched an :class:`~tether.sim._stream.ObserverRun`.
     ``trace`` (if a list) receives ``(time, agent, step)`` for every step taken, operators'
     included.
     """
@@ -88,7 +163,13 @@ class InProcessFleet:
         self.margin = margin
         self.runs = [AgentRun(p, stop_at=duration, heartbeat_every=heartbeat_every)
                      for p in self.plans]
-        self.operators = [OperatorRun(r) if r.plan.visits else None for r in self.runs]
+        retention = engine.config.output_buffer_bytes
+        self.operators = [OperatorRun(r, retention) if r.plan.visits else None
+                          for r in self.runs]
+        self.observers = [ObserverRun(r, retention) if r.plan.watch else None
+                          for r in self.runs]
+        self._watchers: dict[StreamClient, _Watcher] = {}
+        self.stream_refused = 0
         self.links: list[AgentLink | None] = [None] * len(self.runs)
         self.transports: list[_Transport | None] = [None] * len(self.runs)
         self.trace = trace
@@ -99,7 +180,7 @@ class InProcessFleet:
         self.connected = 0
         self.connected_peak = 0
         self._counted = [False] * len(self.runs)  # counted in ``connected``
-        #: (due, agent index, 0 for the agent or 1 for its operator)
+        #: (due, agent index, 0 for the agent, 1 for its operator, 2 for its observer)
         self._heap: list[tuple[float, int, int]] = []
         self._start = 0.0
         self._wake = trio.Event()  # set when an agent is rescheduled from outside this task
@@ -149,6 +230,7 @@ class InProcessFleet:
         self._start = start = trio.current_time()
         heap = self._heap = [(r.due, i, 0) for i, r in enumerate(self.runs)]
         heap.extend((op.due, i, 1) for i, op in enumerate(self.operators) if op is not None)
+        heap.extend((ob.due, i, 2) for i, ob in enumerate(self.observers) if ob is not None)
         heapq.heapify(heap)
         end = self.duration + self.settle
         runs = self.runs
@@ -165,8 +247,11 @@ class InProcessFleet:
                 continue
             now = max(due, current - start)  # (current - start) may round below due
             heapq.heappop(heap)
-            if who:
+            if who == 1:
                 await self._operator_step(i, due, now)
+                continue
+            if who == 2:
+                await self._observer_step(i, due, now)
                 continue
             run = runs[i]
             if run.due != due:
@@ -196,12 +281,14 @@ class InProcessFleet:
         for p in self.plans:
             kinds[p.kind.value] = kinds.get(p.kind.value, 0) + 1
         ops = [op for op in self.operators if op is not None]
+        output, found = output_stats(runs, self.stream_clients(), self.stream_refused)
+        self.problems.extend(found[:max(0, 100 - len(self.problems))])
         notes = []
         replaced = sum(r.server_replaced for r in runs)
         if replaced:
             notes.append(f"{replaced} sessions were replaced under their agents: another "
                          "hello for the same machine")
-        return SimResult(
+        result = SimResult(
             agents=len(runs), connected_peak=self.connected_peak, messages_sent=self.messages,
             messages_per_s=round(self.messages / elapsed, 1) if elapsed > 0 else 0.0,
             errors=self.errors, mismatches=mismatches, sessions=sum(by_status.values()),
@@ -215,6 +302,9 @@ class InProcessFleet:
             ended_by_server=sum(r.server_ends for r in runs),
             notes=notes, problems=self.problems,
         )
+        for name, value in output.items():
+            setattr(result, name, value)
+        return result
 
     async def _operator_step(self, i: int, due: float, now: float) -> None:
         op = self.operators[i]
@@ -230,8 +320,89 @@ class InProcessFleet:
         if op.due < INF:
             heapq.heappush(self._heap, (op.due, i, 1))
 
+    async def _observer_step(self, i: int, due: float, now: float) -> None:
+        obs = self.observers[i]
+        assert obs is not None
+        if obs.due != due:
+            return  # a stale entry
+        step = obs.take(now)
+        if step is not None:
+            if self.trace is not None:
+                self.trace.append((round(now, 6), i, step.value))
+            self.digest.update(f"{now:.6f} {i} {step.value}\n".encode())
+            client = obs.client
+            assert client is not None
+            if step is ObsStep.ATTACH or step is ObsStep.REATTACH:
+                opened = await self._open_stream(
+                    client, mode="observer", user_email=client.user_email,
+                    offset=None if step is ObsStep.ATTACH else client.offset)
+                if opened:
+                    obs.done()
+                else:
+                    obs.refused()
+            else:
+                self._close_stream(client)
+                obs.done()
+        if obs.due < INF:
+            heapq.heappush(self._heap, (obs.due, i, 2))
+
+    # -- attach streams --------------------------------------------------------------------
+
+    def stream_clients(self) -> list[StreamClient]:
+        clients = [c for op in self.operators if op is not None for c in op.streams]
+        clients += [c for ob in self.observers if ob is not None for c in ob.clients]
+        return clients
+
+    async def _open_stream(self, client: StreamClient, **query: Any) -> bool:
+        """Open a stream for ``client`` (``query``: ``open_stream``'s); False if refused."""
+        watcher = _Watcher(self, client)
+        try:
+            start = await self.engine.open_stream(
+                self.workspace_id, client.session.session_id, watcher,
+                client_id=None if client.mode == "observer" else client.client_id, **query)
+        except (SessionNotActive, ClientNotFound):
+            self.stream_refused += 1
+            return False
+        except TetherError as error:
+            self._error(f"{client.mode} {client.user_email}: stream refused: {error}")
+            return False
+        self._watchers[client] = watcher
+        if start.attached_here:
+            client.session.clients += 1
+        watcher.begin(start)
+        return True
+
+    def _close_stream(self, client: StreamClient) -> None:
+        """The person closes the stream (a client it attached is detached with it)."""
+        watcher = self._watchers.get(client)
+        if watcher is not None and not watcher.ended:
+            watcher.ended = True
+            self._stream_ended(watcher, by_client=True)
+
+    def _stream_ended(self, watcher: _Watcher, by_client: bool = False) -> None:
+        client = watcher.client
+        if self._watchers.get(client) is watcher:
+            del self._watchers[client]
+        detach = client.client_id if watcher.attached_here and by_client else None
+        self.engine.close_stream(self.workspace_id, watcher.session_id, watcher, detach)
+        if watcher.attached_here and client.open:
+            client.session.clients -= 1
+        client.closed()
+
     async def _operate(self, i: int, op: OperatorRun, step: OpStep) -> None:
-        """Carry out an operator's step through the engine, as the REST API would."""
+        """Carry out an operator's step through the engine, as the REST API would, and its
+        stream's: opened after the attach, dropped and re-attached before the first command,
+        closed with the client."""
+        stream = op.stream
+        try:
+            await self._operator_call(i, op, step)
+        finally:
+            if op.stream is not None and op.stream is not stream:
+                await self._open_stream(op.stream)
+            elif stream is not None and op.stream is None:
+                self._close_stream(stream)
+
+    async def _operator_call(self, i: int, op: OperatorRun, step: OpStep) -> None:
         engine, ws = self.engine, self.workspace_id
         session = op.session
         assert session is not None
@@ -242,6 +413,10 @@ class InProcessFleet:
                 op.attached(client.client_id)
             elif step is OpStep.RUN:
                 assert op.client_id is not None and op.command is not None
+                stream = op.stream
+                if op.reattach and stream is not None:
+                    self._close_stream(stream)
+                    await self._open_stream(stream, offset=stream.offset)
                 view = await engine.run_command(ws, session.session_id, op.client_id,
                                                 op.command[0])
                 # the engine hands run_command to the agent's transport before it answers
@@ -260,9 +435,25 @@ class InProcessFleet:
             op.failed()
             self._error(f"operator of agent {i}: {step.value} refused: {error}")
 
+    def _send_output(self, i: int, run: AgentRun, link: AgentLink | None) -> None:
+        """Send the agent's outbox (its output frames) through ``link``."""
+        outbox, run.outbox = run.outbox, []
+        if not outbox:
+            return
+        assert link is not None
+        for piece in outbox:
+            self.messages += 1
+            try:
+                link.output(piece.offset, piece.data, piece.stream, piece.command_id)
+            except OutputGap as gap:  # never, in a correct run
+                self._error(f"agent {i}: output_gap at {piece.offset}: the engine expected "
+                            f"{gap.expected_offset}")
+                return
+
     async def _perform(self, i: int, run: AgentRun, step: Step, now: float) -> None:
         link = self.links[i]
         try:
+            self._send_output(i, run, link)
             if step is Step.HEARTBEAT:
                 assert link is not None
                 t = run.telemetry
@@ -334,7 +525,10 @@ class InProcessFleet:
         w = link.welcome
         assert w is not None
         run.welcomed(now, w.session_id, w.resume_token, w.heartbeat_interval, w.grace_period,
-                     w.resumed)
+                     w.resumed, w.output_offset)
+        if run.output_trouble is not None:
+            self._error(f"agent {i}: {run.output_trouble}")
+        self._send_output(i, run, link)
 
     # -- the self-check --------------------------------------------------------------------
 

@@ -12,6 +12,12 @@ how the server answered: :meth:`attached`, :meth:`accepted`, :meth:`detached`, :
 :meth:`unavailable` (a cluster's 503: the session's node cannot be reached, the step was not
 made; it is taken again shortly, as a person would) or :meth:`failed` (no answer: the outcome
 is unknown, which the driver counts as an error).
+
+An attached operator also watches the session's output through an attach stream on its client
+(:attr:`OperatorRun.stream`, a :class:`~tether.sim._stream.StreamClient`, made by
+:meth:`attached`): the driver opens it after the attach, drops and re-attaches it from its
+offset before the visit's first command (:attr:`OperatorRun.reattach`), and lets it go with the
+client (the server closes a detached client's stream).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import enum
 from typing import TYPE_CHECKING
 
 from ._agent import INF
+from ._stream import DEFAULT_RETENTION, StreamClient
 
 #: A step answered 503 ``unavailable`` is taken again after this (seconds).
 RETRY_UNAVAILABLE = 0.5
@@ -56,15 +63,21 @@ class OperatorRun:
         "commands",
         "due",
         "refused_steps",
+        "retention",
         "session",
         "skipped",
         "step",
         "stop_at",
+        "stream",
+        "streams",
         "visits",
     )
 
-    def __init__(self, agent: AgentRun) -> None:
+    def __init__(self, agent: AgentRun, retention: int = DEFAULT_RETENTION) -> None:
         self.agent = agent
+        self.retention = retention
+        self.stream: StreamClient | None = None
+        self.streams: list[StreamClient] = []
         self.stop_at = agent.stop_at
         self.visits = 0  # visits attached
         self.commands = 0  # commands the server accepted
@@ -82,6 +95,12 @@ class OperatorRun:
     @property
     def user_email(self) -> str:
         return self._current.user_email
+
+    @property
+    def reattach(self) -> bool:
+        """Whether the stream is dropped and re-attached before this step (the visit's first
+        command)."""
+        return self.step is OpStep.RUN and self._pos == 1
 
     @property
     def _current(self) -> OperatorVisit:
@@ -136,6 +155,11 @@ class OperatorRun:
         self.client_id = client_id
         self.session.clients += 1
         self.visits += 1
+        log = self.agent.output
+        if log is not None:
+            self.stream = StreamClient(self.session, log, "operator", self.user_email,
+                                       client_id=client_id, retention=self.retention)
+            self.streams.append(self.stream)
         self._pos = 1
         self._plan_next()
 
@@ -187,6 +211,7 @@ class OperatorRun:
         self._end_visit()
 
     def _end_visit(self) -> None:
+        self.stream = None
         self.client_id = None
         self.session = None
         self._visit += 1

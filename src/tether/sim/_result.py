@@ -25,6 +25,17 @@ class SimResult(msgspec.Struct, kw_only=True):
     ``failovers`` counts agents whose node went away under them (killed, restarting, draining)
     and that came back on another node (of ``nodes``); ``connect_retries`` the connections
     tried again meanwhile. Neither is an error: it is what a cluster is for.
+
+    Output and attach streams: ``output_bytes`` the agents wrote to their sessions' output,
+    ``output_resent`` bytes they sent again after resumes (from the welcome's
+    ``output_offset``). ``stream_clients`` people who watched a session through attach streams
+    (operators on their clients, observers), ``stream_reattaches`` the times they came back
+    from their offset after a drop, ``stream_gaps`` the ``gap`` frames they got (bytes no
+    longer retained), ``stream_refused`` streams the server refused (the session was not
+    CONNECTED or BACKGROUND), ``stream_bytes`` the output bytes they received.
+    ``output_mismatches`` counts clients whose bytes differ from what the agent wrote (a hash
+    of each range compared, see ``_stream.py``), or who got a gap the retention does not
+    explain: like ``mismatches``, any is a failure.
     """
 
     agents: int
@@ -51,12 +62,20 @@ class SimResult(msgspec.Struct, kw_only=True):
     ended_by_server: int = 0
     failovers: int = 0
     connect_retries: int = 0
+    output_bytes: int = 0
+    output_resent: int = 0
+    stream_clients: int = 0
+    stream_reattaches: int = 0
+    stream_gaps: int = 0
+    stream_refused: int = 0
+    stream_bytes: int = 0
+    output_mismatches: int = 0
     notes: list[str] = msgspec.field(default_factory=list)
     problems: list[str] = msgspec.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return self.errors == 0 and self.mismatches == 0
+        return self.errors == 0 and self.mismatches == 0 and self.output_mismatches == 0
 
     def summary(self) -> str:
         lines = [
@@ -75,6 +94,10 @@ class SimResult(msgspec.Struct, kw_only=True):
             "not errors, their agents reconnect)",
             f"failovers {self.failovers} (a node went away; its agents came back on another), "
             f"connections retried {self.connect_retries}",
+            f"output {self.output_bytes} bytes written, {self.output_resent} resent; streams: "
+            f"{self.stream_clients} clients, {self.stream_reattaches} re-attaches, "
+            f"{self.stream_gaps} gaps, {self.stream_refused} refused, {self.stream_bytes} bytes "
+            f"received, {self.output_mismatches} output mismatches",
             f"errors {self.errors}, mismatches {self.mismatches}"
             + ("" if self.checked else " (not checked: no --api-key)"),
         ]
