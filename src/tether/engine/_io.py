@@ -171,12 +171,17 @@ class IoDesk:
         if offset is not None and offset < 0:
             raise InvalidParameter("offset", "must be 0 or more")
         rec = self.table.get(workspace_id, session_id)
-        buffer = rec.output
-        if self.store is not None and (buffer is None or is_hub(buffer) or offset is None
-                                       or offset < buffer.first_offset):
+        here = None if rec.output is None or is_hub(rec.output) else rec.output
+        # Memory is read when it holds the start (it is ahead of the store by a batch at most);
+        # older bytes, or a session another node runs, are the store's.
+        start = offset
+        if start is None and here is not None and here.first_offset == 0:
+            start = 0  # the oldest retained byte is the first ever: memory has it
+        if self.store is not None and (here is None or start is None
+                                       or start < here.first_offset):
             found = await self._read_stored(workspace_id, session_id, offset, limit)
         else:
-            found = (buffer or OutputBuffer(self.config.output_buffer_bytes)).read(offset, limit)
+            found = (here or OutputBuffer(self.config.output_buffer_bytes)).read(offset, limit)
         return OutputPage(
             session_id=session_id, offset=found.offset, data=found.data.decode(),
             next_offset=found.next_offset, first_offset=found.first_offset,
