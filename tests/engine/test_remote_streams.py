@@ -7,7 +7,7 @@ from __future__ import annotations
 import trio
 from trio.testing import MockClock
 
-from tether.engine import AttachedClient, Engine, OutputChunk, Status, StoredOutput
+from tether.engine import Engine, OutputChunk, Status, StoredOutput
 from tether.engine._record import SessionRecord
 from tether.engine._remote import RemoteStreams
 
@@ -51,17 +51,11 @@ async def test_an_event_reaches_a_remote_stream_after_the_output_before_it(
     store = LaggingStore()
     store.write(b"replayed\n")
     watcher = Watcher()
-    client = AttachedClient(client_id="cli_1", user_email="eve@acme.com", mode="observer",
-                            attached_at="2026-12-05T08:00:00Z")
-
-    async def attach() -> AttachedClient:
-        return client
-
     async with trio.open_nursery() as nursery:
         remote = RemoteStreams(store, engine.events, nursery.start_soon,
                                replay_bytes=64 * 1024)
-        found, start, first, replay, gap = await remote.open(copy, watcher, attach, 0)
-        assert (found, start, first, gap) == (client, 0, 0, None)
+        start, first, replay, gap = await remote.open(copy, watcher, 0)
+        assert (start, first, gap) == (0, 0, None)
         assert b"".join(c.data for c in replay) == b"replayed\n"
         # The owner writes the last output and the end in one script.
         store.write(b"last words\n")

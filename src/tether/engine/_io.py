@@ -329,19 +329,24 @@ class IoDesk:
     async def _open_remote(self, rec: SessionRecord, watcher: OutputWatcher,
                            mode: ClientMode | None, user_email: str | None,
                            client_id: str | None, offset: int | None) -> StreamStart:
+        """A stream of a session another node runs: its client on the owner, then the
+        replay from the store (a new client is detached again if that fails)."""
         assert self.remote is not None and self.call_owner is not None
-        ws, sid, call = rec.workspace_id, rec.session_id, self.call_owner
+        if rec.status not in _STREAMABLE:
+            raise SessionNotActive(rec.status.value, "CONNECTED or BACKGROUND")
+        ws, sid = rec.workspace_id, rec.session_id
+        client: AttachedClient
         if client_id is None:
-            async def client() -> AttachedClient:
-                found: AttachedClient = await call("attach_stream", ws, sid, mode, user_email)
-                return found
+            client = await self.call_owner("attach_stream", ws, sid, mode, user_email)
         else:
-            async def client() -> AttachedClient:
-                found: AttachedClient = await call("stream_client", ws, sid, client_id)
-                return found
-        attached, start, first, replay, gap = await self.remote.open(rec, watcher, client,
-                                                                     offset)
-        return StreamStart(client=attached, status=rec.status, offset=start, first_offset=first,
+            client = await self.call_owner("stream_client", ws, sid, client_id)
+        try:
+            start, first, replay, gap = await self.remote.open(rec, watcher, offset)
+        except BaseException:
+            if client_id is None and self.spawn is not None:
+                self.spawn(self._detach_on_owner, ws, sid, client.client_id)
+            raise
+        return StreamStart(client=client, status=rec.status, offset=start, first_offset=first,
                            replay=replay, gap=gap, attached_here=client_id is None)
 
     def close_stream(self, workspace_id: str, session_id: str, watcher: OutputWatcher,

@@ -27,17 +27,17 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ._errors import SessionNotActive, StoreUnavailable
+from ._errors import StoreUnavailable
 from ._events import EventsMissed
 from ._lifecycle import SESSION_ENDED
 from ._models import Status
 from ._output import OutputBuffer
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Callable
 
     from ._events import EventLog, Subscription
-    from ._models import AttachedClient, Event
+    from ._models import Event
     from ._output import OutputChunk, OutputWatcher
     from ._persist import SessionStore, StoredOutput
     from ._record import SessionRecord
@@ -86,16 +86,11 @@ class RemoteStreams:
     def __len__(self) -> int:
         return len(self._streams)
 
-    async def open(self, rec: SessionRecord, watcher: OutputWatcher,
-                   client: Callable[[], Awaitable[AttachedClient]],
-                   offset: int | None) -> tuple[AttachedClient, int, int, list[OutputChunk],
-                                                tuple[int, int] | None]:
-        """Open ``watcher``'s stream on ``rec``: its client (``client()`` asks the owner),
-        and the replay from ``offset`` (default: the last ``replay_bytes``) as (client, start,
-        first offset, chunks, gap); the follower then tells ``watcher`` what comes next."""
-        if rec.status not in (Status.CONNECTED, Status.BACKGROUND):
-            raise SessionNotActive(rec.status.value, "CONNECTED or BACKGROUND")
-        attached = await client()
+    async def open(self, rec: SessionRecord, watcher: OutputWatcher, offset: int | None
+                   ) -> tuple[int, int, list[OutputChunk], tuple[int, int] | None]:
+        """Open ``watcher``'s stream on ``rec`` (its client attached on the owner already):
+        the replay from ``offset`` (default: the last ``replay_bytes``) as (start, first
+        offset, chunks, gap); the follower then tells ``watcher`` what comes next."""
         hub = rec.output
         if hub is None:
             hub = rec.output = OutputBuffer(0)
@@ -121,7 +116,7 @@ class RemoteStreams:
         stream = RemoteStream(ws, sid, watcher, replay[-1].end if replay else start)
         self._streams[watcher] = stream
         self._spawn(self._follow, stream, subscription)
-        return attached, start, stored.first_offset, replay, gap
+        return start, stored.first_offset, replay, gap
 
     def close(self, rec: SessionRecord | None, watcher: OutputWatcher) -> None:
         stream = self._streams.pop(watcher, None)
