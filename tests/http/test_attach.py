@@ -399,3 +399,32 @@ async def test_a_slow_client_is_cut_off_and_re_attaches_from_its_offset(
             assert first.offset == resume_at
             await again.output_until(len(writer.written))
             assert slow.data + again.data == writer.written
+
+
+@pytest.mark.http(max_frame_bytes=1024, agent_frame_rate=20, agent_frame_burst=5)
+async def test_the_frame_limits_hold_for_output_and_for_operators(server: Server,
+                                                                  api: Any) -> None:
+    """The agent socket's size and rate limits apply to output frames as to any frame, and
+    an operator's stream is held to the same ones."""
+    async with connect_agent(server) as agent:
+        sid = (await agent.hello()).session_id
+        writer = Writer(agent)
+        began = trio.current_time()
+        for _ in range(25):  # 5 at once, then 20 a second: the socket is read no faster
+            await writer.write("0123456789")
+        with trio.fail_after(10):  # real time: the limit is the socket's, by trio's clock
+            while (await api.get(f"/v1/sessions/{sid}/output")).json()["data"][
+                    "total_bytes"] < 250:
+                await trio.sleep(0.05)
+        assert trio.current_time() - began >= (25 - 5) / 20 * 0.9
+        async with attached(server, sid, mode="operator", user_email="op@acme.com") as (
+                operator, _):
+            await operator.send(attach.Input(data="x" * 2000))
+            error = await operator.until(attach.Error)
+            assert (error.code, "1024" in error.message) == ("invalid_frame", True)
+            began = trio.current_time()
+            for i in range(25):
+                await operator.send(attach.Input(data=str(i)))
+            got = [await agent.receive() for _ in range(25)]
+            assert [g.data for g in got] == [str(i) for i in range(25)]
+            assert trio.current_time() - began >= (25 - 5) / 20 * 0.9
