@@ -5,7 +5,10 @@ a reserve: every agent is a socket). A fleet that fits runs in this process; a b
 as that many ``tether.sim._worker`` processes, each a slice of the same seeded fleet, and this
 process collects their progress and expectations. Once the run is over (agents still
 heartbeating), the self-check reads every session over REST; then the agents say goodbye.
-With ``api_key``, a share ``operators`` of the machines also get operator visits over REST.
+With ``api_key``, a share ``operators`` of the machines also get operator visits over REST,
+and a share ``observers`` an observer on an attach stream; a share ``busy`` of the agents
+stream output continuously. Each stream client's bytes are checked against its agent's in the
+process that ran both (``output_mismatches``).
 
 ``url`` may name a cluster's nodes, comma-separated: agents are spread over them and move to
 another node on every reconnection, operators and the self-check use a node other than the
@@ -36,7 +39,10 @@ _STATUSES = ("PENDING", "CONNECTED", "BACKGROUND", "GRACE_PERIOD", "DISCONNECTED
 _OPERATOR_STATS = ("operator_visits", "operator_commands", "operator_answered",
                    "operator_refused", "operator_skipped")
 #: Counts summed over the shares into the summary under the same names.
-_SUMMED_STATS = (*_OPERATOR_STATS, "ended_by_server", "failovers", "connect_retries")
+_OUTPUT_STATS = ("output_bytes", "output_resent", "stream_clients", "stream_reattaches",
+                 "stream_gaps", "stream_refused", "stream_bytes", "output_mismatches")
+_SUMMED_STATS = (*_OPERATOR_STATS, "ended_by_server", "failovers", "connect_retries",
+                 *_OUTPUT_STATS)
 _FD_RESERVE = 256
 
 
@@ -52,6 +58,12 @@ class SimConfig(msgspec.Struct, kw_only=True, frozen=True):
     api_key: str | None = None
     #: The share of machines that get operator visits (only with ``api_key``).
     operators: float = 0.1
+    #: The share of agents whose machines stream output continuously.
+    busy: float = 0.1
+    #: The share of machines an observer watches through an attach stream (with ``api_key``).
+    observers: float = 0.05
+    #: The server's ``--output-buffer-bytes``: a stream's gap is honest only beyond it.
+    output_retention: int = 1024 * 1024
     heartbeat_every: float | None = None
     ramp: float | None = None  # seconds over which agents start (default: min(5, duration/4))
     agents_per_process: int | None = None
@@ -83,7 +95,8 @@ class _LocalShare(_Share):
         super().__init__()
         plans = plan_fleet(spec.agents, wire.duration, weights=parse_weights(spec.scenario),
                            seed=spec.seed, ramp=spec.ramp, first=spec.first, count=spec.count,
-                           operators=spec.operators)
+                           operators=spec.operators, busy=spec.busy,
+                           observers=spec.observers)
         self.fleet = WireFleet(wire, plans)
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -184,18 +197,23 @@ async def run_sim(config: SimConfig, out: TextIO | None = None) -> SimResult:
     urls = node_urls(config.url)  # and on a bad URL
     ramp = config.ramp if config.ramp is not None else min(5.0, config.duration / 4)
     operators = config.operators if config.api_key else 0.0
+    observers = config.observers if config.api_key else 0.0
     notes = []
     if config.operators > 0 and not config.api_key:
         notes.append("operators skipped: they need --api-key")
+    if config.observers > 0 and not config.api_key:
+        notes.append("observers skipped: they need --api-key")
     wire = WireConfig(url=config.url, agent_token=config.agent_token, duration=config.duration,
                       heartbeat_every=config.heartbeat_every,
-                      api_key=config.api_key if operators > 0 else None)
+                      api_key=config.api_key if operators > 0 or observers > 0 else None,
+                      output_retention=config.output_retention)
     per_process = config.agents_per_process or agents_per_process()
     processes = max(1, math.ceil(config.agents / per_process))
     size = math.ceil(config.agents / processes)
     specs = [WorkerSpec(wire=wire, agents=config.agents, first=k * size,
                         count=min(size, config.agents - k * size), seed=config.seed,
-                        scenario=config.scenario, ramp=ramp, operators=operators)
+                        scenario=config.scenario, ramp=ramp, operators=operators,
+                        busy=config.busy, observers=observers)
              for k in range(processes)]
     shares: list[_LocalShare | _ProcessShare] = (
         [_LocalShare(wire, specs[0])] if processes == 1 else [_ProcessShare(s) for s in specs]

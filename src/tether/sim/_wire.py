@@ -17,6 +17,14 @@ A close with reason ``terminated`` or ``replaced`` (the server ended the session
 agent), or a refused resume, is counted apart from errors (:attr:`AgentRun.server_ends`); the
 agent says a fresh hello after a short backoff, as a real agent would.
 
+Output: an agent sends its outbox (``output`` frames) before each step's own frame and right
+after a welcome (a resume resends from its ``output_offset``); an ``output_gap`` error from the
+server is counted as an error, as every unexpected error frame is. With ``api_key``, operators
+also watch their client's attach stream and observers (:class:`~tether.sim._stream.ObserverRun`)
+attach their own, on a node other than the agent's; a stream the server closes with 4008
+``slow_consumer`` or 1012 ``session_moved`` is re-attached at once from its offset. Each
+client's bytes are checked against the agent's when the run is over (:meth:`output_result`).
+
 A cluster (``url`` naming several nodes): agents are spread over the nodes (agent ``k`` of the
 fleet starts on node ``k mod n``) and every reconnection goes to the next node, so a dropped
 agent comes back on another node; an operator uses the REST API of a node other than its
@@ -36,16 +44,18 @@ import msgspec
 import trio
 import trio_websocket
 
-from tether import wire
+from tether import attach, wire
 
 from ._agent import INF, RESUME_ASKED, SERVER_ENDS, AgentRun, Step
 from ._operator import OperatorRun, OpStep
+from ._stream import DEFAULT_RETENTION, ObserverRun, ObsStep, output_stats
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from ._agent import SessionExpect
     from ._behaviour import AgentPlan
+    from ._stream import StreamClient
 
 
 class WireConfig(msgspec.Struct, kw_only=True, frozen=True):
@@ -65,6 +75,9 @@ class WireConfig(msgspec.Struct, kw_only=True, frozen=True):
     #: How long an accepted operator command may take to reach its agent as run_command.
     run_command_timeout: float = 10.0
     api_concurrency: int = 32
+    #: What the server keeps of each session's output (its ``--output-buffer-bytes``): a
+    #: stream's ``gap`` is honest only for bytes older than this.
+    output_retention: int = DEFAULT_RETENTION
 
     @property
     def urls(self) -> list[str]:
@@ -113,9 +126,21 @@ class WireFleet:
         if config.api_key is None and visited:
             self.notes.append(f"operator visits to {visited} machines skipped: no --api-key")
         self.operators = [
-            OperatorRun(r) if r.plan.visits and config.api_key is not None else None
+            OperatorRun(r, config.output_retention)
+            if r.plan.visits and config.api_key is not None else None
             for r in self.runs
         ]
+        watched = sum(1 for p in self.plans if p.watch)
+        if config.api_key is None and watched:
+            self.notes.append(f"observers of {watched} machines skipped: no --api-key")
+        self.observers = [
+            ObserverRun(r, config.output_retention)
+            if r.plan.watch and config.api_key is not None else None
+            for r in self.runs
+        ]
+        self._streams: dict[StreamClient, trio_websocket.WebSocketConnection] = {}
+        self._api_headers = [(b"authorization", f"Bearer {config.api_key}".encode())]
+        self.stream_refused = 0
         self._urls = config.urls
         self._ws_urls = config.ws_urls
         #: Each agent's node (an index into the URLs), and whether it has connected before.
@@ -143,10 +168,20 @@ class WireFleet:
     def now(self) -> float:
         return trio.current_time() - self.start
 
-    def _error(self, text: str) -> None:
-        self.errors += 1
+    def _error(self, text: str, count: bool = True) -> None:
+        self.errors += count
         if len(self.problems) < 100:
             self.problems.append(text)
+
+    def stream_clients(self) -> list[StreamClient]:
+        clients = [c for op in self.operators if op is not None for c in op.streams]
+        clients += [c for ob in self.observers if ob is not None for c in ob.clients]
+        return clients
+
+    def output_result(self) -> dict[str, int]:
+        """The output and stream counts of :class:`~tether.sim.SimResult` so far."""
+        counts, _ = output_stats(self.runs, self.stream_clients(), self.stream_refused)
+        return counts
 
     def sessions(self) -> list[SessionExpect]:
         return [s for run in self.runs for s in run.sessions]
@@ -185,6 +220,9 @@ class WireFleet:
                 while self._operating:  # none starts after the end: this drains
                     self._operated = trio.Event()
                     await self._operated.wait()
+                _, found = output_stats(self.runs, self.stream_clients(), 0)
+                for text in found:
+                    self._error(text, count=False)
                 self.ready.set()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
@@ -197,26 +235,34 @@ class WireFleet:
     async def _agent(self, i: int) -> None:
         run = self.runs[i]
         op = self.operators[i]
+        obs = self.observers[i]
         async with trio.open_nursery() as nursery:
             while not self.finishing:
-                due = run.due
+                due, who = run.due, 0
                 if op is not None and op.due < due:
-                    due = op.due
+                    due, who = op.due, 1
+                if obs is not None and obs.due < due:
+                    due, who = obs.due, 2
                 if self.start + due > trio.current_time():
                     wake = self._wake[i] = trio.Event()
                     with trio.move_on_at(self.start + due if due < INF else math.inf):
                         await wake.wait()
                     continue
-                if op is not None and op.due == due and due < run.due:
-                    op_step = op.take(max(due, self.now()))
-                    if op_step is not None:
-                        self._operating += 1
-                        try:
-                            await self._operate(i, op, op_step)
-                        finally:
-                            self._operating -= 1
-                            if not self._operating:
-                                self._operated.set()
+                if who:
+                    self._operating += 1
+                    try:
+                        if op is not None and who == 1:
+                            op_step = op.take(max(due, self.now()))
+                            if op_step is not None:
+                                await self._operate(nursery, i, op, op_step)
+                        elif obs is not None:
+                            obs_step = obs.take(max(due, self.now()))
+                            if obs_step is not None:
+                                await self._observe(nursery, i, obs, obs_step)
+                    finally:
+                        self._operating -= 1
+                        if not self._operating:
+                            self._operated.set()
                     continue
                 now = max(due, self.now())
                 step = run.take(now)
@@ -271,8 +317,19 @@ class WireFleet:
             with trio.move_on_after(5):
                 await ws.aclose(1001, "simulated drop")
 
+    async def _send_output(self, i: int, run: AgentRun) -> None:
+        """Send the agent's outbox: its output frames, in order."""
+        while run.outbox:
+            piece = run.outbox.pop(0)
+            await self._send(i, wire.Output(offset=piece.offset, data=piece.data,
+                                            stream=piece.stream, command_id=piece.command_id))
+
     async def _perform(self, nursery: trio.Nursery, i: int, run: AgentRun, step: Step,
                        now: float) -> None:
+        if self._sockets[i] is not None:
+            await self._send_output(i, run)
+        else:
+            run.outbox.clear()  # no socket (a drop's step): the log keeps it for the resume
         if step is Step.HEARTBEAT:
             t = run.telemetry
             assert t is not None
@@ -307,7 +364,122 @@ class WireFleet:
 
     # -- an operator visiting the agent's machine ------------------------------------------
 
-    async def _operate(self, i: int, op: OperatorRun, step: OpStep) -> None:
+    async def _operate(self, nursery: trio.Nursery, i: int, op: OperatorRun,
+                       step: OpStep) -> None:
+        """An operator's step, and its stream's: opened after the attach, dropped and
+        re-attached from its offset before the visit's first command, let go with the
+        client."""
+        stream = op.stream
+        if step is OpStep.RUN and op.reattach and stream is not None:
+            await self._close_stream(stream)
+            await self._open_stream(nursery, i, stream)
+        await self._operator_call(i, op, step)
+        if op.stream is not None and op.stream is not stream:
+            await self._open_stream(nursery, i, op.stream)
+        elif stream is not None and op.stream is None:
+            await self._close_stream(stream)
+
+    async def _observe(self, nursery: trio.Nursery, i: int, obs: ObserverRun,
+                       step: ObsStep) -> None:
+        client = obs.client
+        assert client is not None
+        if step is ObsStep.ATTACH or step is ObsStep.REATTACH:
+            if await self._open_stream(nursery, i, client):
+                obs.done()
+            else:
+                obs.refused()
+        else:
+            await self._close_stream(client)
+            obs.done()
+
+    # -- attach streams ----------------------------------------------------------------------
+
+    def _stream_url(self, i: int, client: StreamClient) -> str:
+        """The client's stream on a node other than the agent's (if there are two)."""
+        base = self._urls[(self._node[i] + 1) % len(self._urls)]
+        query = ([f"client_id={client.client_id}"] if client.mode == "operator"
+                 else [f"mode=observer&user_email={client.user_email}"])
+        if client.offset is not None:
+            query.append(f"offset={client.offset}")
+        return ("ws" + base.removeprefix("http")
+                + f"/v1/sessions/{client.session.session_id}/attach?" + "&".join(query))
+
+    async def _open_stream(self, nursery: trio.Nursery, i: int, client: StreamClient) -> bool:
+        """Open a stream for ``client`` (from its offset, if it had one); False if the server
+        refused it."""
+        opened: bool = await nursery.start(self._stream, i, client)
+        return opened
+
+    async def _close_stream(self, client: StreamClient) -> None:
+        """The person closes the stream (an observer's client is detached with it)."""
+        ws = self._streams.pop(client, None)
+        if ws is None:
+            return
+        self._stream_gone(client)
+        with trio.move_on_after(5):
+            await ws.aclose()
+
+    @staticmethod
+    def _stream_gone(client: StreamClient) -> None:
+        if client.mode == "observer" and client.open:
+            client.session.clients -= 1
+        client.closed()
+
+    async def _stream(self, i: int, client: StreamClient,
+                      task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED) -> None:
+        """One stream of ``client``'s, read to its close; re-attached from its offset when
+        the server closes it 4008 (too slow) or 1012 (the session moved)."""
+        started = False
+        what = f"{client.mode} {client.user_email} on {client.session.session_id}"
+        try:
+            while True:
+                code = await self._stream_once(i, client, task_status, started)
+                started = True
+                if code not in (4008, 1012) or self.finishing or self.now() >= self.config.duration:
+                    return
+        except trio_websocket.ConnectionRejected as rejected:
+            if rejected.status_code in (404, 409):  # the session is not streamable now
+                self.stream_refused += 1
+            else:
+                self._error(f"{what}: stream refused {rejected.status_code}")
+        except (OSError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed,
+                msgspec.DecodeError, msgspec.ValidationError) as error:
+            self._error(f"{what}: stream failed: {error!r}")
+        finally:
+            if not started:
+                task_status.started(False)
+
+    async def _stream_once(self, i: int, client: StreamClient,
+                           task_status: trio.TaskStatus[bool], started: bool) -> int | None:
+        """Attach once and read until the server closes: the close code (``None`` when this
+        side closed it)."""
+        async with trio_websocket.open_websocket_url(
+            self._stream_url(i, client), extra_headers=self._api_headers, disconnect_timeout=5,
+        ) as ws:
+            first = attach.decode_server_frame(await ws.get_message())
+            if not isinstance(first, attach.Attached):
+                raise msgspec.ValidationError(f"the stream opened with {first}")
+            client.attached(first.client_id, first.offset)
+            if client.mode == "observer":
+                client.session.clients += 1
+            self._streams[client] = ws
+            if not started:
+                task_status.started(True)
+            try:
+                while True:
+                    frame = attach.decode_server_frame(await ws.get_message())
+                    if isinstance(frame, attach.Output):
+                        client.output(frame.offset, frame.data.encode())
+                    elif isinstance(frame, attach.Gap):
+                        client.gap(frame.from_, frame.to)
+            except trio_websocket.ConnectionClosed as closed:
+                if self._streams.get(client) is not ws:
+                    return None  # this side closed it
+                del self._streams[client]
+                self._stream_gone(client)
+                return None if closed.reason is None else closed.reason.code
+
+    async def _operator_call(self, i: int, op: OperatorRun, step: OpStep) -> None:
         """Carry out an operator's step over REST; report how the server answered.
 
         In a cluster the step goes to a node other than the agent's; one that cannot be
@@ -472,10 +644,14 @@ class WireFleet:
             self._error(f"agent {i}: {step.value} refused: {frame}")
             return
         run.welcomed(self.now(), frame.session_id, frame.resume_token,
-                     frame.heartbeat_interval, frame.grace_period, frame.resumed)
+                     frame.heartbeat_interval, frame.grace_period, frame.resumed,
+                     frame.output_offset)
         if run.session is not None:
             run.session.node = self._node[i]
         nursery.start_soon(self._reader, i, ws)
+        if run.output_trouble is not None:
+            self._error(f"agent {i}: {run.output_trouble}")
+        await self._send_output(i, run)
 
     @staticmethod
     async def _holder(

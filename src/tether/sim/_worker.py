@@ -33,6 +33,8 @@ class WorkerSpec(msgspec.Struct, kw_only=True, frozen=True):
     scenario: str
     ramp: float
     operators: float = 0.0
+    busy: float = 0.0
+    observers: float = 0.0
     progress_every: float = 0.5
 
 
@@ -49,7 +51,8 @@ def stats(fleet: WireFleet) -> dict[str, object]:
             "ended_by_server": sum(r.server_ends for r in fleet.runs),
             "failovers": sum(r.failovers for r in fleet.runs),
             "connect_retries": sum(r.connect_retries for r in fleet.runs),
-            "server_replaced": sum(r.server_replaced for r in fleet.runs)}
+            "server_replaced": sum(r.server_replaced for r in fleet.runs),
+            **fleet.output_result()}
 
 
 def _emit(obj: object) -> None:
@@ -60,7 +63,7 @@ def _emit(obj: object) -> None:
 async def run_worker(spec: WorkerSpec) -> None:
     plans = plan_fleet(spec.agents, spec.wire.duration, weights=parse_weights(spec.scenario),
                        seed=spec.seed, ramp=spec.ramp, first=spec.first, count=spec.count,
-                       operators=spec.operators)
+                       operators=spec.operators, busy=spec.busy, observers=spec.observers)
     fleet = WireFleet(spec.wire, plans)
     stdin = trio.lowlevel.FdStream(0)
 
