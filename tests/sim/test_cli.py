@@ -13,7 +13,9 @@ from tether.cli import build_parser
 
 from .conftest import AGENT_TOKEN, API_KEY
 
-KEYS = {"agents", "connected_peak", "messages_sent", "messages_per_s", "errors", "mismatches"}
+KEYS = {"agents", "connected_peak", "messages_sent", "messages_per_s", "errors", "mismatches",
+        "output_bytes", "output_resent", "stream_clients", "stream_reattaches", "stream_gaps",
+        "stream_refused", "stream_bytes", "output_mismatches"}
 
 
 async def tether_sim(*args: str) -> tuple[int, dict, str]:
@@ -31,6 +33,7 @@ async def test_sim_cli_json_over_two_processes(server):
             "--url", server.url, "--agent-token", AGENT_TOKEN, "--agents", "8",
             "--duration", "2", "--heartbeat-every", "0.5", "--scenario", "mixed", "--seed", "3",
             "--api-key", API_KEY, "--json", "--agents-per-process", "4", "--operators", "1",
+            "--busy", "1", "--observers", "1",
         )
     assert code == 0, err
     assert set(summary) >= KEYS
@@ -40,6 +43,10 @@ async def test_sim_cli_json_over_two_processes(server):
     assert summary["operator_commands"] >= 4 and summary["notes"] == []
     assert summary["operator_answered"] == summary["operator_commands"]
     assert "operators:" in err
+    # every operator and observer stream in both processes got its agent's bytes, exactly
+    assert summary["output_mismatches"] == 0 and summary["output_bytes"] > 0
+    assert summary["stream_clients"] >= 4 and summary["stream_bytes"] > 0
+    assert "output mismatches" in err
     assert summary["checked"] is True and summary["sessions"] >= 8
     assert summary["connected_peak"] >= 6 and summary["messages_sent"] > 8
     assert summary["messages_per_s"] > 0
@@ -54,7 +61,8 @@ async def test_sim_cli_fails_on_protocol_errors(server):
         )
     assert code == 1
     assert summary["errors"] == 3 and summary["connected_peak"] == 0
-    assert summary["notes"] == ["operators skipped: they need --api-key"]
+    assert summary["notes"] == ["operators skipped: they need --api-key",
+                                "observers skipped: they need --api-key"]
     assert summary["operator_commands"] == 0
 
 
@@ -65,9 +73,10 @@ def test_sim_cli_flags():
          "--operators", "0.25"])
     assert (args.agents, args.duration, args.scenario, args.seed, args.json, args.api_key,
             args.operators) == (5, 3.0, "churn", 9, True, "k", 0.25)
-    assert build_parser().parse_args(
-        ["sim", "--url", "u", "--agent-token", "t", "--agents", "1", "--duration", "1"]
-    ).operators == 0.1
+    defaults = build_parser().parse_args(
+        ["sim", "--url", "u", "--agent-token", "t", "--agents", "1", "--duration", "1"])
+    assert (defaults.operators, defaults.busy, defaults.observers,
+            defaults.output_buffer_bytes) == (0.1, 0.1, 0.05, 1024 * 1024)
 
 
 async def test_sim_cli_unknown_scenario():

@@ -20,8 +20,9 @@ def add_sim(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p = subparsers.add_parser(
         "sim", help="run simulated agents against a server and check it against them",
         description="Simulated agents over WebSockets (/v1/agent under --url): live progress, "
-        "a summary, and with --api-key a check of every session over the REST API. Exits "
-        "non-zero on any protocol error or mismatch.",
+        "a summary, and with --api-key a check of every session over the REST API and of "
+        "every attach stream's bytes against what its agent wrote. Exits non-zero on any "
+        "protocol error or mismatch.",
     )
     p.add_argument("--url", required=True,
                    help="the server's base URL, e.g. http://127.0.0.1:8080, or a cluster's "
@@ -39,6 +40,17 @@ def add_sim(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("--operators", type=share, default=0.1, metavar="SHARE",
                    help="share of machines (0 to 1) an operator visits over REST: attach, run "
                    "commands, detach; needs --api-key (default 0.1)")
+    p.add_argument("--busy", type=share, default=0.1, metavar="SHARE",
+                   help="share of agents (0 to 1) whose machines stream output continuously; "
+                   "every agent also prints its commands' output (default 0.1)")
+    p.add_argument("--observers", type=share, default=0.05, metavar="SHARE",
+                   help="share of machines (0 to 1) an observer watches through an attach "
+                   "stream, dropping it once and re-attaching from its offset; operators watch "
+                   "theirs too, and every client's bytes are checked against what the agent "
+                   "wrote; needs --api-key (default 0.05)")
+    p.add_argument("--output-buffer-bytes", type=count, default=1024 * 1024, metavar="BYTES",
+                   help="the server's --output-buffer-bytes: a stream's gap is expected only "
+                   "for output older than this (default 1 MiB)")
     p.add_argument("--heartbeat-every", type=positive, default=None, metavar="SECONDS",
                    help="heartbeat period (default: the server's heartbeat_interval)")
     p.add_argument("--agents-per-process", type=count, default=None,
@@ -57,6 +69,7 @@ def run_sim_command(args: argparse.Namespace) -> int:
     config = SimConfig(
         url=args.url, agent_token=args.agent_token, agents=args.agents, duration=args.duration,
         scenario=args.scenario, seed=args.seed, api_key=args.api_key, operators=args.operators,
+        busy=args.busy, observers=args.observers, output_retention=args.output_buffer_bytes,
         heartbeat_every=args.heartbeat_every, agents_per_process=args.agents_per_process,
     )
     result = trio.run(run_sim, config)
