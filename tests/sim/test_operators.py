@@ -260,10 +260,10 @@ async def test_late_operators_stop_at_the_end_and_are_waited_for(server, autojum
     operate = fleet._operate
     late_steps: list[float] = []
 
-    async def slow_operate(i, op, step):
+    async def slow_operate(nursery, i, op, step):
         await trio.sleep(8)
         late_steps.append(fleet.now())
-        await operate(i, op, step)
+        await operate(nursery, i, op, step)
 
     fleet._operate = slow_operate
     mismatches, problems, ready_at = await run_and_check(server, fleet)

@@ -123,6 +123,22 @@ async def test_in_process_streams_match_what_agents_wrote(autojump_clock):
                          if r.sessions[0].status == "CONNECTED")
 
 
+async def test_in_process_output_reproducible_from_seed(autojump_clock):
+    """One driving task: the same seed gives the same steps (streams' included) and bytes."""
+    results = []
+    for _ in range(2):
+        trace: list = []
+        plans = plan_fleet(30, 300, seed=12, ramp=10, operators=0.5, busy=0.5, observers=0.5)
+        async with Engine(EngineConfig(), clock=engine_clock()) as engine:
+            fleet = InProcessFleet(engine, WORKSPACE, plans, duration=300, trace=trace)
+            result = await fleet.run()
+            engine.shutdown()
+        results.append((trace, result.output_bytes, result.stream_bytes,
+                        result.stream_reattaches))
+    assert results[0] == results[1]
+    assert any(step == "obs_reattach" for _, _, step in results[0][0])
+
+
 async def test_in_process_gaps_are_told_and_honest(autojump_clock):
     """A buffer of 4 KiB drops what a busy agent wrote minutes ago: a client that comes back
     after it gets a gap, legitimately, and its bytes still match from after it."""

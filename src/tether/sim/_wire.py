@@ -51,7 +51,7 @@ from ._operator import OperatorRun, OpStep
 from ._stream import DEFAULT_RETENTION, ObserverRun, ObsStep, output_stats
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from ._agent import SessionExpect
     from ._behaviour import AgentPlan
@@ -394,9 +394,10 @@ class WireFleet:
 
     # -- attach streams ----------------------------------------------------------------------
 
-    def _stream_url(self, i: int, client: StreamClient) -> str:
-        """The client's stream on a node other than the agent's (if there are two)."""
-        base = self._urls[(self._node[i] + 1) % len(self._urls)]
+    def _stream_url(self, i: int, client: StreamClient, shift: int = 0) -> str:
+        """The client's stream on a node other than the agent's (if there are two; ``shift``:
+        so many nodes further on)."""
+        base = self._urls[(self._node[i] + 1 + shift) % len(self._urls)]
         query = ([f"client_id={client.client_id}"] if client.mode == "operator"
                  else [f"mode=observer&user_email={client.user_email}"])
         if client.offset is not None:
@@ -428,14 +429,27 @@ class WireFleet:
     async def _stream(self, i: int, client: StreamClient,
                       task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED) -> None:
         """One stream of ``client``'s, read to its close; re-attached from its offset when
-        the server closes it 4008 (too slow) or 1012 (the session moved)."""
+        the server closes it 4008 (too slow), 1012 (the session moved) or, in a cluster, its
+        node went away (:data:`_NODE_GONE`: then on the next node)."""
         started = False
         what = f"{client.mode} {client.user_email} on {client.session.session_id}"
+
+        def attached() -> None:
+            nonlocal started
+            if not started:
+                started = True
+                task_status.started(True)
+
+        shift = 0
         try:
             while True:
-                code = await self._stream_once(i, client, task_status, started)
-                started = True
-                if code not in (4008, 1012) or self.finishing or self.now() >= self.config.duration:
+                code = await self._stream_once(i, client, attached, shift)
+                if code in _NODE_GONE:
+                    if len(self._urls) == 1:
+                        return  # no other node to go to
+                    shift += 1
+                if (code not in _REATTACH or self.finishing
+                        or self.now() >= self.config.duration):
                     return
         except trio_websocket.ConnectionRejected as rejected:
             if rejected.status_code in (404, 409):  # the session is not streamable now
@@ -449,12 +463,13 @@ class WireFleet:
             if not started:
                 task_status.started(False)
 
-    async def _stream_once(self, i: int, client: StreamClient,
-                           task_status: trio.TaskStatus[bool], started: bool) -> int | None:
+    async def _stream_once(self, i: int, client: StreamClient, attached: Callable[[], None],
+                           shift: int = 0) -> int | None:
         """Attach once and read until the server closes: the close code (``None`` when this
         side closed it)."""
         async with trio_websocket.open_websocket_url(
-            self._stream_url(i, client), extra_headers=self._api_headers, disconnect_timeout=5,
+            self._stream_url(i, client, shift), extra_headers=self._api_headers,
+            disconnect_timeout=5,
         ) as ws:
             first = attach.decode_server_frame(await ws.get_message())
             if not isinstance(first, attach.Attached):
@@ -463,8 +478,7 @@ class WireFleet:
             if client.mode == "observer":
                 client.session.clients += 1
             self._streams[client] = ws
-            if not started:
-                task_status.started(True)
+            attached()
             try:
                 while True:
                     frame = attach.decode_server_frame(await ws.get_message())
@@ -724,6 +738,10 @@ def _close_reason(error: BaseException, ws: trio_websocket.WebSocketConnection |
 #: agent: going away (1001), no close frame at all (1006: killed, connection reset), an
 #: internal error (1011), restarting (1012: draining), try again later (1013).
 _NODE_GONE = frozenset({1001, 1006, 1011, 1012, 1013})
+
+
+#: Stream closes after which its client re-attaches at once from its offset.
+_REATTACH = _NODE_GONE | {4008}
 
 
 def _node_went_away(error: BaseException, ws: trio_websocket.WebSocketConnection | None
