@@ -50,12 +50,12 @@ _SESSION_KEYS = ("session_id", "client_id", "command_id")
 _WEBHOOK_KEYS = ("webhook_id", "delivery_id")
 _POSITIVE_ACCEPTED = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
 #: ``DELETE /v1/sessions/{session_id}`` terminates a session: the contract keeps an ended
-#: session readable (``DISCONNECTED``, with its reason, history and commands) until retention,
-#: so reading it after the DELETE answers 200 by design. ``use_after_free``, which expects a
-#: 404 after a successful DELETE of the path, is the one check that does not apply to these
-#: reads (the metrics of an ended session are a 409, so it stays on there); every other check
+#: session readable (``DISCONNECTED``, with its reason, history, commands and output) until
+#: retention, so reading it after the DELETE answers 200 by design. ``use_after_free``, which
+#: expects a 404 after a successful DELETE of the path, is the one check that does not apply
+#: to these reads (the metrics of an ended session are a 409, so it stays on there); every other check
 #: runs on them, and every check runs on every other operation (webhooks' DELETE included).
-_SESSION_READS = ("get_session", "get_session_history", "get_command")
+_SESSION_READS = ("get_session", "get_session_history", "get_command", "get_session_output")
 
 
 @dataclass
