@@ -53,8 +53,9 @@ _POSITIVE_ACCEPTED = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
 #: session readable (``DISCONNECTED``, with its reason, history, commands and output) until
 #: retention, so reading it after the DELETE answers 200 by design. ``use_after_free``, which
 #: expects a 404 after a successful DELETE of the path, is the one check that does not apply
-#: to these reads (the metrics of an ended session are a 409, so it stays on there); every other check
-#: runs on them, and every check runs on every other operation (webhooks' DELETE included).
+#: to these reads (the metrics of an ended session are a 409, so it stays on there); every
+#: other check runs on them, and every check runs on every other operation (webhooks' DELETE
+#: included).
 _SESSION_READS = ("get_session", "get_session_history", "get_command", "get_session_output")
 
 

@@ -24,8 +24,10 @@ import trio
 
 from ._errors import (
     ClientNotFound,
+    EngineClosed,
     InvalidParameter,
     OutputGone,
+    OwnerUnreachable,
     SessionNotActive,
     StoreUnavailable,
     TetherError,
@@ -61,6 +63,8 @@ log = logging.getLogger("tether.engine")
 
 #: A stream that names no offset replays this much of the latest output.
 DEFAULT_REPLAY = 64 * 1024
+#: A closed stream's client is detached on its owner within this many tries, a second apart.
+DETACH_TRIES = 30
 #: The most bytes one read of the output API returns, and its default.
 MAX_OUTPUT_READ = 1024 * 1024
 DEFAULT_OUTPUT_READ = 64 * 1024
@@ -375,12 +379,21 @@ class IoDesk:
 
     async def _detach_on_owner(self, workspace_id: str, session_id: str,
                                client_id: str) -> None:
+        """Detach a closed stream's client on the session's owner; while the owner or the
+        store does not answer (a failover, an outage), again every second for a while."""
         assert self.call_owner is not None
-        try:
-            await self.call_owner("detach", workspace_id, session_id, client_id)
-        except TetherError as error:  # detached meanwhile, ended, or the owner is away
-            log.info("session %s: the stream's client %s was not detached: %s", session_id,
-                     client_id, error.message)
+        for _ in range(DETACH_TRIES):
+            try:
+                await self.call_owner("detach", workspace_id, session_id, client_id)
+                return
+            except (OwnerUnreachable, StoreUnavailable, EngineClosed):
+                await trio.sleep(1.0)
+            except TetherError as error:  # detached meanwhile, or the session ended
+                log.debug("session %s: the stream's client %s: %s", session_id, client_id,
+                          error.message)
+                return
+        log.warning("session %s: the stream's client %s could not be detached (its owner did "
+                    "not answer)", session_id, client_id)
 
     # -- the owner's side of another node's stream (forwarded calls) -------------------------
 

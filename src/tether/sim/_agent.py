@@ -481,7 +481,7 @@ class AgentRun:
                                          grace_period, now)
             self.session.first_sample = self.walk.samples
             self.sessions.append(self.session)
-            self._set_output(OutputLog())
+            self._set_output(OutputLog() if self.plan.output else None)
             busy = self.busy
             while busy is not None and busy.next_at < now:
                 busy.lines()  # written while there was no session: gone with the last one

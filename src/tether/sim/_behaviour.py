@@ -157,6 +157,8 @@ class AgentPlan:
     #: Its machine streams output continuously (:class:`~tether.sim._output.BusyWriter`).
     busy: bool = False
     watch: tuple[ObserverVisit, ...] = field(default=())
+    #: Its agent writes output (commands print, a busy machine streams); off, none at all.
+    output: bool = True
 
 
 #: What agents of kind COMMANDS report they ran: mostly everyday commands, and some that fail
@@ -244,6 +246,7 @@ def plan_fleet(
     operators: float = 0.0,
     busy: float = 0.0,
     observers: float = 0.0,
+    output: bool = True,
 ) -> list[AgentPlan]:
     """The plans of agents ``first .. first+count`` of a fleet of ``agents``.
 
@@ -253,6 +256,8 @@ def plan_fleet(
     visits; they are drawn from each agent's own seed, so the rest of a plan is the same
     whatever the share. So are the shares ``busy`` of agents whose machines stream output
     continuously and ``observers`` of machines an observer watches through an attach stream.
+    Without ``output`` agents write none (and nobody streams it): shares ``busy`` and
+    ``observers`` then count for nothing.
     """
     for name, value in (("operators", operators), ("busy agents", busy),
                         ("observers", observers)):
@@ -277,16 +282,16 @@ def plan_fleet(
             visit_rng = random.Random(agent_seed ^ 0x0BE7A7)
             if visit_rng.random() < operators:
                 visits = _visits(visit_rng, index, start, duration)
-        is_busy = busy > 0 and random.Random(agent_seed ^ 0xB5).random() < busy
+        is_busy = output and busy > 0 and random.Random(agent_seed ^ 0xB5).random() < busy
         watch: tuple[ObserverVisit, ...] = ()
-        if observers > 0:
+        if output and observers > 0:
             watch_rng = random.Random(agent_seed ^ 0x0B5E7)
             if watch_rng.random() < observers:
                 watch = _watch(watch_rng, index, start, duration)
         plans.append(AgentPlan(
             index=index, kind=kind, machine_id=f"{prefix}-{index:06d}",
             machine_hostname=f"{prefix}-host-{index % 100:02d}", start=start, seed=agent_seed,
-            script=script, visits=visits, busy=is_busy, watch=watch,
+            script=script, visits=visits, busy=is_busy, watch=watch, output=output,
         ))
     return plans
 

@@ -64,6 +64,9 @@ class SimConfig(msgspec.Struct, kw_only=True, frozen=True):
     observers: float = 0.05
     #: The server's ``--output-buffer-bytes``: a stream's gap is honest only beyond it.
     output_retention: int = 1024 * 1024
+    #: Whether agents write output at all (off: no output, busy machines or stream clients,
+    #: the fleet as it was before sessions had output).
+    output: bool = True
     heartbeat_every: float | None = None
     ramp: float | None = None  # seconds over which agents start (default: min(5, duration/4))
     agents_per_process: int | None = None
@@ -96,7 +99,7 @@ class _LocalShare(_Share):
         plans = plan_fleet(spec.agents, wire.duration, weights=parse_weights(spec.scenario),
                            seed=spec.seed, ramp=spec.ramp, first=spec.first, count=spec.count,
                            operators=spec.operators, busy=spec.busy,
-                           observers=spec.observers)
+                           observers=spec.observers, output=spec.output)
         self.fleet = WireFleet(wire, plans)
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -213,7 +216,7 @@ async def run_sim(config: SimConfig, out: TextIO | None = None) -> SimResult:
     specs = [WorkerSpec(wire=wire, agents=config.agents, first=k * size,
                         count=min(size, config.agents - k * size), seed=config.seed,
                         scenario=config.scenario, ramp=ramp, operators=operators,
-                        busy=config.busy, observers=observers)
+                        busy=config.busy, observers=observers, output=config.output)
              for k in range(processes)]
     shares: list[_LocalShare | _ProcessShare] = (
         [_LocalShare(wire, specs[0])] if processes == 1 else [_ProcessShare(s) for s in specs]

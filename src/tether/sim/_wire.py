@@ -440,10 +440,26 @@ class WireFleet:
                 started = True
                 task_status.started(True)
 
-        shift = 0
+        shift = tries = 0
         try:
             while True:
-                code = await self._stream_once(i, client, attached, shift)
+                try:
+                    code = await self._stream_once(i, client, attached, shift)
+                except (OSError, trio_websocket.HandshakeError):
+                    # A node going away or gone in a cluster's failover: the next one.
+                    if len(self._urls) == 1 or tries >= _CONNECT_TRIES:
+                        raise
+                    tries, shift = tries + 1, shift + 1
+                    await trio.sleep(_CONNECT_PAUSE)
+                    continue
+                except trio_websocket.ConnectionRejected as rejected:
+                    # 503: the session's node does not answer (yet): as a person would, again
+                    if rejected.status_code != 503 or tries >= _CONNECT_TRIES:
+                        raise
+                    tries += 1
+                    await trio.sleep(_CONNECT_PAUSE)
+                    continue
+                tries = 0
                 if code in _NODE_GONE:
                     if len(self._urls) == 1:
                         return  # no other node to go to
@@ -737,6 +753,10 @@ def _close_reason(error: BaseException, ws: trio_websocket.WebSocketConnection |
 #: Close codes that say the node went away, not that it ended the session or refused the
 #: agent: going away (1001), no close frame at all (1006: killed, connection reset), an
 #: internal error (1011), restarting (1012: draining), try again later (1013).
+#: A stream that cannot connect (its node going away, or the session's owner not answering)
+#: tries again this many times, this far apart, before it counts as an error.
+_CONNECT_TRIES = 20
+_CONNECT_PAUSE = 0.25
 _NODE_GONE = frozenset({1001, 1006, 1011, 1012, 1013})
 
 

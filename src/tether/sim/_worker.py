@@ -35,6 +35,7 @@ class WorkerSpec(msgspec.Struct, kw_only=True, frozen=True):
     operators: float = 0.0
     busy: float = 0.0
     observers: float = 0.0
+    output: bool = True
     progress_every: float = 0.5
 
 
