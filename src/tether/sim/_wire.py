@@ -139,6 +139,8 @@ class WireFleet:
             for r in self.runs
         ]
         self._streams: dict[StreamClient, trio_websocket.WebSocketConnection] = {}
+        #: Each client's stream task (its tries to open, and the stream), to stop it at once.
+        self._stream_tasks: dict[StreamClient, trio.CancelScope] = {}
         self._api_headers = [(b"authorization", f"Bearer {config.api_key}".encode())]
         self.stream_refused = 0
         self._urls = config.urls
@@ -151,6 +153,11 @@ class WireFleet:
         self._operated = trio.Event()  # set when the last step under way is over
         self._sockets: list[trio_websocket.WebSocketConnection | None] = [None] * len(self.runs)
         self._wake = [trio.Event() for _ in self.runs]
+        self._finished = trio.Event()  # set by finish(): the people stop too
+        #: The run_commands each operated agent got, and a lot for those waiting to see one
+        #: (or the agent's socket change).
+        self._commands_seen: dict[int, set[str]] = {}
+        self._agent_news = trio.lowlevel.ParkingLot()
         self._connect_limit = trio.Semaphore(config.connect_concurrency)
         self._headers = [(b"authorization", f"Bearer {config.agent_token}".encode())]
         self.messages = 0
@@ -197,6 +204,7 @@ class WireFleet:
     def finish(self) -> None:
         """Stop: connected agents say goodbye and close."""
         self.finishing = True
+        self._finished.set()
         for wake in self._wake:
             wake.set()
 
@@ -234,35 +242,15 @@ class WireFleet:
 
     async def _agent(self, i: int) -> None:
         run = self.runs[i]
-        op = self.operators[i]
-        obs = self.observers[i]
         async with trio.open_nursery() as nursery:
+            if self.operators[i] is not None or self.observers[i] is not None:
+                nursery.start_soon(self._people, i)
             while not self.finishing:
-                due, who = run.due, 0
-                if op is not None and op.due < due:
-                    due, who = op.due, 1
-                if obs is not None and obs.due < due:
-                    due, who = obs.due, 2
+                due = run.due
                 if self.start + due > trio.current_time():
                     wake = self._wake[i] = trio.Event()
                     with trio.move_on_at(self.start + due if due < INF else math.inf):
                         await wake.wait()
-                    continue
-                if who:
-                    self._operating += 1
-                    try:
-                        if op is not None and who == 1:
-                            op_step = op.take(max(due, self.now()))
-                            if op_step is not None:
-                                await self._operate(nursery, i, op, op_step)
-                        elif obs is not None:
-                            obs_step = obs.take(max(due, self.now()))
-                            if obs_step is not None:
-                                await self._observe(nursery, i, obs, obs_step)
-                    finally:
-                        self._operating -= 1
-                        if not self._operating:
-                            self._operated.set()
                     continue
                 now = max(due, self.now())
                 step = run.take(now)
@@ -272,7 +260,7 @@ class WireFleet:
                     await self._perform(nursery, i, run, step, now)
                 except (trio_websocket.ConnectionClosed, trio.BrokenResourceError) as error:
                     ws = self._sockets[i]
-                    self._sockets[i] = None  # the reader now ignores the close
+                    self._set_socket(i, None)  # the reader now ignores the close
                     reason = _close_reason(error, ws)
                     if reason in SERVER_ENDS:
                         run.ended_by_server(self.now(), reason)
@@ -283,7 +271,7 @@ class WireFleet:
                 self._recount(i)
             ws = self._sockets[i]
             if ws is not None and run.connected:
-                self._sockets[i] = None
+                self._set_socket(i, None)
                 with trio.move_on_after(5):
                     try:
                         await ws.send_message(wire.encode(wire.Goodbye(reason="sim_finished")))
@@ -293,6 +281,11 @@ class WireFleet:
                     await ws.aclose()
                 self._recount(i, False)
             nursery.cancel_scope.cancel()
+
+    def _set_socket(self, i: int, ws: trio_websocket.WebSocketConnection | None) -> None:
+        self._sockets[i] = ws
+        if self._commands_seen:  # an operator waiting for a run_command stops at a change
+            self._agent_news.unpark_all()
 
     def _recount(self, i: int, connected: bool | None = None) -> None:
         """Keep ``connected`` in step with agent ``i`` (or with ``connected``), whichever task
@@ -306,13 +299,14 @@ class WireFleet:
 
     async def _send(self, i: int, frame: wire.AgentFrame) -> None:
         ws = self._sockets[i]
-        assert ws is not None
+        if ws is None:  # the reader saw it close during the step: as a send on it would
+            raise trio.BrokenResourceError("the agent's socket closed")
         await ws.send_message(wire.encode(frame).decode())
         self.messages += 1
 
     async def _close(self, i: int) -> None:
         ws = self._sockets[i]
-        self._sockets[i] = None  # the reader now ignores the close
+        self._set_socket(i, None)  # the reader now ignores the close
         if ws is not None:
             with trio.move_on_after(5):
                 await ws.aclose(1001, "simulated drop")
@@ -364,6 +358,38 @@ class WireFleet:
 
     # -- an operator visiting the agent's machine ------------------------------------------
 
+    async def _people(self, i: int) -> None:
+        """The operator and the observer of agent ``i``'s machine, in a task of their own: a
+        person's slow step (a stream whose node went away, a write its owner answers late)
+        never holds back the agent's heartbeats, as it would not on a real machine."""
+        op, obs = self.operators[i], self.observers[i]
+        async with trio.open_nursery() as nursery:  # their streams
+            while not self.finishing:
+                due, who = INF, 0
+                if op is not None and op.due < due:
+                    due, who = op.due, 1
+                if obs is not None and obs.due < due:
+                    due, who = obs.due, 2
+                if self.start + due > trio.current_time():
+                    with trio.move_on_at(self.start + due if due < INF else math.inf):
+                        await self._finished.wait()
+                    continue
+                self._operating += 1
+                try:
+                    if op is not None and who == 1:
+                        op_step = op.take(max(due, self.now()))
+                        if op_step is not None:
+                            await self._operate(nursery, i, op, op_step)
+                    elif obs is not None:
+                        obs_step = obs.take(max(due, self.now()))
+                        if obs_step is not None:
+                            await self._observe(nursery, i, obs, obs_step)
+                finally:
+                    self._operating -= 1
+                    if not self._operating:
+                        self._operated.set()
+            nursery.cancel_scope.cancel()
+
     async def _operate(self, nursery: trio.Nursery, i: int, op: OperatorRun,
                        step: OpStep) -> None:
         """An operator's step, and its stream's: opened after the attach, dropped and
@@ -412,13 +438,17 @@ class WireFleet:
         return opened
 
     async def _close_stream(self, client: StreamClient) -> None:
-        """The person closes the stream (an observer's client is detached with it)."""
+        """The person closes the stream (an observer's client is detached with it), or stops
+        trying to open it again: a stream between two tries must not come back later, beside
+        the next one opened for the same client."""
         ws = self._streams.pop(client, None)
-        if ws is None:
-            return
-        self._stream_gone(client)
-        with trio.move_on_after(5):
-            await ws.aclose()
+        if ws is not None:
+            self._stream_gone(client)
+            with trio.move_on_after(5):
+                await ws.aclose()
+        scope = self._stream_tasks.pop(client, None)
+        if scope is not None:
+            scope.cancel()
 
     @staticmethod
     def _stream_gone(client: StreamClient) -> None:
@@ -440,6 +470,18 @@ class WireFleet:
                 started = True
                 task_status.started(True)
 
+        with trio.CancelScope() as scope:
+            self._stream_tasks[client] = scope
+            try:
+                await self._stream_tries(i, client, attached, what)
+            finally:
+                if self._stream_tasks.get(client) is scope:
+                    del self._stream_tasks[client]
+                if not started:
+                    task_status.started(False)
+
+    async def _stream_tries(self, i: int, client: StreamClient, attached: Callable[[], None],
+                            what: str) -> None:
         shift = tries = 0
         try:
             while True:
@@ -475,9 +517,6 @@ class WireFleet:
         except (OSError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed,
                 msgspec.DecodeError, msgspec.ValidationError) as error:
             self._error(f"{what}: stream failed: {error!r}")
-        finally:
-            if not started:
-                task_status.started(False)
 
     async def _stream_once(self, i: int, client: StreamClient, attached: Callable[[], None],
                            shift: int = 0) -> int | None:
@@ -611,15 +650,18 @@ class WireFleet:
         self._op_failed(i, op, step, "failed: no node answered afterwards")
 
     async def _await_run_command(self, i: int, command_id: str) -> None:
-        """Wait until the agent got run_command ``command_id`` (it answers it next)."""
-        run = self.runs[i]
-        session = run.session
+        """Wait until the agent got run_command ``command_id`` (the agent answers it in its
+        own task); it must, unless its socket closed meanwhile (the server then marks the
+        command lost, or the session ended and took it along)."""
+        ws = self._sockets[i]
+        seen = self._commands_seen.setdefault(i, set())
         with trio.move_on_after(self.config.run_command_timeout):
-            while not run.awaiting(command_id) and run.connected and not self.finishing:
-                wake = self._wake[i] = trio.Event()
-                await wake.wait()
-        # a session the server ended meanwhile took the command with it: not an error
-        if not run.awaiting(command_id) and not self.finishing and run.session is session:
+            while (command_id not in seen and self._sockets[i] is ws and ws is not None
+                   and not self.finishing):
+                await self._agent_news.park()
+        if command_id in seen:
+            seen.discard(command_id)
+        elif self._sockets[i] is ws and ws is not None and not self.finishing:
             self._error(f"agent {i}: no run_command for accepted command {command_id}")
 
     async def _hello(self, nursery: trio.Nursery, i: int, run: AgentRun, step: Step) -> None:
@@ -645,13 +687,13 @@ class WireFleet:
                 if refused.cancelled_caught:
                     raise (rejected[0] if rejected else trio_websocket.HandshakeError(
                         "the connection failed during the handshake"))
-                self._sockets[i] = ws
+                self._set_socket(i, ws)
                 await self._send(i, hello)
                 frame = wire.decode_server_frame(await ws.get_message())
         except (OSError, trio.TooSlowError, trio_websocket.HandshakeError,
                 trio_websocket.ConnectionClosed, msgspec.DecodeError,
                 msgspec.ValidationError) as error:
-            self._sockets[i] = None
+            self._set_socket(i, None)
             # A node that is down or going away: another node may take the agent. A refused
             # handshake (an HTTP 401) is the fleet's configuration: no retry helps.
             if (not isinstance(error, trio_websocket.ConnectionRejected)
@@ -712,12 +754,15 @@ class WireFleet:
                     if self._sockets[i] is ws:  # not on a socket the agent has let go of
                         run.run_command(frame.command_id, frame.command)
                         self._wake[i].set()
+                        if self.operators[i] is not None:  # its operator may be waiting
+                            self._commands_seen.setdefault(i, set()).add(frame.command_id)
+                            self._agent_news.unpark_all()
                 elif (isinstance(frame, wire.Error) and frame.code not in SERVER_ENDS
                       and frame.code not in RESUME_ASKED):
                     self._error(f"agent {i}: the server says {frame.code}: {frame.message}")
         except trio_websocket.ConnectionClosed as closed:
             if self._sockets[i] is ws and not self.finishing:
-                self._sockets[i] = None
+                self._set_socket(i, None)
                 reason = _close_reason(closed, ws)
                 if reason in SERVER_ENDS:
                     if run.ended_by_server(self.now(), reason):
