@@ -217,9 +217,16 @@ async def test_a_stream_from_a_dropped_offset_is_told_the_gap(autojump_clock: Mo
                                          user_email="a@acme.io", offset=2)
         assert start.gap == (2, 8)
         assert (start.offset, b"".join(c.data for c in start.replay)) == (8, b"89abcdef")
-        past = await engine.open_stream(WS, link.session_id, Watcher(), mode="operator",
+        # Past the end (an agent yet to resend what a new owner lacks): told from there on.
+        ahead = Watcher()
+        past = await engine.open_stream(WS, link.session_id, ahead, mode="operator",
                                         user_email="a@acme.io", offset=17)
-        assert (past.offset, past.replay, past.gap) == (16, [], None)
+        assert (past.offset, past.replay, past.gap) == (17, [], None)
+        link.output(16, "g")
+        assert ahead.data == b""
+        link.output(17, "hé")
+        link.output(20, "!")
+        assert ahead.data == "hé!".encode()
         engine.shutdown()
 
 

@@ -35,10 +35,10 @@ class LaggingStore:
         start = offset or 0
         return StoredOutput(0, end, [c for c in self.chunks if c.end > start])
 
-    async def follow_output(self, workspace_id: str, session_id: str, offset: int,
-                            wait: float) -> list[OutputChunk]:
+    async def follow_outputs(self, positions: object, wait: float
+                             ) -> dict[tuple[str, str], list[OutputChunk]]:
         await trio.sleep(wait)
-        return []
+        return {}
 
 
 async def test_an_event_reaches_a_remote_stream_after_the_output_before_it(
@@ -65,3 +65,4 @@ async def test_an_event_reaches_a_remote_stream_after_the_output_before_it(
         assert watcher.statuses == [(Status.DISCONNECTED, "agent_goodbye")]
         remote.close(copy, watcher)
         assert len(remote) == 0
+        nursery.cancel_scope.cancel()  # the tail, which lasts as long as the engine

@@ -19,6 +19,7 @@ from ..serving import open_agent, say_hello
 from .test_cluster_faults import AGENT, API, api, cluster
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
     from pathlib import Path
 
     from tests.redis_server import RedisServer
@@ -150,3 +151,85 @@ async def test_output_survives_kill_9_of_the_node_that_took_it_in(
                 got += r.json()["data"]["data"].encode()
             assert got == written[tail_from:]
         print(json.dumps({"bytes": len(written), "observer_reattached": observer.reattached}))
+
+
+async def hold_stream(node: Node, session_id: str, user_email: str,
+                      attached: trio.Event) -> None:
+    """An observer's attach stream on ``node`` (it attaches its own client), held open and
+    read until its node goes away."""
+    url = (node.url.replace("http", "ws", 1) + f"/v1/sessions/{session_id}/attach"
+           + f"?mode=observer&user_email={user_email}")
+    try:
+        async with trio_websocket.open_websocket_url(
+                url, extra_headers=[(b"authorization", f"Bearer {API}".encode())]) as ws:
+            first = attach.decode_server_frame(await ws.get_message())
+            assert isinstance(first, attach.Attached), first
+            attached.set()
+            while True:
+                await ws.get_message()
+    except (trio_websocket.ConnectionClosed, OSError):
+        pass  # its node was killed
+
+
+async def clients_of(node: Node, session_id: str) -> list[str]:
+    async with api(node.url) as client:
+        r = await client.get(f"/v1/sessions/{session_id}")
+        assert r.status_code == 200, r.text
+        return sorted(c["user_email"] for c in r.json()["data"]["attached_clients"])
+
+
+async def detached_as(node: Node, session_id: str) -> dict[str, str]:
+    """Each detached client's user, and the reason of its ``session.client_detached``."""
+    found: dict[str, str] = {}
+    async with api(node.url) as client:
+        r = await client.get("/v1/events", params={"limit": 1000})
+        for event in r.json()["data"]:
+            data = event["data"]
+            if (event["type"] == "session.client_detached"
+                    and data["session_id"] == session_id):
+                found[data["client"]["user_email"]] = data["reason"]
+    return found
+
+
+async def until(check: Callable[[], Awaitable[bool]]) -> None:
+    with trio.fail_after(20):
+        while not await check():
+            await trio.sleep(0.1)
+
+
+async def test_a_streams_client_goes_with_the_node_serving_the_stream(
+        redis: RedisServer, tmp_path: Path) -> None:
+    """A client that an attach stream attached lives as long as its stream. When the node
+    serving the stream is killed, nothing can tell the session's owner the stream is gone;
+    the owner detaches the client (``stream_lost``) once that node's lease lapses: whether
+    the node ran another node's stream (eve's, on b) or the session too (bob's, on a, whose
+    session node c takes over when the agent resumes there)."""
+    async with cluster(redis, tmp_path, "node-a", "node-b", "node-c") as (a, b, c), \
+            trio.open_nursery() as nursery:
+        async with open_agent(a.port, AGENT) as ws:
+            welcome = await say_hello(ws, machine_id="m-held", machine_hostname="build-7")
+            sid = welcome.session_id
+            for node, user in ((b, "eve@acme.com"), (a, "bob@acme.com")):
+                attached = trio.Event()
+                nursery.start_soon(hold_stream, node, sid, user, attached)
+                with trio.fail_after(10):
+                    await attached.wait()
+            await until(lambda: _equals(clients_of(c, sid), ["bob@acme.com", "eve@acme.com"]))
+
+            await b.kill()
+            await until(lambda: _equals(clients_of(c, sid), ["bob@acme.com"]))
+            assert await detached_as(c, sid) == {"eve@acme.com": "stream_lost"}
+        # The agent's socket closed (GRACE_PERIOD); then its node dies with bob's stream.
+        await a.kill()
+        async with open_agent(c.port, AGENT) as again:
+            resumed = await say_hello(again, machine_id="m-held", machine_hostname="build-7",
+                                      token=welcome.resume_token)
+            assert resumed.resumed and resumed.session_id == sid
+            await until(lambda: _equals(clients_of(c, sid), []))
+            assert await detached_as(c, sid) == {"eve@acme.com": "stream_lost",
+                                                 "bob@acme.com": "stream_lost"}
+        nursery.cancel_scope.cancel()
+
+
+async def _equals(found: Awaitable[list[str]], expected: list[str]) -> bool:
+    return await found == expected

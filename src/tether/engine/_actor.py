@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import outcome
 import trio
 
-from ._errors import EngineClosed, SessionNotActive, StoreUnavailable, TetherError
+from ._errors import (
+    EngineClosed,
+    SessionMoved,
+    SessionNotActive,
+    StoreUnavailable,
+    TetherError,
+)
 from ._lifecycle import Input, deadline, timeout
 
 if TYPE_CHECKING:
@@ -188,6 +194,12 @@ class SessionActor:
                             # Made, kept, and written once the store answers: say so.
                             kept = StoreUnavailable(exc.details.get("reason"), applied=True)
                             done = [(message, outcome.Error(kept)) for message, _ in done]
+                        else:
+                            if journal.lost(rec.session_id):
+                                # Refused by the store: another node runs it now, and this
+                                # turn's changes are not made. Said so, not answered as done.
+                                moved = SessionMoved(rec.session_id)
+                                done = [(message, outcome.Error(moved)) for message, _ in done]
                         for message, result in done:
                             message.finish(result)
                 if self._stopping:

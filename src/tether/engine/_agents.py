@@ -22,6 +22,7 @@ from ._errors import (
     DuplicateCommand,
     InvalidParameter,
     ResumeRejected,
+    SessionMoved,
     SessionNotActive,
     StoreUnavailable,
 )
@@ -108,7 +109,9 @@ class AgentDesk:
                 return link
             if actor is not None:
                 # End the old session first, then look again: another hello may have raced us.
-                with contextlib.suppress(SessionNotActive):
+                # (SessionMoved: another node took it over meanwhile; it is that node's to
+                # end, or to take over here again: look again.)
+                with contextlib.suppress(SessionNotActive, SessionMoved):
                     await actor.call(self._replace, existing)
             else:
                 await trio.lowlevel.checkpoint()

@@ -154,6 +154,10 @@ class Applier:
         if rec.clients is None:
             rec.clients = {}
         rec.clients[client.client_id] = client
+        if effect.holder is not None:
+            if rec.stream_holders is None:
+                rec.stream_holders = {}
+            rec.stream_holders[client.client_id] = effect.holder
         rec.version += 1
         self.emit(rec, "session.client_attached", rec.status, None, now,
                   client=_event_client(client))
@@ -161,6 +165,8 @@ class Applier:
     def _remove_client(self, rec: SessionRecord, effect: RemoveClient, now: float) -> None:
         assert rec.clients is not None
         client = rec.clients.pop(effect.client_id)
+        if rec.stream_holders:
+            rec.stream_holders.pop(client.client_id, None)
         rec.version += 1
         self.emit(rec, "session.client_detached", effect.status, effect.reason, now,
                   status=effect.status, client=_event_client(client))

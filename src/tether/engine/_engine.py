@@ -38,6 +38,7 @@ from ._errors import (
     InvalidParameter,
     OwnerUnreachable,
     SessionAlreadyActive,
+    SessionMoved,
     SessionNotActive,
     SessionNotFound,
     StoreUnavailable,
@@ -45,6 +46,7 @@ from ._errors import (
 from ._events import EventLog, Subscription
 from ._forward import Forwarder
 from ._gc import GcGuard
+from ._holders import StreamHolders
 from ._io import DEFAULT_OUTPUT_READ, DEFAULT_REPLAY, IoDesk, StreamStart
 from ._journal import Journal
 from ._lifecycle import Input
@@ -159,6 +161,7 @@ class Engine:
                                            self._adopt, self.events.place_new,
                                            io.moved_away)
             self.forwarder = Forwarder(self.store)
+            io.holders = StreamHolders(self.store, applier)
             for op, (run, result) in self._writes_here.items():
                 self.forwarder.add(op, run, result)
             loaded = await self.store.load()
@@ -310,7 +313,8 @@ class Engine:
                 rec = self._table.get(ws, sid)
                 await self._own(rec)
                 await self._replace_here(ws, sid)
-        except (SessionNotFound, SessionNotActive, StoreUnavailable, OwnerUnreachable) as exc:
+        except (SessionNotFound, SessionNotActive, StoreUnavailable, OwnerUnreachable,
+                SessionMoved) as exc:
             log.debug("session %s (machine taken by a newer session, on %s): %s",
                       sid, owner, exc)  # it ended meanwhile, or the store is away
 
@@ -359,6 +363,8 @@ class Engine:
                 if self.store is not None:
                     nursery.start_soon(self.foreign.run)
                     nursery.start_soon(self.forwarder.serve)
+                    assert self._io.holders is not None
+                    nursery.start_soon(self._io.holders.run)
                     nursery.start_soon(self._end_displaced, nursery)
 
     # -- supervising actors (and being their ActorHost) -------------------------------------

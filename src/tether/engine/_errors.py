@@ -213,6 +213,18 @@ class OwnerUnreachable(TetherError):
                          "retry later", {"session_id": session_id, "node_id": owner})
 
 
+class SessionMoved(TetherError):
+    """With a shared store: another node took the session over while this one made a change,
+    and the store refused this one's write of it: the change did not happen (asked again, the
+    new owner makes it)."""
+
+    code = "unavailable"
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__("The session moved to another node while the change was made, which "
+                         "was not made; retry", {"session_id": session_id})
+
+
 class EngineClosed(TetherError):
     """The engine is shutting down and takes no more lifecycle inputs."""
 

@@ -28,6 +28,7 @@ from ._errors import (
     InvalidParameter,
     OutputGone,
     OwnerUnreachable,
+    SessionMoved,
     SessionNotActive,
     StoreUnavailable,
     TetherError,
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from ._apply import Applier
     from ._clock import WallClock
     from ._config import EngineConfig
+    from ._holders import StreamHolders
     from ._journal import Journal
     from ._models import ClientMode
     from ._output import OutputStream, OutputWatcher
@@ -103,6 +105,8 @@ class IoDesk:
         #: With a store: streams of sessions other nodes run, and how to ask their owner
         #: (``call_owner(op, workspace, session, *args)``) and start a task.
         self.remote: RemoteStreams | None = None
+        #: With a store: the clients attached by streams, detached if their node goes.
+        self.holders: StreamHolders | None = None
         self.call_owner: Callable[..., Awaitable[Any]] | None = None
         self.spawn: Callable[..., object] | None = None
 
@@ -156,6 +160,8 @@ class IoDesk:
                                       next_offset=stored_next)
         if self.journal is not None:
             self.journal.output_stored(rec, stored_next)
+        if self.holders is not None:
+            self.holders.watch(rec)  # clients its streams attached: their nodes may be gone
 
     def moved_away(self, rec: SessionRecord) -> None:
         """Another node runs ``rec`` now: its streams here end (they re-attach, on any node,
@@ -258,7 +264,7 @@ class IoDesk:
     def _open(self, rec: SessionRecord, watcher: OutputWatcher, mode: ClientMode | None,
               user_email: str | None, client_id: str | None,
               offset: int | None) -> StreamStart:
-        client = (self._attach_here(rec, mode, user_email) if client_id is None
+        client = (self._attach_here(rec, mode, user_email, self._node_id) if client_id is None
                   else self._client_here(rec, client_id))
         buffer = self.buffer(rec)
         first, end = buffer.first_offset, buffer.next_offset
@@ -268,24 +274,36 @@ class IoDesk:
         elif offset < first:
             gap, start = (offset, first), first
         else:
-            start = min(offset, end)  # past the end: from the end, where the next byte comes
-        replay = buffer.chunks_from(start)
-        buffer.watchers.add(watcher)
+            # Past the end (the agent has yet to resend what this node lacks after a
+            # failover): the stream starts there, and is told nothing before it.
+            start = offset
+        replay = buffer.chunks_from(min(start, end))
+        buffer.watch(watcher, start)
         return StreamStart(
             client=client, status=rec.status,
             offset=replay[0].offset if replay else start, first_offset=first, replay=replay,
             gap=gap, attached_here=client_id is None,
         )
 
+    @property
+    def _node_id(self) -> str | None:
+        """This node's name in a store that nodes share (``None`` without one)."""
+        return None if self.store is None else self.store.node_id
+
     def _attach_here(self, rec: SessionRecord, mode: ClientMode | None,
-                     user_email: str | None) -> AttachedClient:
-        """In the actor: attach a new client for a stream (CONNECTED or BACKGROUND)."""
+                     user_email: str | None, holder: str | None,
+                     client_id: str | None = None) -> AttachedClient:
+        """In the actor: attach a new client (``client_id``, else a new id) for a stream
+        (CONNECTED or BACKGROUND) that node ``holder`` serves (``None`` without a store)."""
         if rec.status not in _STREAMABLE:
             raise SessionNotActive(rec.status.value, "CONNECTED or BACKGROUND")
         assert mode is not None and user_email is not None
-        client = AttachedClient(client_id=random_id("cli_"), user_email=user_email,
+        client = AttachedClient(client_id=client_id or random_id("cli_"), user_email=user_email,
                                 mode=mode, attached_at=self.clock.rfc3339(trio.current_time()))
-        self.applier.apply(rec, Attach(client, stream=True), trio.current_time())
+        self.applier.apply(rec, Attach(client, stream=True, holder=holder),
+                           trio.current_time())
+        if self.holders is not None:
+            self.holders.watch(rec)
         return client
 
     @staticmethod
@@ -341,7 +359,16 @@ class IoDesk:
         ws, sid = rec.workspace_id, rec.session_id
         client: AttachedClient
         if client_id is None:
-            client = await self.call_owner("attach_stream", ws, sid, mode, user_email)
+            # Named here: an owner that answers too late (503) may still have attached it,
+            # and then it is detached again, by its id.
+            new_id = random_id("cli_")
+            try:
+                client = await self.call_owner("attach_stream", ws, sid, mode, user_email,
+                                                self._node_id, new_id)
+            except (OwnerUnreachable, StoreUnavailable):
+                if self.spawn is not None:
+                    self.spawn(self._detach_on_owner, ws, sid, new_id)
+                raise
         else:
             client = await self.call_owner("stream_client", ws, sid, client_id)
         try:
@@ -365,13 +392,15 @@ class IoDesk:
         if rec is None:
             return
         if rec.output is not None:
-            rec.output.watchers.discard(watcher)
+            rec.output.unwatch(watcher)
         if detach is None or not rec.clients or detach not in rec.clients:
             return
-        if rec.actor is not None:
-            rec.actor.post(self._detach_quietly, rec, detach)
-        elif rec.owner is not None and self.call_owner is not None and self.spawn is not None:
+        # The owner first: a session that moved to another node may still have its actor
+        # here for a moment, returning, and a detach posted to it would be dropped.
+        if rec.owner is not None and self.call_owner is not None and self.spawn is not None:
             self.spawn(self._detach_on_owner, workspace_id, session_id, detach)
+        elif rec.actor is not None:
+            rec.actor.post(self._detach_quietly, rec, detach)
 
     def _detach_quietly(self, rec: SessionRecord, client_id: str) -> None:
         if rec.clients and client_id in rec.clients and not rec.status.final:
@@ -386,7 +415,7 @@ class IoDesk:
             try:
                 await self.call_owner("detach", workspace_id, session_id, client_id)
                 return
-            except (OwnerUnreachable, StoreUnavailable, EngineClosed):
+            except (OwnerUnreachable, StoreUnavailable, SessionMoved, EngineClosed):
                 await trio.sleep(1.0)
             except TetherError as error:  # detached meanwhile, or the session ended
                 log.debug("session %s: the stream's client %s: %s", session_id, client_id,
@@ -397,10 +426,14 @@ class IoDesk:
 
     # -- the owner's side of another node's stream (forwarded calls) -------------------------
 
-    async def attach_stream_here(self, workspace_id: str, session_id: str,
-                                 mode: ClientMode, user_email: str) -> AttachedClient:
+    async def attach_stream_here(self, workspace_id: str, session_id: str, mode: ClientMode,
+                                 user_email: str, holder: str | None = None,
+                                 client_id: str | None = None) -> AttachedClient:
+        """A stream on node ``holder`` attaches its client (``client_id``) here."""
+        if client_id is not None:
+            check_text("client_id", client_id)
         rec, actor = self.table.live(workspace_id, session_id, "CONNECTED or BACKGROUND")
-        return await actor.call(self._attach_here, rec, mode, user_email)
+        return await actor.call(self._attach_here, rec, mode, user_email, holder, client_id)
 
     async def stream_client_here(self, workspace_id: str, session_id: str,
                                  client_id: str) -> AttachedClient:

@@ -60,6 +60,7 @@ class Journal:
         self.settle = self.writer.settle
         self.check_available = self.writer.check_available
         self.run = self.writer.run
+        self.lost = store.lost
 
     @property
     def outage_since(self) -> float | None:

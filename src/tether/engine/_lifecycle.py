@@ -88,16 +88,20 @@ class Change(msgspec.Struct, frozen=True, gc=False):
 
 class Attach(msgspec.Struct, frozen=True, gc=False):
     """A client asks to attach (``stream``: with an attach stream, which a BACKGROUND session
-    takes too: its agent is there, only not in front)."""
+    takes too: its agent is there, only not in front; ``holder``: with a store that nodes
+    share, the node serving that stream)."""
 
     client: AttachedClient
     stream: bool = False
+    holder: str | None = None
 
 
 class Detach(msgspec.Struct, frozen=True, gc=False):
-    """A client asks to detach."""
+    """A client asks to detach (``reason``: ``detached``; ``stream_lost`` when the node
+    serving the attach stream that attached it has gone)."""
 
     client_id: str
+    reason: str = "detached"
 
 
 class RequestCommand(msgspec.Struct, frozen=True, gc=False):
@@ -121,9 +125,11 @@ class Reindex(msgspec.Struct, frozen=True, gc=False):
 
 
 class AddClient(msgspec.Struct, frozen=True, gc=False):
-    """Store the client and emit ``session.client_attached``."""
+    """Store the client (and the node holding its attach stream, if any) and emit
+    ``session.client_attached``."""
 
     client: AttachedClient
+    holder: str | None = None
 
 
 class RemoveClient(msgspec.Struct, frozen=True, gc=False):
@@ -225,9 +231,9 @@ def step(state: SessionState, request: Request, now: float) -> Outcome:
     if isinstance(request, Change):
         return _change(state, request.input, request.detail, now)
     if isinstance(request, Attach):
-        return _attach(state, request.client, request.stream)
+        return _attach(state, request)
     if isinstance(request, Detach):
-        return _detach(state, request.client_id)
+        return _detach(state, request.client_id, request.reason)
     return _request_command(state, request)
 
 
@@ -272,24 +278,26 @@ def _change(state: SessionState, inp: Input, detail: str | None, now: float) -> 
     )
 
 
-def _attach(state: SessionState, client: AttachedClient, stream: bool) -> Outcome:
+def _attach(state: SessionState, request: Attach) -> Outcome:
+    client, stream = request.client, request.stream
     if state.status is not _C and not (stream and state.status is _B):
         raise SessionNotActive(state.status.value,
                                "CONNECTED or BACKGROUND" if stream else "CONNECTED")
     if any(client_id == client.client_id for client_id, _ in state.clients):
         raise InvalidParameter("client_id", "is already attached")
     clients = (*state.clients, (client.client_id, client.mode))
-    return Outcome(msgspec.structs.replace(state, clients=clients), [AddClient(client)])
+    return Outcome(msgspec.structs.replace(state, clients=clients),
+                   [AddClient(client, request.holder)])
 
 
-def _detach(state: SessionState, client_id: str) -> Outcome:
+def _detach(state: SessionState, client_id: str, reason: str) -> Outcome:
     if state.status.final:
         raise SessionNotActive(state.status.value, "an active")
     remaining = tuple(c for c in state.clients if c[0] != client_id)
     if len(remaining) == len(state.clients):
         raise ClientNotFound(client_id)
     return Outcome(msgspec.structs.replace(state, clients=remaining),
-                   [RemoveClient(client_id, "detached", state.status)])
+                   [RemoveClient(client_id, reason, state.status)])
 
 
 def _request_command(state: SessionState, request: RequestCommand) -> Outcome:

@@ -61,6 +61,12 @@ class OutputChunk(msgspec.Struct, frozen=True, gc=False):
         return OutputChunk(offset, self.data[offset - self.offset:], self.stream,
                            self.command_id)
 
+    def since_char(self, offset: int) -> OutputChunk:
+        """The part of this chunk from the first character boundary at or after ``offset``."""
+        if offset <= self.offset:
+            return self
+        return self.since(self.offset + _char_start(self.data, offset - self.offset))
+
 
 class OutputWatcher(Protocol):
     """An attach stream, as its session's buffer tells it what happens. No call may block."""
@@ -114,8 +120,8 @@ class OutputBuffer:
     ``limit`` of 0 makes a *hub*: the watchers of a session another node runs, no bytes
     (``_remote.py``)."""
 
-    __slots__ = ("_chunks", "_memory", "_starts", "first_offset", "limit", "next_offset",
-                 "size", "watchers")
+    __slots__ = ("_ahead", "_chunks", "_memory", "_starts", "first_offset", "limit",
+                 "next_offset", "size", "watchers")
 
     def __init__(self, limit: int, memory: OutputMemory | None = None,
                  next_offset: int = 0) -> None:
@@ -127,6 +133,9 @@ class OutputBuffer:
         self.next_offset = next_offset  # the offset the next byte will have
         self.size = 0  # bytes retained
         self.watchers: set[OutputWatcher] = set()
+        #: Watchers that asked for output from an offset past the end, and that offset: they
+        #: are told nothing before it (an agent resending what a new owner lacks).
+        self._ahead: dict[OutputWatcher, int] | None = None
         if memory is not None:
             memory.buffers.add(self)
 
@@ -136,6 +145,21 @@ class OutputBuffer:
         if self._memory is not None:
             self._memory.buffers.discard(self)
         self.watchers.clear()
+        self._ahead = None
+
+    def watch(self, watcher: OutputWatcher, since: int | None = None) -> None:
+        """Tell ``watcher`` what is appended from now on (from offset ``since`` on, when it
+        is past the end)."""
+        self.watchers.add(watcher)
+        if since is not None and since > self.next_offset:
+            if self._ahead is None:
+                self._ahead = {}
+            self._ahead[watcher] = since
+
+    def unwatch(self, watcher: OutputWatcher) -> None:
+        self.watchers.discard(watcher)
+        if self._ahead is not None:
+            self._ahead.pop(watcher, None)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -168,8 +192,15 @@ class OutputBuffer:
             self._memory.grew(len(data))
         if self.size > self.limit:
             self.drop_to(self.limit)
+        ahead = self._ahead
         for watcher in tuple(self.watchers):
-            watcher.output(chunk)
+            if ahead is None or watcher not in ahead:
+                watcher.output(chunk)
+            elif chunk.end > ahead[watcher]:
+                piece = chunk.since_char(ahead[watcher])
+                if piece.data:  # it has reached its offset: all of what follows
+                    del ahead[watcher]
+                    watcher.output(piece)
         return chunk
 
     # -- dropping ----------------------------------------------------------------------------
@@ -220,7 +251,7 @@ class OutputBuffer:
         found = self._chunks[i:]
         if found:
             first = found[0]
-            found[0] = first.since(first.offset + _char_start(first.data, offset - first.offset))
+            found[0] = first.since_char(offset)
             if not found[0].data:
                 del found[0]
         return found

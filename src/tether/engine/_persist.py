@@ -72,6 +72,8 @@ class SessionSnapshot(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     clients: list[AttachedClient] = []
     commands: list[CommandSnapshot] = []
     history_total: int = 0
+    #: The clients attached by an attach stream -> the node serving it.
+    stream_holders: dict[str, str] = {}
 
 
 class Heartbeat(msgspec.Struct, frozen=True, gc=False):
@@ -206,6 +208,13 @@ class SessionStore(Protocol):
         (workspace, session id)) whose owner is gone: their state as the store has it now.
         ``by_owner`` is the engine's own index, read as it is when the store asks."""
 
+    def lost(self, session_id: str) -> bool:
+        """Whether another node took the session over since this one last held it: this
+        node's writes of it are refused (none is durable)."""
+
+    async def alive(self, nodes: list[str]) -> set[str]:
+        """Those of ``nodes`` alive now (for Redis: whose lease is held)."""
+
     async def take_over(self, workspace_id: str, session_id: str) -> LoadedSession | None:
         """Take a session over from whichever node owns it (its agent came to this one): its
         state now, or ``None`` if the store no longer has it."""
@@ -235,10 +244,12 @@ class SessionStore(Protocol):
         oldest retained; clamped to what is retained) for at least ``limit`` bytes, or to the
         end."""
 
-    async def follow_output(self, workspace_id: str, session_id: str, offset: int,
-                            wait: float) -> list[OutputChunk]:
-        """The stored chunks from ``offset`` (a chunk's start) on, waiting up to ``wait``
-        seconds for one to be written; ``[]`` if none was."""
+    async def follow_outputs(self, positions: Mapping[tuple[str, str], int], wait: float
+                             ) -> dict[tuple[str, str], list[OutputChunk]]:
+        """For each session of ``positions`` ((workspace, session id) -> an offset where a
+        stored chunk starts), the stored chunks from there on, waiting up to ``wait`` seconds
+        for one to be written to any of them; only the sessions with some are in the answer
+        (none if nothing was written)."""
 
 
 def with_heartbeat(snap: SessionSnapshot, beat: Heartbeat | None) -> SessionSnapshot:
@@ -303,6 +314,7 @@ def snapshot(rec: SessionRecord, clock: WallClock) -> SessionSnapshot:
             for c in rec.commands.values()
         ] if rec.commands else [],
         history_total=rec.history_total,
+        stream_holders=dict(rec.stream_holders) if rec.stream_holders else {},
     )
 
 
@@ -331,6 +343,8 @@ def restore(loaded: LoadedSession, clock: WallClock, history_cap: int) -> Sessio
     rec.telemetry_at = _trio(clock, snap.telemetry_at)
     if snap.clients:
         rec.clients = {c.client_id: c for c in snap.clients}
+    if snap.stream_holders:
+        rec.stream_holders = dict(snap.stream_holders)
     if snap.commands:
         rec.commands = {}
         for c in snap.commands:

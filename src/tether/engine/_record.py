@@ -131,6 +131,7 @@ class SessionRecord:
         "session_id",
         "status",
         "status_since",
+        "stream_holders",
         "telemetry",
         "telemetry_at",
         "version",
@@ -165,6 +166,9 @@ class SessionRecord:
         self.telemetry_at: float | None = None
         # Created on first use: most sessions never have clients, history or commands.
         self.clients: dict[str, AttachedClient] | None = None
+        #: With a store that nodes share: the clients an attach stream attached, each with the
+        #: node serving that stream (its owner detaches them if that node goes away).
+        self.stream_holders: dict[str, str] | None = None
         self.commands: dict[str, OperatorCommand] | None = None
         self.history: deque[CommandEntry] | None = None
         self.history_index: dict[str, int] | None = None

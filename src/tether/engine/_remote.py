@@ -3,8 +3,10 @@
 The node that runs a session serves its streams from memory (``_io.py``). A stream opened on
 any other node attaches its client on the owner (a forwarded call), replays what the store
 holds and then follows the session's output in the store from the replay's end
-(:meth:`SessionStore.follow_output`: for Redis, ``XREAD BLOCK`` on the session's stream, whose
-entry ids are offsets), so replay and live output join on an offset, without a seam.
+(:meth:`SessionStore.follow_outputs`: for Redis, ``XREAD BLOCK`` on the session's stream, whose
+entry ids are offsets), so replay and live output join on an offset, without a seam. One tail
+reads for every stream of the node: a blocking read per stream held one of the store's
+connections each, and a node serving a few dozen streams starved its own writes.
 
 Its session's transitions, detached clients and operators' command results come from the
 event log (a subscription from the moment the stream opens), which every node reads back from
@@ -44,8 +46,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tether.engine")
 
-#: How long one wait for new output in the store lasts before it is asked again.
-FOLLOW_WAIT = 1.0
+#: How long one wait for new output in the store lasts before it is asked again (with the
+#: streams opened meanwhile).
+FOLLOW_WAIT = 0.25
 #: After a failed read of the store, the follower tries again this much later.
 RETRY = 0.5
 #: The events of a transition: each is a ``status`` frame.
@@ -61,14 +64,16 @@ def is_hub(buffer: OutputBuffer | None) -> bool:
 class RemoteStream:
     """One stream this node serves from the store: where its follower has read to."""
 
-    __slots__ = ("offset", "scope", "session_id", "watcher", "workspace_id")
+    __slots__ = ("offset", "scope", "session_id", "since", "watcher", "workspace_id")
 
     def __init__(self, workspace_id: str, session_id: str, watcher: OutputWatcher,
-                 offset: int) -> None:
+                 offset: int, since: int) -> None:
         self.workspace_id = workspace_id
         self.session_id = session_id
         self.watcher = watcher
-        self.offset = offset  # the next byte to tell the watcher
+        self.offset = offset  # the next byte to read from the store
+        #: The watcher is told nothing before this (it asked for an offset past the end).
+        self.since = since
         self.scope = trio.CancelScope()
 
 
@@ -82,6 +87,8 @@ class RemoteStreams:
         self._spawn = spawn  # starts a task in the engine's nursery
         self.replay_bytes = replay_bytes
         self._streams: dict[OutputWatcher, RemoteStream] = {}
+        self._tailing = False  # the tail runs (from the first stream on)
+        self._opened = trio.lowlevel.ParkingLot()
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -94,7 +101,7 @@ class RemoteStreams:
         hub = rec.output
         if hub is None:
             hub = rec.output = OutputBuffer(0)
-        hub.watchers.add(watcher)
+        hub.watch(watcher)
         ws, sid = rec.workspace_id, rec.session_id
         # Events from now on: the follower tells them after the replay.
         subscription = self.events.subscribe(ws)
@@ -105,25 +112,33 @@ class RemoteStreams:
             if start < end.first_offset:
                 gap = (start, end.first_offset) if offset is not None else None
                 start = end.first_offset
+            # Past the end (the agent has yet to resend what the store lacks after a
+            # failover): the stream starts there, and is told nothing before it.
+            since = start
             start = min(start, end.next_offset)
             stored = await self._read(ws, sid, start, max(1, end.next_offset - start))
         except BaseException:
-            hub.watchers.discard(watcher)
+            hub.unwatch(watcher)
             raise
         replay = [chunk.since(start) for chunk in stored.chunks if chunk.end > start]
         if replay and replay[0].offset > start:  # the store lacks bytes: they are a gap
             gap, start = (start, replay[0].offset), replay[0].offset
-        stream = RemoteStream(ws, sid, watcher, replay[-1].end if replay else start)
+        begins = max(since, start)
+        stream = RemoteStream(ws, sid, watcher, replay[-1].end if replay else start, begins)
         self._streams[watcher] = stream
         self._spawn(self._follow, stream, subscription)
-        return start, stored.first_offset, replay, gap
+        if not self._tailing:
+            self._tailing = True
+            self._spawn(self._tail)
+        self._opened.unpark_all()
+        return begins, stored.first_offset, replay, gap
 
     def close(self, rec: SessionRecord | None, watcher: OutputWatcher) -> None:
         stream = self._streams.pop(watcher, None)
         if stream is not None:
             stream.scope.cancel()
         if rec is not None and rec.output is not None:
-            rec.output.watchers.discard(watcher)
+            rec.output.unwatch(watcher)
 
     # -- the follower ------------------------------------------------------------------------
 
@@ -135,54 +150,85 @@ class RemoteStreams:
             raise StoreUnavailable(f"reading output: {exc}") from exc
 
     async def _follow(self, stream: RemoteStream, events: Subscription) -> None:
-        """Tell the stream's watcher the output the store gets, and each of its session's
-        events after the output written before it."""
+        """Tell the stream's watcher each of its session's events, after the output written
+        before it (the tail tells it the rest of the output)."""
         try:
             with stream.scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._tail, stream)
-                    async for event in events:
-                        if event.session_id == stream.session_id:
-                            await self._catch_up(stream, 0)
-                            _tell(stream.watcher, event)
-                    nursery.cancel_scope.cancel()  # the log closed: the engine is closing
+                async for event in events:
+                    if event.session_id == stream.session_id:
+                        await self._catch_up(stream)
+                        _tell(stream.watcher, event)
         except EventsMissed:  # it fell behind the retained log: it re-attaches
             stream.watcher.moved()
         except Exception:  # a bug here must not take the engine down: the stream ends
             log.exception("following session %s's output failed", stream.session_id)
             stream.watcher.moved()
 
-    async def _tail(self, stream: RemoteStream) -> None:
+    async def _tail(self) -> None:
+        """Every stream's output as the store gets it: one blocking read (for Redis, one
+        ``XREAD BLOCK`` over every followed session's stream) at a time, however many
+        streams this node serves, so the followers never hold the store's connections that
+        the writes need. A stream opened meanwhile joins the next read, within
+        ``FOLLOW_WAIT`` (its replay covers what was written up to its opening)."""
         while True:
-            await self._catch_up(stream, FOLLOW_WAIT)
+            if not self._streams:
+                await self._opened.park()
+                continue
+            positions: dict[tuple[str, str], int] = {}
+            for stream in self._streams.values():
+                if stream.scope.cancel_called:
+                    continue  # it has ended, and is about to be closed
+                key = (stream.workspace_id, stream.session_id)
+                at = positions.get(key)
+                if at is None or stream.offset < at:
+                    positions[key] = stream.offset  # the stream furthest behind
+            if not positions:
+                await trio.sleep(FOLLOW_WAIT)
+                continue
+            try:
+                found = await self.store.follow_outputs(positions, FOLLOW_WAIT)
+            except Exception as exc:  # the store is away: the streams wait for it
+                log.debug("following output failed: %s", exc)
+                await trio.sleep(RETRY)
+                continue
+            for stream in tuple(self._streams.values()):
+                chunks = found.get((stream.workspace_id, stream.session_id))
+                if chunks:
+                    self._deliver(stream, chunks)
 
-    async def _catch_up(self, stream: RemoteStream, wait: float) -> None:
-        """What the store holds past the stream's offset, to its watcher (waiting up to
-        ``wait`` seconds for some); a failed read is retried until it succeeds."""
+    async def _catch_up(self, stream: RemoteStream) -> None:
+        """What the store holds past the stream's offset, to its watcher now; a failed read
+        is retried until it succeeds."""
         while True:
             try:
-                if wait:
-                    chunks = await self.store.follow_output(
-                        stream.workspace_id, stream.session_id, stream.offset, wait)
-                else:
-                    stored = await self.store.read_output(
-                        stream.workspace_id, stream.session_id, stream.offset, 1 << 30)
-                    chunks = stored.chunks
+                stored = await self.store.read_output(
+                    stream.workspace_id, stream.session_id, stream.offset, 1 << 30)
             except Exception as exc:  # the store is away: the stream waits for it
                 log.debug("following session %s's output failed: %s", stream.session_id, exc)
                 await trio.sleep(RETRY)
                 continue
-            for chunk in chunks:  # the other reader of the two may have told some already
-                if chunk.offset > stream.offset:
-                    # The store trimmed bytes this stream had not read (it was away that
-                    # long): it ends, and its client re-attaches from its offset (a gap).
-                    stream.watcher.moved()
-                    stream.scope.cancel()
-                    return
-                if chunk.end > stream.offset:
-                    stream.watcher.output(chunk.since(stream.offset))
-                    stream.offset = chunk.end
+            self._deliver(stream, stored.chunks)
             return
+
+    @staticmethod
+    def _deliver(stream: RemoteStream, chunks: list[OutputChunk]) -> None:
+        """Tell the watcher what of ``chunks`` (stored, in order) it has yet to be told (the
+        tail and the catch-up before an event may both have read some)."""
+        if stream.scope.cancel_called:
+            return  # it has ended
+        for chunk in chunks:
+            if chunk.offset > stream.offset:
+                # The store trimmed bytes this stream had not read (it was away that long):
+                # it ends, and its client re-attaches from its offset (a gap).
+                stream.watcher.moved()
+                stream.scope.cancel()
+                return
+            if chunk.end > stream.offset:
+                if chunk.end > stream.since:
+                    piece = chunk.since_char(max(stream.offset, stream.since))
+                    if piece.data:
+                        stream.watcher.output(piece)
+                stream.offset = chunk.end
 
 
 def _tell(watcher: OutputWatcher, event: Event) -> None:

@@ -26,6 +26,7 @@ from tether.engine import (
     OperatorResize,
     OutputGap,
     RunCommand,
+    SessionMoved,
     StoreUnavailable,
     Telemetry,
     TetherError,
@@ -319,6 +320,9 @@ class AgentSocket:
                         problem = await self._reported(link, transport, frame)
                     except AgentLinkClosed as error:
                         transport.close(error.code)
+                        return
+                    except SessionMoved:  # another node runs it now: resume it there
+                        transport.close("session_moved")
                         return
                     except TetherError as error:
                         problem = (error.code, error.message)

@@ -157,6 +157,13 @@ class InProcessStore:
         await self._round_trip()
         return []  # the one engine owns every session already
 
+    def lost(self, session_id: str) -> bool:
+        return False  # no other node to take a session over
+
+    async def alive(self, nodes: list[str]) -> set[str]:
+        await self._round_trip()
+        return {node for node in nodes if node == self.node_id}  # the one engine there is
+
     async def take_over(self, workspace_id: str, session_id: str) -> LoadedSession | None:
         await self._round_trip()
         snap = self._sessions.get(session_id)
@@ -185,13 +192,19 @@ class InProcessStore:
         found = [c for c in chunks if c.end > start and c.offset < until]
         return StoredOutput(first, end, found)
 
-    async def follow_output(self, workspace_id: str, session_id: str, offset: int,
-                            wait: float) -> list[OutputChunk]:
+    async def follow_outputs(self, positions: Mapping[tuple[str, str], int], wait: float
+                             ) -> dict[tuple[str, str], list[OutputChunk]]:
         await self._round_trip()
+
+        def found() -> dict[tuple[str, str], list[OutputChunk]]:
+            return {(ws, sid): [c for c in self._output[sid] if c.offset >= offset]
+                    for (ws, sid), offset in positions.items()
+                    if self._output_next.get(sid, 0) > offset}
+
         with trio.move_on_after(wait):
-            while self._output_next.get(session_id, 0) <= offset:
+            while not found():
                 await self._output_written.park()
-        return [c for c in self._output.get(session_id, []) if c.offset >= offset]
+        return found()
 
     # -- webhooks --------------------------------------------------------------------------
 

@@ -383,7 +383,10 @@ class RedisStore:
                 await self._client.pexpire(self.keys.node(self.node_id), self._ttl_ms)
             self._renewed_at = trio.current_time()
 
-    async def _alive(self, nodes: list[str]) -> set[str]:
+    def lost(self, session_id: str) -> bool:
+        return session_id in self.stale
+
+    async def alive(self, nodes: list[str]) -> set[str]:
         """Those of ``nodes`` whose lease is held."""
         async with self._client.pipeline(transaction=False) as pipe:
             for node in nodes:
@@ -394,7 +397,7 @@ class RedisStore:
         """Which registered nodes are alive (and forget the ones that are not)."""
         client, keys = self._client, self.keys
         ids = sorted(raw.decode() for raw in await client.hkeys(keys.nodes()))
-        alive = await self._alive(ids)
+        alive = await self.alive(ids)
         dead = [node for node in ids if node not in alive]
         if dead:
             await client.hdel(keys.nodes(), dead)
@@ -682,7 +685,7 @@ class RedisStore:
         foreign. Only the sessions of owners found gone are read: a look costs one round trip
         while every owner is alive, not a read (nor a pass in Python) per session; a node
         following 100,000 sessions of another spent most of its time on these looks."""
-        alive = await self._alive(sorted(by_owner))
+        alive = await self.alive(sorted(by_owner))
         candidates = [pair for owner in list(by_owner) if owner not in alive
                       for pair in list(by_owner.get(owner, {}).values())]
         if not candidates:
@@ -740,16 +743,19 @@ class RedisStore:
                 cursor = "(" + entries[-1].identifier.decode() if len(entries) == 64 else ""
         return StoredOutput(first_offset, next_offset, chunks)
 
-    async def follow_output(self, workspace_id: str, session_id: str, offset: int,
-                            wait: float) -> list[OutputChunk]:
-        """The stored chunks from ``offset`` on (entries after id ``<offset>-0``), blocking
-        up to ``wait`` seconds for the first (``XREAD BLOCK``)."""
-        key = self.keys.output(workspace_id, session_id)
-        reply: Any = await self._client.xread({key: f"{offset}-0"}, count=256,
-                                               block=max(1, int(wait * 1000)))
+    async def follow_outputs(self, positions: Mapping[tuple[str, str], int], wait: float
+                             ) -> dict[tuple[str, str], list[OutputChunk]]:
+        """The stored chunks of each session from its offset on (entries after id
+        ``<offset>-0``): one ``XREAD BLOCK`` over all of their streams, blocking up to
+        ``wait`` seconds for the first entry in any."""
+        keys = {self.keys.output(ws, sid): (ws, sid) for ws, sid in positions}
+        reply: Any = await self._client.xread(
+            {key: f"{positions[pair]}-0" for key, pair in keys.items()}, count=256,
+            block=max(1, int(wait * 1000)))
         if not reply:
-            return []
-        return [_output_chunk(entry) for entry in reply.get(key.encode(), ())]
+            return {}
+        return {keys[key.decode()]: [_output_chunk(entry) for entry in entries]
+                for key, entries in reply.items() if entries}
 
     async def _claim_chunk(self, chunk: list[tuple[str, str, str]], *,
                            force: bool) -> list[Any]:
@@ -789,7 +795,7 @@ class RedisStore:
                     pipe.hget(keys.session(ws, sid), "o")
             for (_ws, sid), raw in zip(chunk, pipe.results or (), strict=True):
                 found[sid] = None if raw is None else raw.decode()
-        alive = await self._alive(
+        alive = await self.alive(
             sorted({o for o in found.values() if o is not None and o != self.node_id}))
         owners: dict[str, str | None] = {}
         orphans: list[tuple[str, str]] = []
