@@ -204,11 +204,11 @@ async def fleet_under(nodes: list[Node], fault: Callable[[], Awaitable[None]], *
     """Run ``agents`` over ``nodes`` for ``duration`` seconds, with ``fault`` at
     ``fault_at``; the sim's check must hold, and no agent may have lost its session.
 
-    The agents write no output here (``output=False``): under these faults the sim's stream
-    clients disagree with the server about attached clients (observers: a stream's client
-    stays attached when the node serving the stream dies, as docs/cluster.md says; operators:
-    not yet understood), so output under a node's kill -9 is held to its own test
-    (``test_output_faults.py``)."""
+    The agents write output (commands print, busy machines stream), operators watch their
+    clients' attach streams and observers attach their own, on a node other than the
+    agent's: every byte each stream received must be what the agent wrote, once and in
+    order, and each session's attached clients what the people left attached, whatever the
+    fault did to the streams' nodes."""
     results: list[SimResult] = []
     out = io.StringIO()
 
@@ -216,7 +216,7 @@ async def fleet_under(nodes: list[Node], fault: Callable[[], Awaitable[None]], *
         results.append(await run_sim(SimConfig(
             url=",".join(node.url for node in nodes), agent_token=AGENT, agents=agents,
             duration=duration, scenario=scenario, seed=3, api_key=API,
-            operators=operators, output=False, agents_per_process=5000,
+            operators=operators, agents_per_process=5000,
             progress_every=5), out=out))
 
     started = trio.current_time()
@@ -390,3 +390,4 @@ async def test_a_rolling_restart_under_agents_ends_no_session(
         result = await fleet_under(watch.nodes, roll, agents=300, duration=35, fault_at=6)
         assert result.failovers >= 250, result.summary()  # every agent moved at least once
         await watch.invariants_hold(300)
+
