@@ -201,10 +201,12 @@ class InProcessStore:
                     for (ws, sid), offset in positions.items()
                     if self._output_next.get(sid, 0) > offset}
 
+        chunks = found()
         with trio.move_on_after(wait):
-            while not found():
+            while not chunks:
                 await self._output_written.park()
-        return found()
+                chunks = found()
+        return chunks
 
     # -- webhooks --------------------------------------------------------------------------
 
